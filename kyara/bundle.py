@@ -1,0 +1,171 @@
+"""The model bundle: one self-describing `.kyara` file (a zip) holding everything recognition needs.
+
+Members: `kyara.json` (labels, thresholds, metadata), `embedder.onnx` (image -> L2-normalised
+embedding), `head.npy` (one unit vector per trained character) and `gallery.npy` (embeddings of
+enrolled images, labelled in `kyara.json`). Loading reads JSON and `.npy` without pickle, so a
+bundle from a stranger cannot run code.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kyara.errors import ModelError
+
+FORMAT = "kyara-model"
+FORMAT_VERSION = 1
+_MEMBERS = ("kyara.json", "embedder.onnx", "head.npy", "gallery.npy")
+
+
+@dataclass
+class ModelBundle:
+    """Everything a recognizer needs, as plain data."""
+
+    onnx: bytes
+    labels: list[str]
+    head: np.ndarray
+    unknown_threshold: float
+    temperature: float
+    input_size: int
+    gallery: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+    gallery_labels: list[str] = field(default_factory=list)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.head = np.asarray(self.head, np.float32)
+        if self.head.ndim != 2 or self.head.shape[0] != len(self.labels):
+            raise ModelError(f"head has shape {self.head.shape} but there are {len(self.labels)} labels")
+        if self.gallery.size == 0:
+            self.gallery = np.zeros((0, self.embedding_dim), np.float32)
+        self.gallery = np.asarray(self.gallery, np.float32)
+        if self.gallery.shape != (len(self.gallery_labels), self.embedding_dim):
+            raise ModelError(f"gallery has shape {self.gallery.shape} for {len(self.gallery_labels)} labels")
+
+    @property
+    def embedding_dim(self) -> int:
+        return int(self.head.shape[1])
+
+    @property
+    def name(self) -> str:
+        return str(self.metadata.get("name", "kyara-model"))
+
+    def describe(self) -> dict[str, Any]:
+        """A short JSON-ready summary, as printed in `kyara recognize --json`."""
+        return {
+            "name": self.name,
+            "version": self.metadata.get("version"),
+            "kyara_version": self.metadata.get("kyara_version"),
+            "characters": len(self.all_labels()),
+            "input_size": self.input_size,
+            "unknown_threshold": self.unknown_threshold,
+        }
+
+    def all_labels(self) -> list[str]:
+        return list(dict.fromkeys([*self.labels, *self.gallery_labels]))
+
+
+def save_bundle(bundle: ModelBundle, path: str | os.PathLike) -> None:
+    """Write `bundle` to `path` atomically: readers see the old file or the new one, never half."""
+    path = Path(path)
+    header = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "labels": bundle.labels,
+        "gallery_labels": bundle.gallery_labels,
+        "unknown_threshold": bundle.unknown_threshold,
+        "temperature": bundle.temperature,
+        "input_size": bundle.input_size,
+        "metadata": bundle.metadata,
+    }
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("kyara.json", json.dumps(header, indent=2, ensure_ascii=False))
+        archive.writestr("embedder.onnx", bundle.onnx)
+        archive.writestr("head.npy", _npy_bytes(bundle.head))
+        archive.writestr("gallery.npy", _npy_bytes(bundle.gallery))
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file beside `path`, flush it to disk, then rename it over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def load_bundle(path: str | os.PathLike) -> ModelBundle:
+    """Read a `.kyara` file, checking its format; raises `ModelError` with the reason otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"{path}: no such model file")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            missing = [name for name in _MEMBERS if name not in archive.namelist()]
+            if missing:
+                raise ModelError(f"{path}: not a kyara model (missing {', '.join(missing)})")
+            header = json.loads(archive.read("kyara.json"))
+            _check_format(header, path)
+            return ModelBundle(
+                onnx=archive.read("embedder.onnx"),
+                labels=list(header["labels"]),
+                head=_load_npy(archive.read("head.npy")),
+                gallery=_load_npy(archive.read("gallery.npy")),
+                gallery_labels=list(header.get("gallery_labels", [])),
+                unknown_threshold=float(header["unknown_threshold"]),
+                temperature=float(header["temperature"]),
+                input_size=int(header["input_size"]),
+                metadata=dict(header.get("metadata", {})),
+            )
+    except ModelError:
+        raise
+    except (zipfile.BadZipFile, json.JSONDecodeError, KeyError, ValueError, TypeError, OSError) as exc:
+        raise ModelError(f"{path}: not a valid kyara model ({exc})") from exc
+
+
+def _check_format(header: dict[str, Any], path: Path) -> None:
+    if header.get("format") != FORMAT:
+        raise ModelError(f"{path}: not a kyara model (format {header.get('format')!r})")
+    version = header.get("format_version")
+    if not isinstance(version, int) or version < 1:
+        raise ModelError(f"{path}: unknown model format version {version!r}")
+    if version > FORMAT_VERSION:
+        raise ModelError(
+            f"{path}: made by a newer kyara (model format {version}, this kyara reads up to "
+            f"{FORMAT_VERSION}); upgrade kyara to use it"
+        )
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array, np.float32), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def _load_npy(data: bytes) -> np.ndarray:
+    array = np.load(io.BytesIO(data), allow_pickle=False)
+    if array.dtype != np.float32 or array.ndim != 2:
+        raise ValueError(f"expected a 2-d float32 array, got {array.dtype} {array.shape}")
+    return array
+
+
+def default_model_path() -> Path:
+    """The model shipped inside the package."""
+    return Path(str(resources.files("kyara") / "models" / "default.kyara"))

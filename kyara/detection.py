@@ -1,0 +1,186 @@
+"""Anime face detection behind one small interface, with rotated retries and box merging.
+
+A `Detector` takes an RGB image and returns `DetectedFace`s in original image pixels. The first
+backend wraps nagadomi's animeface-2009 (the `animeface` package). It only sees roughly upright
+faces, so `AnimeFaceDetector` also looks at rotated copies of the picture and maps what it finds
+back; duplicates found at several angles are merged by non-maximum suppression.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import PIL
+from PIL import Image
+
+from kyara.errors import KyaraError
+
+Point = tuple[float, float]
+
+
+@dataclass(frozen=True)
+class DetectedFace:
+    """One face. `box` is [x, y, w, h] of the upright face square, centred where the face is;
+    `angle` is how far (degrees, counter-clockwise) the face is tilted in the picture."""
+
+    box: tuple[int, int, int, int]
+    score: float
+    angle: float = 0.0
+    landmarks: dict[str, tuple[int, int]] = field(default_factory=dict)
+    colors: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def center(self) -> Point:
+        x, y, w, h = self.box
+        return x + w / 2, y + h / 2
+
+    def to_dict(self) -> dict:
+        return {
+            "box": list(self.box),
+            "score": round(self.score, 4),
+            "angle": self.angle,
+            "landmarks": {k: list(v) for k, v in self.landmarks.items()},
+            "colors": dict(self.colors),
+        }
+
+
+class Detector(Protocol):
+    name: str
+
+    def detect(self, image: Image.Image) -> list[DetectedFace]: ...
+
+
+DEFAULT_ANGLES = (0.0, -25.0, 25.0, -50.0, 50.0)
+
+
+class AnimeFaceDetector:
+    """animeface-2009 with retries on rotated copies (`angles`, degrees) and duplicate merging."""
+
+    name = "animeface"
+
+    def __init__(self, angles: Sequence[float] = DEFAULT_ANGLES, max_side: int = 1024, min_score: float = 0.0) -> None:
+        _require_working_animeface()
+        self.angles = tuple(angles)
+        self.max_side = max_side
+        self.min_score = min_score
+
+    def detect(self, image: Image.Image) -> list[DetectedFace]:
+        scale = min(1.0, self.max_side / max(image.size))
+        small = image if scale == 1.0 else image.resize(
+            (max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.Resampling.BILINEAR
+        )
+        found = [face for angle in self.angles for face in self._detect_at(small, angle, scale)]
+        return non_max_suppression([f for f in found if f.score >= self.min_score])
+
+    def _detect_at(self, image: Image.Image, angle: float, scale: float) -> list[DetectedFace]:
+        import animeface
+
+        rotated = image if angle == 0 else image.rotate(angle, Image.Resampling.BILINEAR, expand=True, fillcolor=(255, 255, 255))
+        to_original = _inverse_rotation(image.size, rotated.size, angle, scale)
+        faces = []
+        for face in animeface.detect(rotated):
+            box = face.face.pos
+            cx, cy = to_original(box.x + box.width / 2, box.y + box.height / 2)
+            side = max(box.width, box.height) / scale
+            landmarks = {
+                "left_eye": _box_center(face.left_eye.pos),
+                "right_eye": _box_center(face.right_eye.pos),
+                "mouth": _box_center(face.mouth.pos),
+                "nose": (face.nose.pos.x, face.nose.pos.y),
+                "chin": (face.chin.pos.x, face.chin.pos.y),
+            }
+            faces.append(
+                DetectedFace(
+                    box=(round(cx - side / 2), round(cy - side / 2), round(side), round(side)),
+                    score=float(face.likelihood),
+                    angle=float(angle),
+                    landmarks={k: _rounded(to_original(*p)) for k, p in landmarks.items()},
+                    colors={
+                        "hair": _hex(face.hair.color),
+                        "skin": _hex(face.skin.color),
+                        "left_eye": _hex(face.left_eye.color),
+                        "right_eye": _hex(face.right_eye.color),
+                    },
+                )
+            )
+        return faces
+
+
+def _require_working_animeface() -> None:
+    try:
+        import animeface  # noqa: F401
+    except ImportError as exc:  # pragma: no cover - it is a hard dependency
+        raise KyaraError("the animeface package is not installed: pip install animeface") from exc
+    if int(PIL.__version__.split(".")[0]) >= 12:
+        # animeface's C code reads Image.getdata(), which changed in Pillow 12: it then finds
+        # nothing, silently. Refuse loudly instead.
+        raise KyaraError(f"animeface-2009 finds no faces with Pillow {PIL.__version__}; install 'pillow<12'")
+
+
+def _inverse_rotation(size: tuple[int, int], rotated_size: tuple[int, int], angle: float, scale: float):
+    """Map a point of the rotated (expanded) copy back to original, unscaled image pixels."""
+    radians = math.radians(angle)
+    cos, sin = math.cos(radians), math.sin(radians)
+    cx, cy = size[0] / 2, size[1] / 2
+    rx, ry = rotated_size[0] / 2, rotated_size[1] / 2
+
+    def to_original(x: float, y: float) -> Point:
+        dx, dy = x - rx, y - ry
+        # PIL rotates counter-clockwise on screen (y down), so undo it clockwise.
+        return (cx + dx * cos - dy * sin) / scale, (cy + dx * sin + dy * cos) / scale
+
+    return to_original
+
+
+def _box_center(box) -> Point:
+    return box.x + box.width / 2, box.y + box.height / 2
+
+
+def _rounded(point: Point) -> tuple[int, int]:
+    return round(point[0]), round(point[1])
+
+
+def _hex(color) -> str:
+    return f"#{color.r:02x}{color.g:02x}{color.b:02x}"
+
+
+def iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """Intersection over union of two [x, y, w, h] boxes."""
+    ix = max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = a[2] * a[3] + b[2] * b[3] - inter
+    return inter / union if union > 0 else 0.0
+
+
+def non_max_suppression(faces: Sequence[DetectedFace], threshold: float = 0.3) -> list[DetectedFace]:
+    """Keep the best-scoring face of every cluster of overlapping boxes (any backend, any angle).
+
+    A small box mostly inside a kept one (a face found again at another angle and scale) counts
+    as overlapping too, so the same face is never reported twice.
+    """
+    kept: list[DetectedFace] = []
+    for face in sorted(faces, key=lambda f: f.score, reverse=True):
+        if all(iou(face.box, k.box) <= threshold and _inside(face.box, k.box) < 0.7 for k in kept):
+            kept.append(face)
+    return kept
+
+
+def _inside(a: Sequence[float], b: Sequence[float]) -> float:
+    """Share of box `a`'s area that lies inside box `b`."""
+    ix = max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
+    return ix * iy / (a[2] * a[3]) if a[2] * a[3] > 0 else 0.0
+
+
+DETECTORS = {"animeface": AnimeFaceDetector}
+
+
+def get_detector(name: str = "animeface", **options) -> Detector:
+    try:
+        return DETECTORS[name](**options)
+    except KeyError:
+        raise KyaraError(f"unknown detector {name!r}; available: {', '.join(DETECTORS)}") from None

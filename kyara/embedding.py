@@ -1,0 +1,49 @@
+"""Face crop -> L2-normalised embedding, with the bundle's ONNX model on ONNX Runtime (no torch)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import onnxruntime as ort
+from PIL import Image
+
+from kyara.errors import ModelError
+
+
+def default_threads() -> int:
+    """One inference thread per core, at most 4: more rarely helps a model this small."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+class Embedder:
+    """Runs the embedder of a model bundle. `embed` takes RGB crops of any size."""
+
+    def __init__(self, onnx: bytes, input_size: int, threads: int | None = None) -> None:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or default_threads()
+        options.inter_op_num_threads = 1
+        try:
+            self._session = ort.InferenceSession(onnx, options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own untyped errors for bad graphs
+            raise ModelError(f"the model's embedder cannot be loaded: {exc}") from exc
+        self._input = self._session.get_inputs()[0].name
+        self.input_size = input_size
+
+    def embed(self, crops: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
+        """One unit vector per crop, as an N x D float32 array."""
+        if not crops:
+            return np.zeros((0, self._session.get_outputs()[0].shape[1]), np.float32)
+        chunks = [
+            self._session.run(None, {self._input: self.to_input(crops[i : i + batch_size])})[0]
+            for i in range(0, len(crops), batch_size)
+        ]
+        vectors = np.concatenate(chunks).astype(np.float32)
+        return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+
+    def to_input(self, crops: Sequence[Image.Image]) -> np.ndarray:
+        """RGB crops -> float32 N x 3 x S x S in [0, 1], as the model was trained."""
+        size = (self.input_size, self.input_size)
+        arrays = [np.asarray(crop.convert("RGB").resize(size, Image.Resampling.BILINEAR), np.float32) for crop in crops]
+        return np.stack(arrays).transpose(0, 3, 1, 2) / 255.0

@@ -1,0 +1,17 @@
+"""The exceptions kyara raises: catch `KyaraError` to handle every expected failure."""
+
+
+class KyaraError(Exception):
+    """Base class for every error kyara reports on purpose."""
+
+
+class ImageError(KyaraError):
+    """An input is not a readable image (missing, corrupt, truncated, empty, not an image)."""
+
+
+class ImageTooLargeError(ImageError):
+    """An image has more pixels than the configured limit (decompression-bomb guard)."""
+
+
+class ModelError(KyaraError):
+    """A model bundle is missing, malformed, or made by an incompatible kyara."""

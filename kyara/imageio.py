@@ -1,0 +1,138 @@
+"""Image loading in one place: every input kyara accepts becomes an RGB `PIL.Image` here.
+
+Handles common formats (PNG, JPEG, WebP, GIF first frame, BMP, TIFF), every Pillow mode, EXIF
+orientation and a pixel limit, and turns every failure into an `ImageError` with a clear message.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import warnings
+from os import PathLike
+from pathlib import Path
+from typing import BinaryIO, Union
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from kyara.errors import ImageError, ImageTooLargeError
+
+ImageSource = Union[str, PathLike, bytes, BinaryIO, Image.Image, np.ndarray]
+
+DEFAULT_MAX_PIXELS = 50_000_000
+"""About 7000 x 7000: larger than any illustration we expect, far below a decompression bomb."""
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
+
+# Truncated files must fail loudly rather than come back half grey.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+def load_image(source: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Read `source` (path, bytes, file object, PIL image or HxWx3 uint8 array) as an RGB image."""
+    if isinstance(source, Image.Image):
+        _check_size(source.size, max_pixels, "image")
+        return to_rgb(source)
+    if isinstance(source, np.ndarray):
+        return _from_array(source, max_pixels)
+    name, stream = _open_stream(source)
+    try:
+        with warnings.catch_warnings():
+            # kyara checks the size itself (below) with its own, configurable limit.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(stream)
+            _check_size(image.size, max_pixels, name)
+            image.seek(0)
+            image.load()
+            image = ImageOps.exif_transpose(image) or image
+            return to_rgb(image)
+    except ImageError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLargeError(f"{name}: image exceeds the limit of pixels Pillow will decode ({exc})") from exc
+    except UnidentifiedImageError as exc:
+        raise ImageError(f"{name}: not a readable image ({exc.__class__.__name__})") from exc
+    except (OSError, ValueError, SyntaxError, EOFError, struct.error) as exc:
+        raise ImageError(f"{name}: corrupt or truncated image ({exc})") from exc
+    finally:
+        stream.close()
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to RGB: alpha over white, 16-bit and float rescaled to 8-bit."""
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        return Image.fromarray(_rescale_to_uint8(np.asarray(image))).convert("RGB")
+    if mode == "P" and "transparency" in image.info:
+        image, mode = image.convert("RGBA"), "RGBA"
+    if mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def _rescale_to_uint8(values: np.ndarray) -> np.ndarray:
+    values = values.astype(np.float64)
+    low, high = float(values.min()), float(values.max())
+    if high <= low:
+        return np.zeros(values.shape, np.uint8)
+    return ((values - low) * (255.0 / (high - low))).round().astype(np.uint8)
+
+
+def _open_stream(source: ImageSource) -> tuple[str, BinaryIO]:
+    if isinstance(source, bytes | bytearray | memoryview):
+        if len(source) == 0:
+            raise ImageError("<bytes>: empty input")
+        return "<bytes>", io.BytesIO(bytes(source))
+    if isinstance(source, str | PathLike):
+        path = Path(source)
+        if not path.exists():
+            raise ImageError(f"{path}: no such file")
+        if not path.is_file():
+            raise ImageError(f"{path}: not a file")
+        if path.stat().st_size == 0:
+            raise ImageError(f"{path}: empty file")
+        try:
+            return str(path), path.open("rb")
+        except OSError as exc:
+            raise ImageError(f"{path}: cannot open ({exc.strerror})") from exc
+    if hasattr(source, "read"):
+        data = source.read()
+        if not data:
+            raise ImageError("<stream>: empty input")
+        return "<stream>", io.BytesIO(data)
+    raise ImageError(f"unsupported image source of type {type(source).__name__}")
+
+
+def _from_array(array: np.ndarray, max_pixels: int) -> Image.Image:
+    if array.ndim == 2:
+        array = np.repeat(array[:, :, None], 3, axis=2)
+    if array.ndim != 3 or array.shape[2] not in (3, 4):
+        raise ImageError(f"array image must be HxW, HxWx3 or HxWx4, got shape {array.shape}")
+    _check_size((array.shape[1], array.shape[0]), max_pixels, "array")
+    if array.dtype != np.uint8:
+        array = _rescale_to_uint8(array)
+    return to_rgb(Image.fromarray(np.ascontiguousarray(array)))
+
+
+def _check_size(size: tuple[int, int], max_pixels: int, name: str) -> None:
+    width, height = size
+    if width <= 0 or height <= 0:
+        raise ImageError(f"{name}: image has no pixels ({width}x{height})")
+    if width * height > max_pixels:
+        raise ImageTooLargeError(
+            f"{name}: {width}x{height} = {width * height:,} pixels exceeds the limit of {max_pixels:,}"
+        )
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files directly or recursively under `folder`, sorted, hidden files skipped."""
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )

@@ -1,0 +1,146 @@
+"""Picture in, characters out: detect faces, cut them upright, embed, classify.
+
+`Recognizer` holds a loaded model and a detector; the module-level `recognize` and `detect` use a
+shared recognizer with the built-in model, for the one-line API.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image, ImageOps
+
+from kyara.bundle import ModelBundle, default_model_path, load_bundle
+from kyara.classify import Classifier, Guess
+from kyara.detection import DetectedFace, Detector, get_detector
+from kyara.embedding import Embedder
+from kyara.imageio import DEFAULT_MAX_PIXELS, ImageSource, load_image
+
+CROP_MARGIN = 1.4
+"""Crop side / detected face side: training crops show the face with some hair around it."""
+CROP_LIFT = 0.05
+"""Training crops sit the face slightly below centre; lift the crop by this share of its side."""
+
+
+@dataclass(frozen=True)
+class FaceResult:
+    """One recognized face. `label` is None when the character is unknown to the model."""
+
+    box: tuple[int, int, int, int]
+    detector_score: float
+    label: str | None
+    confidence: float
+    top_k: list[Guess]
+    fallback: bool = False
+    similarity: float = 0.0
+    angle: float = 0.0
+    landmarks: dict[str, tuple[int, int]] = field(default_factory=dict)
+    colors: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "box": list(self.box),
+            "detector_score": round(self.detector_score, 4),
+            "label": self.label,
+            "confidence": round(self.confidence, 4),
+            "similarity": round(self.similarity, 4),
+            "top_k": [g.to_dict() for g in self.top_k],
+            "fallback": self.fallback,
+            "angle": self.angle,
+            "landmarks": {k: list(v) for k, v in self.landmarks.items()},
+            "colors": dict(self.colors),
+        }
+
+
+class Recognizer:
+    """A loaded model plus a detector. Reuse one instance: loading the model is the slow part."""
+
+    def __init__(
+        self,
+        model: str | os.PathLike | ModelBundle | None = None,
+        detector: Detector | str = "animeface",
+        threads: int | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> None:
+        self.bundle = model if isinstance(model, ModelBundle) else load_bundle(model or default_model_path())
+        self.detector = get_detector(detector) if isinstance(detector, str) else detector
+        self.embedder = Embedder(self.bundle.onnx, self.bundle.input_size, threads)
+        self.classifier = Classifier.from_bundle(self.bundle)
+        self.max_pixels = max_pixels
+
+    def load(self, image: ImageSource) -> Image.Image:
+        return load_image(image, self.max_pixels)
+
+    def detect(self, image: ImageSource) -> list[DetectedFace]:
+        return self.detector.detect(self.load(image))
+
+    def recognize(self, image: ImageSource, top_k: int = 5) -> list[FaceResult]:
+        """Every face in `image`, best guesses first; the whole image if no face is found."""
+        picture = self.load(image)
+        faces = self.detector.detect(picture)
+        if not faces:
+            return [self._recognize_whole(picture, top_k)]
+        predictions = self.classifier.predict(self.embedder.embed([face_crop(picture, f) for f in faces]), top_k)
+        return [
+            FaceResult(
+                box=face.box, detector_score=face.score, label=p.label, confidence=p.confidence, top_k=p.top_k,
+                similarity=p.similarity, angle=face.angle, landmarks=face.landmarks, colors=face.colors,
+            )
+            for face, p in zip(faces, predictions)
+        ]
+
+    def recognize_crop(self, crop: ImageSource, top_k: int = 5) -> FaceResult:
+        """Classify an image that is already a face crop (no detection)."""
+        picture = self.load(crop)
+        p = self.classifier.predict(self.embedder.embed([picture]), top_k)[0]
+        return FaceResult((0, 0, picture.width, picture.height), 1.0, p.label, p.confidence, p.top_k, similarity=p.similarity)
+
+    def _recognize_whole(self, picture: Image.Image, top_k: int) -> FaceResult:
+        square = ImageOps.pad(picture, (max(picture.size),) * 2, color=(255, 255, 255))
+        p = self.classifier.predict(self.embedder.embed([square]), top_k)[0]
+        return FaceResult(
+            (0, 0, picture.width, picture.height), 0.0, p.label, p.confidence, p.top_k, fallback=True, similarity=p.similarity
+        )
+
+
+def face_crop(image: Image.Image, face: DetectedFace, margin: float = CROP_MARGIN) -> Image.Image:
+    """The face cut out upright, with the margin the model was trained with."""
+    cx, cy = face.center
+    side = max(face.box[2], face.box[3]) * margin
+    cy -= side * CROP_LIFT
+    if face.angle:
+        # Cut a generous square first so rotating it is cheap, then straighten the face.
+        reach = side * 0.75
+        region = image.crop((round(cx - reach), round(cy - reach), round(cx + reach), round(cy + reach)))
+        region = region.rotate(face.angle, Image.Resampling.BILINEAR, fillcolor=(255, 255, 255))
+        cx, cy = region.width / 2, region.height / 2
+        image = region
+    half = side / 2
+    return image.crop((round(cx - half), round(cy - half), round(cx + half), round(cy + half)))
+
+
+@functools.lru_cache(maxsize=4)
+def _shared_recognizer(model: str | None) -> Recognizer:
+    return Recognizer(model)
+
+
+def default_recognizer(model: str | os.PathLike | None = None) -> Recognizer:
+    return _shared_recognizer(str(Path(model)) if model else None)
+
+
+def recognize(image: ImageSource, model: str | os.PathLike | None = None, top_k: int = 5) -> list[FaceResult]:
+    """Which characters are in `image`? One `FaceResult` per face (see `Recognizer.recognize`)."""
+    return default_recognizer(model).recognize(image, top_k)
+
+
+@functools.lru_cache(maxsize=1)
+def _shared_detector() -> Detector:
+    return get_detector()
+
+
+def detect(image: ImageSource) -> list[DetectedFace]:
+    """Where are the anime faces in `image`? Boxes in original image pixels."""
+    return _shared_detector().detect(load_image(image))

@@ -1,0 +1,238 @@
+"""Fine-tune a backbone into an anime-face embedder with a cosine-margin head (CosFace).
+
+The head's rows are unit vectors in the embedding space, so trained characters and characters
+enrolled later from a few images are compared the same way: by cosine similarity. Optional outlier
+exposure (faces of other characters pushed towards a uniform prediction) teaches the model to give
+low similarity to characters it does not know.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import math
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from kyara.train.data import LabelledImages
+from kyara.train.nets import BACKBONES
+
+_MEAN = (0.485, 0.456, 0.406)
+_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class TrainConfig:
+    backbone: str = "mobilenetv2"
+    mode: str = "finetune"  # or "linear": frozen backbone, only the embedding and head learn
+    input_size: int = 128
+    embedding_dim: int = 256
+    epochs: int = 12
+    patience: int = 4
+    batch_size: int = 64
+    lr: float = 2e-3
+    backbone_lr: float = 5e-4
+    weight_decay: float = 0.02
+    margin: float = 0.25
+    scale: float = 30.0
+    ood_batch_size: int = 16
+    ood_weight: float = 0.5
+    grayscale_p: float = 0.15
+    seed: int = 0
+    threads: int = 2
+
+
+class EmbeddingNet(nn.Module):
+    """RGB in [0, 1], NCHW -> unit-length embedding."""
+
+    def __init__(self, backbone: nn.Module, out_features: int, dim: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.project = nn.Linear(out_features, dim)
+        self.norm = nn.BatchNorm1d(dim)
+        self.register_buffer("mean", torch.tensor(_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(_STD).view(1, 3, 1, 1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        features = self.backbone((images - self.mean) / self.std)
+        return F.normalize(self.norm(self.project(features)), dim=1)
+
+
+@dataclass
+class TrainResult:
+    net: EmbeddingNet
+    head: np.ndarray
+    history: list[dict]
+    config: TrainConfig
+    seconds: float
+
+
+def build_net(config: TrainConfig) -> EmbeddingNet:
+    backbone = BACKBONES[config.backbone]()
+    backbone.load_imagenet()
+    return EmbeddingNet(backbone, backbone.out_features, config.embedding_dim)
+
+
+def train(
+    data: LabelledImages, val: LabelledImages, config: TrainConfig, outliers: np.ndarray | None = None
+) -> TrainResult:
+    """Train on `data`, keep the epoch with the best accuracy on `val` (early stopping)."""
+    torch.manual_seed(config.seed)
+    torch.set_num_threads(config.threads)
+    generator = torch.Generator().manual_seed(config.seed)
+    net = build_net(config)
+    head = nn.Parameter(F.normalize(torch.randn(len(data.classes), config.embedding_dim, generator=generator), dim=1))
+    optimizer = _optimizer(net, head, config)
+    steps_per_epoch = max(1, math.ceil(len(data.labels) / config.batch_size))
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, [g["lr"] for g in optimizer.param_groups], total_steps=config.epochs * steps_per_epoch, pct_start=0.1
+    )
+    pixels, labels = torch.from_numpy(data.pixels), torch.from_numpy(data.labels)
+    best = (-1.0, None, None)
+    history: list[dict] = []
+    started, stale = time.time(), 0
+    for epoch in range(config.epochs):
+        _set_train_mode(net, config)
+        order = torch.randperm(len(labels), generator=generator)
+        losses = []
+        for step in tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", leave=False):
+            batch = order[step * config.batch_size : (step + 1) * config.batch_size]
+            images = augment(pixels[batch], config, generator)
+            loss = _classification_loss(net(images), head, labels[batch], config)
+            if outliers is not None and config.ood_weight > 0:
+                pick = torch.randint(len(outliers), (config.ood_batch_size,), generator=generator)
+                ood_images = augment(torch.from_numpy(outliers[pick.numpy()]), config, generator)
+                loss = loss + config.ood_weight * _outlier_loss(net(ood_images), head, config)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            with torch.no_grad():
+                head.data = F.normalize(head.data, dim=1)
+            losses.append(float(loss.detach()))
+        accuracy = accuracy_of(net, head.detach(), val, config.input_size)
+        history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_top1": accuracy, "seconds": time.time() - started})
+        print(f"epoch {epoch + 1}: loss {np.mean(losses):.3f} val top-1 {accuracy:.4f} ({time.time() - started:.0f} s)", flush=True)
+        if accuracy > best[0]:
+            best, stale = (accuracy, copy.deepcopy(net.state_dict()), head.detach().clone()), 0
+        else:
+            stale += 1
+            if stale >= config.patience:
+                break
+    net.load_state_dict(best[1])
+    net.eval()
+    return TrainResult(net, best[2].numpy(), history, config, time.time() - started)
+
+
+def _optimizer(net: EmbeddingNet, head: nn.Parameter, config: TrainConfig) -> torch.optim.Optimizer:
+    own = [*net.project.parameters(), *net.norm.parameters(), head]
+    groups = [{"params": own, "lr": config.lr}]
+    if config.mode == "finetune":
+        groups.append({"params": list(net.backbone.parameters()), "lr": config.backbone_lr})
+    elif config.mode == "linear":
+        net.backbone.requires_grad_(False)
+    else:
+        raise ValueError(f"unknown training mode {config.mode!r} (finetune or linear)")
+    return torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+
+
+def _set_train_mode(net: EmbeddingNet, config: TrainConfig) -> None:
+    net.train()
+    if config.mode == "linear":
+        net.backbone.eval()  # frozen: keep ImageNet batch-norm statistics too
+
+
+def _classification_loss(embeddings: torch.Tensor, head: torch.Tensor, labels: torch.Tensor, config: TrainConfig) -> torch.Tensor:
+    cosine = embeddings @ F.normalize(head, dim=1).T
+    margin = F.one_hot(labels, cosine.shape[1]) * config.margin
+    return F.cross_entropy(config.scale * (cosine - margin), labels)
+
+
+def _outlier_loss(embeddings: torch.Tensor, head: torch.Tensor, config: TrainConfig) -> torch.Tensor:
+    """Cross-entropy to the uniform distribution: other characters should match no class."""
+    cosine = embeddings @ F.normalize(head, dim=1).T
+    return -F.log_softmax(config.scale * cosine, dim=1).mean()
+
+
+def augment(batch: torch.Tensor, config: TrainConfig, generator: torch.Generator) -> torch.Tensor:
+    """Drawing-friendly augmentation of a uint8 NHWC batch -> float NCHW at the input size.
+
+    Random zoom (in and out), aspect, shift, rotation (+-15 deg) and flip in one affine warp;
+    brightness, contrast and saturation jitter but no hue shift (hair colour identifies
+    characters); grayscale for manga; occasional low resolution like small faces in a picture.
+    """
+    images = batch.permute(0, 3, 1, 2).float() / 255.0
+    n = images.shape[0]
+
+    def uniform(low: float, high: float) -> torch.Tensor:
+        return low + (high - low) * torch.rand(n, generator=generator)
+
+    angle = uniform(-15, 15) * math.pi / 180
+    zoom = torch.exp(uniform(math.log(0.8), math.log(1.2)))
+    aspect = torch.exp(uniform(-0.1, 0.1))
+    flip = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0)
+    sx, sy = zoom * aspect * flip, zoom / aspect
+    theta = torch.stack(
+        [
+            torch.stack([sx * torch.cos(angle), -sy * torch.sin(angle), uniform(-0.08, 0.08)], 1),
+            torch.stack([sx * torch.sin(angle), sy * torch.cos(angle), uniform(-0.08, 0.08)], 1),
+        ],
+        1,
+    )
+    size = config.input_size
+    grid = F.affine_grid(theta, [n, 3, size, size], align_corners=False)
+    images = F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+    gray = images.mul(torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    saturation = uniform(0.7, 1.3).view(n, 1, 1, 1)
+    images = gray + (images - gray) * saturation
+    mean = images.mean(dim=(1, 2, 3), keepdim=True)
+    images = (images - mean) * uniform(0.75, 1.25).view(n, 1, 1, 1) + mean
+    images = images * uniform(0.8, 1.2).view(n, 1, 1, 1)
+    to_gray = (torch.rand(n, generator=generator) < config.grayscale_p).view(n, 1, 1, 1)
+    images = torch.where(to_gray, images.mul(torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True).expand_as(images), images)
+    if float(torch.rand(1, generator=generator)) < 0.2:
+        low = int(torch.randint(size // 3, size * 2 // 3, (1,), generator=generator))
+        images = F.interpolate(F.interpolate(images, size=low, mode="bilinear", antialias=True), size=size, mode="bilinear")
+    return images.clamp(0, 1).contiguous()
+
+
+def preprocess(batch: np.ndarray, size: int) -> torch.Tensor:
+    """Evaluation-time input: uint8 NHWC -> float NCHW resized to `size`."""
+    images = torch.from_numpy(batch).permute(0, 3, 1, 2).float() / 255.0
+    return F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+
+
+@torch.no_grad()
+def embed_pixels(net: EmbeddingNet, pixels: np.ndarray, size: int, batch_size: int = 128) -> np.ndarray:
+    net.eval()
+    chunks = [net(preprocess(pixels[i : i + batch_size], size)).numpy() for i in range(0, len(pixels), batch_size)]
+    return np.concatenate(chunks) if chunks else np.zeros((0, net.project.out_features), np.float32)
+
+
+def accuracy_of(net: EmbeddingNet, head: torch.Tensor, data: LabelledImages, size: int) -> float:
+    if len(data.labels) == 0:
+        return float("nan")
+    predictions = (embed_pixels(net, data.pixels, size) @ head.numpy().T).argmax(1)
+    return float((predictions == data.labels).mean())
+
+
+def export_onnx(net: EmbeddingNet, size: int) -> bytes:
+    """The embedder as ONNX: input `image` float32 N x 3 x size x size in [0, 1], RGB."""
+    net.eval()
+    buffer = io.BytesIO()
+    torch.onnx.export(
+        net, torch.zeros(1, 3, size, size), buffer, input_names=["image"], output_names=["embedding"],
+        dynamic_axes={"image": {0: "batch"}, "embedding": {0: "batch"}}, opset_version=17, dynamo=False,
+    )
+    return buffer.getvalue()
+
+
+def config_dict(config: TrainConfig) -> dict:
+    return asdict(config)

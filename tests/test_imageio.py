@@ -1,0 +1,119 @@
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from kyara.errors import ImageError, ImageTooLargeError
+from kyara.imageio import load_image
+
+
+@pytest.fixture(scope="module")
+def face(face_crop_path) -> Image.Image:
+    return Image.open(face_crop_path).convert("RGB")
+
+
+def encoded(image: Image.Image, format: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format, **options)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("format", ["PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF"])
+def test_common_formats_load_as_rgb(face, format):
+    image = load_image(encoded(face, format))
+    assert image.mode == "RGB"
+    assert image.size == face.size
+    # The picture survives the trip (GIF's palette and JPEG's compression lose a little).
+    assert np.abs(np.asarray(image, np.float32) - np.asarray(face, np.float32)).mean() < 20
+
+
+def test_animated_gif_gives_first_frame(face):
+    frames = [face, Image.new("RGB", face.size, (0, 0, 0))]
+    data = encoded(frames[0], "GIF", save_all=True, append_images=frames[1:])
+    assert np.asarray(load_image(data)).mean() > 60  # the black second frame would be ~0
+
+
+@pytest.mark.parametrize("mode", ["L", "1", "P", "RGBA", "LA", "CMYK", "I;16", "I", "F", "YCbCr"])
+def test_every_mode_becomes_rgb(face, mode):
+    converted = face.convert("L").convert(mode) if mode in ("I;16", "I", "F") else face.convert(mode)
+    image = load_image(converted)
+    assert image.mode == "RGB" and image.size == face.size
+    assert np.asarray(image).std() > 10  # not flattened to one colour
+
+
+def test_sixteen_bit_png_is_rescaled():
+    ramp = (np.arange(256 * 64, dtype=np.uint16).reshape(64, 256) * 4).astype(np.uint16)
+    data = encoded(Image.frombytes("I;16", (256, 64), ramp.tobytes()), "PNG")
+    pixels = np.asarray(load_image(data))
+    assert pixels.min() == 0 and pixels.max() == 255
+
+
+def test_transparency_is_composited_on_white():
+    clear = Image.new("RGBA", (8, 8), (255, 0, 0, 0))
+    assert np.asarray(load_image(encoded(clear, "PNG"))).min() == 255
+
+
+def test_exif_orientation_is_applied(face):
+    wide = face.resize((200, 100))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    image = load_image(encoded(wide, "JPEG", exif=exif.tobytes()))
+    assert image.size == (100, 200)
+
+
+def test_pixel_limit_stops_decompression_bombs():
+    bomb = encoded(Image.new("1", (20_000, 20_000)), "PNG")  # a few KB on disk, 400 Mpx decoded
+    assert len(bomb) < 200_000
+    with pytest.raises(ImageTooLargeError, match="exceeds the limit"):
+        load_image(bomb)
+    with pytest.raises(ImageTooLargeError):
+        load_image(encoded(Image.new("RGB", (100, 100)), "PNG"), max_pixels=5_000)
+
+
+def test_truncated_file_is_an_error(face, tmp_path):
+    data = encoded(face, "JPEG")
+    path = tmp_path / "cut.jpg"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ImageError, match="cut.jpg"):
+        load_image(path)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [(b"", "empty"), (b"hello, I am text", "not a readable image"), (bytes(range(256)) * 40, "not a readable image"),
+     (b"\x89PNG\r\n\x1a\n" + b"\0" * 64, "")],
+)
+def test_bad_files_raise_image_error(tmp_path, content, message):
+    path = tmp_path / "bad.png"
+    path.write_bytes(content)
+    with pytest.raises(ImageError, match=message):
+        load_image(path)
+
+
+def test_missing_file_and_directory(tmp_path):
+    with pytest.raises(ImageError, match="no such file"):
+        load_image(tmp_path / "nope.png")
+    with pytest.raises(ImageError, match="not a file"):
+        load_image(tmp_path)
+
+
+def test_hostile_file_name_is_only_reported(face, tmp_path):
+    path = tmp_path / "名前 (copy) ; rm -rf $HOME.png"
+    path.write_bytes(encoded(face, "PNG"))
+    assert load_image(path).size == face.size
+    path.write_bytes(b"junk")
+    with pytest.raises(ImageError, match="rm -rf"):
+        load_image(path)
+
+
+def test_arrays_and_streams(face):
+    assert load_image(np.asarray(face)).size == face.size
+    assert load_image(np.asarray(face.convert("L"))).mode == "RGB"
+    assert load_image(io.BytesIO(encoded(face, "PNG"))).size == face.size
+    with pytest.raises(ImageError):
+        load_image(np.zeros((4, 4, 7), np.uint8))
+    with pytest.raises(ImageError, match="unsupported"):
+        load_image(12345)
