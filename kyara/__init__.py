@@ -1,3 +1,31 @@
-"""kyara: which anime character is in this picture?"""
+"""kyara: which anime character is in this picture?
+
+import kyara
+for face in kyara.recognize("party.png"):
+    print(face.box, face.label, face.confidence, face.top_k)
+"""
 
 __version__ = "0.1.0"
+
+from kyara.bundle import ModelBundle, load_bundle, save_bundle
+from kyara.detection import DetectedFace
+from kyara.errors import ImageError, ImageTooLargeError, KyaraError, ModelError
+from kyara.imageio import load_image
+from kyara.pipeline import FaceResult, Recognizer, detect, recognize
+
+__all__ = [
+    "DetectedFace",
+    "FaceResult",
+    "ImageError",
+    "ImageTooLargeError",
+    "KyaraError",
+    "ModelBundle",
+    "ModelError",
+    "Recognizer",
+    "__version__",
+    "detect",
+    "load_bundle",
+    "load_image",
+    "recognize",
+    "save_bundle",
+]

@@ -1,8 +1,9 @@
 """The model bundle: one self-describing `.kyara` file (a zip) holding everything recognition needs.
 
 Members: `kyara.json` (labels, thresholds, metadata), `embedder.onnx` (image -> L2-normalised
-embedding), `head.npy` (one unit vector per trained character) and `gallery.npy` (embeddings of
-enrolled images, labelled in `kyara.json`). Loading reads JSON and `.npy` without pickle, so a
+embedding), `head.npy` (one unit vector per trained character), `gallery.npy` (embeddings of
+enrolled images, labelled in `kyara.json`) and, optionally, `weights.npz` (the network's weights
+in float16, so `kyara train` can fine-tune from this model). Loading reads JSON and `.npy` without pickle, so a
 bundle from a stranger cannot run code.
 """
 
@@ -40,6 +41,7 @@ class ModelBundle:
     gallery: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
     gallery_labels: list[str] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)
+    weights: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.head = np.asarray(self.head, np.float32)
@@ -93,6 +95,10 @@ def save_bundle(bundle: ModelBundle, path: str | os.PathLike) -> None:
         archive.writestr("embedder.onnx", bundle.onnx)
         archive.writestr("head.npy", _npy_bytes(bundle.head))
         archive.writestr("gallery.npy", _npy_bytes(bundle.gallery))
+        if bundle.weights:
+            weights = io.BytesIO()
+            np.savez(weights, **{name: np.asarray(value) for name, value in bundle.weights.items()})
+            archive.writestr("weights.npz", weights.getvalue())
     atomic_write_bytes(path, buffer.getvalue())
 
 
@@ -133,6 +139,7 @@ def load_bundle(path: str | os.PathLike) -> ModelBundle:
                 temperature=float(header["temperature"]),
                 input_size=int(header["input_size"]),
                 metadata=dict(header.get("metadata", {})),
+                weights=_load_weights(archive),
             )
     except ModelError:
         raise
@@ -164,6 +171,13 @@ def _load_npy(data: bytes) -> np.ndarray:
     if array.dtype != np.float32 or array.ndim != 2:
         raise ValueError(f"expected a 2-d float32 array, got {array.dtype} {array.shape}")
     return array
+
+
+def _load_weights(archive: zipfile.ZipFile) -> dict[str, np.ndarray]:
+    if "weights.npz" not in archive.namelist():
+        return {}
+    with np.load(io.BytesIO(archive.read("weights.npz")), allow_pickle=False) as weights:
+        return {name: weights[name] for name in weights.files}
 
 
 def default_model_path() -> Path:

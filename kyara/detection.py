@@ -23,8 +23,9 @@ Point = tuple[float, float]
 
 @dataclass(frozen=True)
 class DetectedFace:
-    """One face. `box` is [x, y, w, h] of the upright face square, centred where the face is;
-    `angle` is how far (degrees, counter-clockwise) the face is tilted in the picture."""
+    """One face. `box` is [x, y, w, h] of the face square (original pixels, centred on the face);
+    `angle` is the rotation (degrees, counter-clockwise) that stands the face upright: 0 for an
+    upright face, -25 for a face tilted 25 degrees counter-clockwise."""
 
     box: tuple[int, int, int, int]
     score: float
@@ -69,8 +70,12 @@ class AnimeFaceDetector:
 
     def detect(self, image: Image.Image) -> list[DetectedFace]:
         scale = min(1.0, self.max_side / max(image.size))
-        small = image if scale == 1.0 else image.resize(
-            (max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.Resampling.BILINEAR
+        small = (
+            image
+            if scale == 1.0
+            else image.resize(
+                (max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.Resampling.BILINEAR
+            )
         )
         found = [face for angle in self.angles for face in self._detect_at(small, angle, scale)]
         return non_max_suppression([f for f in found if f.score >= self.min_score])
@@ -78,7 +83,11 @@ class AnimeFaceDetector:
     def _detect_at(self, image: Image.Image, angle: float, scale: float) -> list[DetectedFace]:
         import animeface
 
-        rotated = image if angle == 0 else image.rotate(angle, Image.Resampling.BILINEAR, expand=True, fillcolor=(255, 255, 255))
+        rotated = (
+            image
+            if angle == 0
+            else image.rotate(angle, Image.Resampling.BILINEAR, expand=True, fillcolor=(255, 255, 255))
+        )
         to_original = _inverse_rotation(image.size, rotated.size, angle, scale)
         faces = []
         for face in animeface.detect(rotated):

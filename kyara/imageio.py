@@ -11,14 +11,14 @@ import struct
 import warnings
 from os import PathLike
 from pathlib import Path
-from typing import BinaryIO, Union
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from kyara.errors import ImageError, ImageTooLargeError
 
-ImageSource = Union[str, PathLike, bytes, BinaryIO, Image.Image, np.ndarray]
+ImageSource = str | PathLike | bytes | BinaryIO | Image.Image | np.ndarray
 
 DEFAULT_MAX_PIXELS = 50_000_000
 """About 7000 x 7000: larger than any illustration we expect, far below a decompression bomb."""
@@ -134,5 +134,7 @@ def list_images(folder: Path) -> list[Path]:
     return sorted(
         p
         for p in folder.rglob("*")
-        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+        if p.is_file()
+        and p.suffix.lower() in IMAGE_SUFFIXES
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
     )

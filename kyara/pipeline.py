@@ -86,8 +86,15 @@ class Recognizer:
         predictions = self.classifier.predict(self.embedder.embed([face_crop(picture, f) for f in faces]), top_k)
         return [
             FaceResult(
-                box=face.box, detector_score=face.score, label=p.label, confidence=p.confidence, top_k=p.top_k,
-                similarity=p.similarity, angle=face.angle, landmarks=face.landmarks, colors=face.colors,
+                box=face.box,
+                detector_score=face.score,
+                label=p.label,
+                confidence=p.confidence,
+                top_k=p.top_k,
+                similarity=p.similarity,
+                angle=face.angle,
+                landmarks=face.landmarks,
+                colors=face.colors,
             )
             for face, p in zip(faces, predictions)
         ]
@@ -96,13 +103,21 @@ class Recognizer:
         """Classify an image that is already a face crop (no detection)."""
         picture = self.load(crop)
         p = self.classifier.predict(self.embedder.embed([picture]), top_k)[0]
-        return FaceResult((0, 0, picture.width, picture.height), 1.0, p.label, p.confidence, p.top_k, similarity=p.similarity)
+        return FaceResult(
+            (0, 0, picture.width, picture.height), 1.0, p.label, p.confidence, p.top_k, similarity=p.similarity
+        )
 
     def _recognize_whole(self, picture: Image.Image, top_k: int) -> FaceResult:
         square = ImageOps.pad(picture, (max(picture.size),) * 2, color=(255, 255, 255))
         p = self.classifier.predict(self.embedder.embed([square]), top_k)[0]
         return FaceResult(
-            (0, 0, picture.width, picture.height), 0.0, p.label, p.confidence, p.top_k, fallback=True, similarity=p.similarity
+            (0, 0, picture.width, picture.height),
+            0.0,
+            p.label,
+            p.confidence,
+            p.top_k,
+            fallback=True,
+            similarity=p.similarity,
         )
 
 

@@ -11,7 +11,10 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from kyara.crop import training_face
+from kyara.dataset import character_folders
 from kyara.dedupe import group_near_duplicates, phash
+from kyara.detection import Detector
 from kyara.errors import ImageError
 from kyara.imageio import list_images, load_image
 
@@ -32,7 +35,10 @@ class LabelledImages:
 
     def subset(self, indices: np.ndarray) -> LabelledImages:
         return LabelledImages(
-            self.pixels[indices], self.labels[indices], self.groups[indices], self.classes,
+            self.pixels[indices],
+            self.labels[indices],
+            self.groups[indices],
+            self.classes,
             [self.paths[i] for i in indices],
         )
 
@@ -40,36 +46,43 @@ class LabelledImages:
         return {name: int((self.labels == i).sum()) for i, name in enumerate(self.classes)}
 
 
-def character_folders(roots: Sequence[Path]) -> list[Path]:
-    """Sub-folders of each root (one per character), sorted by name, hidden ones skipped."""
-    folders = [f for root in roots for f in sorted(Path(root).iterdir()) if f.is_dir() and not f.name.startswith(".")]
-    names = [f.name for f in folders]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise ValueError(f"the same character folder appears in several roots: {duplicates}")
-    return folders
+def load_folders(roots: Sequence[Path], side: int = STORE_SIDE, detector: Detector | None = None) -> LabelledImages:
+    """Read every image under each character folder, resized to `side` x `side`.
 
-
-def load_folders(roots: Sequence[Path], side: int = STORE_SIDE) -> LabelledImages:
-    """Read every image under each character folder, resized to `side` x `side`."""
-    folders = character_folders(roots)
-    pixels, labels, paths, hashes, sources, skipped = [], [], [], [], [], []
-    for label, folder in enumerate(folders):
+    With a `detector`, full illustrations are reduced to their most confident face (cached);
+    illustrations with no face found are skipped and listed, like unreadable files.
+    """
+    pixels, labels, paths, hashes, sources, skipped, classes = [], [], [], [], [], [], []
+    for folder in character_folders(roots):
+        label, before = len(classes), len(labels)
         for path in tqdm(list_images(folder), desc=folder.name, leave=False):
             try:
                 image = load_image(path)
             except ImageError as exc:
                 skipped.append((path, str(exc)))
                 continue
+            if detector is not None:
+                image = training_face(path, image, detector)
+                if image is None:
+                    skipped.append((path, f"{path}: no face found in this illustration"))
+                    continue
             pixels.append(np.asarray(image.resize((side, side), Image.Resampling.BILINEAR)))
             labels.append(label)
             paths.append(path)
             hashes.append(phash(image))
             sources.append(f"{label}/{source_key(path)}")
+        if len(labels) > before:
+            classes.append(folder.name)
+        else:
+            skipped.append((folder, f"{folder}: no usable images, character left out"))
     groups = _merge_groups(group_near_duplicates(hashes), sources)
     return LabelledImages(
         np.stack(pixels) if pixels else np.zeros((0, side, side, 3), np.uint8),
-        np.asarray(labels, np.int64), np.asarray(groups, np.int64), [f.name for f in folders], paths, skipped,
+        np.asarray(labels, np.int64),
+        np.asarray(groups, np.int64),
+        classes,
+        paths,
+        skipped,
     )
 
 
@@ -96,9 +109,7 @@ def _merge_groups(hash_groups: list[int], sources: list[str]) -> list[int]:
     return [root(g) for g in hash_groups]
 
 
-def split_by_group(
-    labels: np.ndarray, groups: np.ndarray, fractions: Sequence[float], seed: int
-) -> list[np.ndarray]:
+def split_by_group(labels: np.ndarray, groups: np.ndarray, fractions: Sequence[float], seed: int) -> list[np.ndarray]:
     """Stratified split into len(fractions) parts (the last takes the rest); groups never straddle."""
     rng = np.random.default_rng(seed)
     parts: list[list[int]] = [[] for _ in fractions]

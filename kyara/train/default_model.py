@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -24,16 +24,17 @@ from kyara.bundle import ModelBundle, save_bundle
 from kyara.classify import Classifier
 from kyara.embedding import Embedder
 from kyara.imageio import list_images, load_image
-from kyara.metrics import auroc, expected_calibration_error, fit_temperature, threshold_at_acceptance, top_k_accuracy
+from kyara.metrics import auroc, expected_calibration_error, top_k_accuracy
 from kyara.train.data import STORE_SIDE, LabelledImages, load_folders, split_by_group
-from kyara.train.trainer import TrainConfig, config_dict, embed_pixels, export_onnx, train
+from kyara.train.fit import package
+from kyara.train.trainer import TrainConfig, build_net, config_dict, train
 
 DATASETS = ("holoen-faces", "newgame-faces", "danbooru6-faces")
 SPLIT = (0.75, 0.10, 0.15)
-KNOWN_ACCEPTANCE = 0.95
 
 
 def load_unlabelled(folder: Path, side: int = STORE_SIDE) -> np.ndarray:
+    """Every image of `folder` (same order as `list_images`) at `side` x `side`."""
     return np.stack([np.asarray(load_image(p).resize((side, side))) for p in list_images(folder)])
 
 
@@ -53,14 +54,16 @@ def main() -> None:
     outliers = load_unlabelled(args.data / "face-patches" / "face")
     order = np.random.default_rng(args.seed).permutation(len(outliers))
     outlier_train, outlier_test = outliers[order[::2]], outliers[order[1::2]]
-    print(f"{len(data.labels)} images, {len(data.classes)} characters, skipped {len(data.skipped)}; "
-          f"train {len(train_idx)} val {len(val_idx)} test {len(test_idx)}; outliers {len(outliers)}", flush=True)
+    outlier_paths = list_images(args.data / "face-patches" / "face")
+    print(
+        f"{len(data.labels)} images, {len(data.classes)} characters, skipped {len(data.skipped)}; "
+        f"train {len(train_idx)} val {len(val_idx)} test {len(test_idx)}; outliers {len(outliers)}",
+        flush=True,
+    )
 
     if args.checkpoint.exists():
         print(f"resuming from {args.checkpoint}", flush=True)
         saved = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
-        from kyara.train.trainer import build_net
-
         net = build_net(config)
         net.load_state_dict(saved["net"])
         net.eval()
@@ -71,20 +74,13 @@ def main() -> None:
         args.checkpoint.parent.mkdir(parents=True, exist_ok=True)
         torch.save({"net": net.state_dict(), "head": head, "history": history, "seconds": seconds}, args.checkpoint)
 
-    val = data.subset(val_idx)
-    val_sims = embed_pixels(net, val.pixels, config.input_size) @ head.T
-    temperature = fit_temperature(val_sims, val.labels)
-    threshold = threshold_at_acceptance(val_sims.max(axis=1), KNOWN_ACCEPTANCE)
-    bundle = ModelBundle(
-        onnx=export_onnx(net, config.input_size), labels=data.classes, head=head,
-        unknown_threshold=threshold, temperature=temperature, input_size=config.input_size,
-    )
+    bundle = package(net, head, data.classes, data.subset(val_idx), config)
     metrics = evaluate_bundle(bundle, data.subset(test_idx), outlier_test)
     bundle.metadata = {
         "name": "kyara-default",
         "version": "0.1.0",
         "kyara_version": kyara.__version__,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "backbone": config.backbone,
         "training": {
             "datasets": list(DATASETS),
@@ -100,7 +96,11 @@ def main() -> None:
     }
     save_bundle(bundle, args.out)
     args.metrics.parent.mkdir(parents=True, exist_ok=True)
-    args.metrics.write_text(json.dumps(bundle.metadata, indent=2, ensure_ascii=False) + "\n")
+    held_out = {
+        "test_files": [data.paths[i].relative_to(args.data).as_posix() for i in test_idx],
+        "outlier_test_files": [outlier_paths[i].relative_to(args.data).as_posix() for i in order[1::2]],
+    }
+    args.metrics.write_text(json.dumps({**bundle.metadata, **held_out}, indent=2, ensure_ascii=False) + "\n")
     print(json.dumps(metrics, indent=2), flush=True)
 
 

@@ -12,7 +12,9 @@ import copy
 import io
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from kyara.bundle import atomic_write_bytes
 from kyara.train.data import LabelledImages
 from kyara.train.nets import BACKBONES
 
@@ -73,35 +76,57 @@ class TrainResult:
     seconds: float
 
 
-def build_net(config: TrainConfig) -> EmbeddingNet:
+def build_net(config: TrainConfig, imagenet: bool = True) -> EmbeddingNet:
     backbone = BACKBONES[config.backbone]()
-    backbone.load_imagenet()
+    if imagenet:
+        backbone.load_imagenet()
     return EmbeddingNet(backbone, backbone.out_features, config.embedding_dim)
 
 
 def train(
-    data: LabelledImages, val: LabelledImages, config: TrainConfig, outliers: np.ndarray | None = None
+    data: LabelledImages,
+    val: LabelledImages,
+    config: TrainConfig,
+    outliers: np.ndarray | None = None,
+    start: dict[str, torch.Tensor] | None = None,
+    checkpoint: Path | None = None,
 ) -> TrainResult:
-    """Train on `data`, keep the epoch with the best accuracy on `val` (early stopping)."""
+    """Train on `data` and keep the epoch with the best accuracy on `val` (early stopping).
+
+    `start` replaces the ImageNet weights (e.g. the anime network of an existing model). With
+    `checkpoint`, the state is saved after every epoch and a matching checkpoint is resumed.
+    """
     torch.manual_seed(config.seed)
     torch.set_num_threads(config.threads)
     generator = torch.Generator().manual_seed(config.seed)
-    net = build_net(config)
+    net = build_net(config, imagenet=start is None)
+    if start is not None:
+        net.load_state_dict(start)
     head = nn.Parameter(F.normalize(torch.randn(len(data.classes), config.embedding_dim, generator=generator), dim=1))
     optimizer = _optimizer(net, head, config)
     steps_per_epoch = max(1, math.ceil(len(data.labels) / config.batch_size))
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, [g["lr"] for g in optimizer.param_groups], total_steps=config.epochs * steps_per_epoch, pct_start=0.1
     )
+    state = {"epoch": 0, "history": [], "best_accuracy": -1.0, "best": None, "stale": 0, "seconds": 0.0}
+    if checkpoint is not None and checkpoint.exists():
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        if saved["config"] != asdict(config) or saved["classes"] != data.classes:
+            raise ValueError(f"{checkpoint} was made with other settings or characters; delete it to start afresh")
+        net.load_state_dict(saved["net"])
+        head.data = saved["head"]
+        optimizer.load_state_dict(saved["optimizer"])
+        schedule.load_state_dict(saved["schedule"])
+        generator.set_state(saved["generator"])
+        state = saved["state"]
     pixels, labels = torch.from_numpy(data.pixels), torch.from_numpy(data.labels)
-    best = (-1.0, None, None)
-    history: list[dict] = []
-    started, stale = time.time(), 0
-    for epoch in range(config.epochs):
+    started = time.time() - state["seconds"]
+    while state["epoch"] < config.epochs and state["stale"] < config.patience:
+        epoch = state["epoch"] + 1
         _set_train_mode(net, config)
         order = torch.randperm(len(labels), generator=generator)
         losses = []
-        for step in tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", leave=False):
+        for step in tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{config.epochs}", leave=False):
             batch = order[step * config.batch_size : (step + 1) * config.batch_size]
             images = augment(pixels[batch], config, generator)
             loss = _classification_loss(net(images), head, labels[batch], config)
@@ -116,18 +141,41 @@ def train(
             with torch.no_grad():
                 head.data = F.normalize(head.data, dim=1)
             losses.append(float(loss.detach()))
-        accuracy = accuracy_of(net, head.detach(), val, config.input_size)
-        history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_top1": accuracy, "seconds": time.time() - started})
-        print(f"epoch {epoch + 1}: loss {np.mean(losses):.3f} val top-1 {accuracy:.4f} ({time.time() - started:.0f} s)", flush=True)
-        if accuracy > best[0]:
-            best, stale = (accuracy, copy.deepcopy(net.state_dict()), head.detach().clone()), 0
+        # Without validation images, the last epoch is the one kept.
+        accuracy = accuracy_of(net, head.detach(), val, config.input_size) if len(val.labels) else float(epoch)
+        state["seconds"] = time.time() - started
+        state["history"].append(
+            {"epoch": epoch, "loss": float(np.mean(losses)), "val_top1": accuracy, "seconds": state["seconds"]}
+        )
+        print(
+            f"epoch {epoch}: loss {np.mean(losses):.3f} val top-1 {accuracy:.4f} ({state['seconds']:.0f} s)", flush=True
+        )
+        if accuracy > state["best_accuracy"]:
+            state.update(best_accuracy=accuracy, best=(copy.deepcopy(net.state_dict()), head.detach().clone()), stale=0)
         else:
-            stale += 1
-            if stale >= config.patience:
-                break
-    net.load_state_dict(best[1])
+            state["stale"] += 1
+        state["epoch"] = epoch
+        if checkpoint is not None:
+            _save_checkpoint(checkpoint, config, data.classes, net, head, optimizer, schedule, generator, state)
+    net.load_state_dict(state["best"][0])
     net.eval()
-    return TrainResult(net, best[2].numpy(), history, config, time.time() - started)
+    return TrainResult(net, state["best"][1].numpy(), state["history"], config, state["seconds"])
+
+
+def _save_checkpoint(path: Path, config, classes, net, head, optimizer, schedule, generator, state) -> None:
+    checkpoint = {
+        "config": asdict(config),
+        "classes": classes,
+        "net": net.state_dict(),
+        "head": head.detach().clone(),
+        "optimizer": optimizer.state_dict(),
+        "schedule": schedule.state_dict(),
+        "generator": generator.get_state(),
+        "state": state,
+    }
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def _optimizer(net: EmbeddingNet, head: nn.Parameter, config: TrainConfig) -> torch.optim.Optimizer:
@@ -148,7 +196,9 @@ def _set_train_mode(net: EmbeddingNet, config: TrainConfig) -> None:
         net.backbone.eval()  # frozen: keep ImageNet batch-norm statistics too
 
 
-def _classification_loss(embeddings: torch.Tensor, head: torch.Tensor, labels: torch.Tensor, config: TrainConfig) -> torch.Tensor:
+def _classification_loss(
+    embeddings: torch.Tensor, head: torch.Tensor, labels: torch.Tensor, config: TrainConfig
+) -> torch.Tensor:
     cosine = embeddings @ F.normalize(head, dim=1).T
     margin = F.one_hot(labels, cosine.shape[1]) * config.margin
     return F.cross_entropy(config.scale * (cosine - margin), labels)
@@ -196,10 +246,16 @@ def augment(batch: torch.Tensor, config: TrainConfig, generator: torch.Generator
     images = (images - mean) * uniform(0.75, 1.25).view(n, 1, 1, 1) + mean
     images = images * uniform(0.8, 1.2).view(n, 1, 1, 1)
     to_gray = (torch.rand(n, generator=generator) < config.grayscale_p).view(n, 1, 1, 1)
-    images = torch.where(to_gray, images.mul(torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True).expand_as(images), images)
+    images = torch.where(
+        to_gray,
+        images.mul(torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True).expand_as(images),
+        images,
+    )
     if float(torch.rand(1, generator=generator)) < 0.2:
         low = int(torch.randint(size // 3, size * 2 // 3, (1,), generator=generator))
-        images = F.interpolate(F.interpolate(images, size=low, mode="bilinear", antialias=True), size=size, mode="bilinear")
+        images = F.interpolate(
+            F.interpolate(images, size=low, mode="bilinear", antialias=True), size=size, mode="bilinear"
+        )
     return images.clamp(0, 1).contiguous()
 
 
@@ -227,11 +283,35 @@ def export_onnx(net: EmbeddingNet, size: int) -> bytes:
     """The embedder as ONNX: input `image` float32 N x 3 x size x size in [0, 1], RGB."""
     net.eval()
     buffer = io.BytesIO()
-    torch.onnx.export(
-        net, torch.zeros(1, 3, size, size), buffer, input_names=["image"], output_names=["embedding"],
-        dynamic_axes={"image": {0: "batch"}, "embedding": {0: "batch"}}, opset_version=17, dynamo=False,
-    )
+    with warnings.catch_warnings():
+        # The TorchScript exporter is deprecated but still the one that needs no onnxscript.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            net,
+            torch.zeros(1, 3, size, size),
+            buffer,
+            input_names=["image"],
+            output_names=["embedding"],
+            dynamic_axes={"image": {0: "batch"}, "embedding": {0: "batch"}},
+            opset_version=17,
+            dynamo=False,
+        )
     return buffer.getvalue()
+
+
+def state_to_arrays(net: EmbeddingNet) -> dict[str, np.ndarray]:
+    """The network's weights as float16 arrays, for a model bundle (no pickle involved)."""
+    return {
+        name: value.detach().numpy().astype(np.float16 if value.is_floating_point() else value.numpy().dtype)
+        for name, value in net.state_dict().items()
+    }
+
+
+def arrays_to_state(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    return {
+        name: torch.from_numpy(np.asarray(value, np.float32 if value.dtype == np.float16 else value.dtype))
+        for name, value in arrays.items()
+    }
 
 
 def config_dict(config: TrainConfig) -> dict:

@@ -1,0 +1,66 @@
+"""Speed and memory of the default pipeline on this machine. Prints JSON.
+
+    python benchmarks/recognition_speed.py [--images 30] [--threads N]
+
+- detect_ms: median time to detect faces in one illustration (animeface, with rotated retries);
+- face_ms: median time to embed and classify one face crop (target <= 15 ms on 2 cores);
+- peak_rss_mb: the process's peak resident memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import time
+from pathlib import Path
+
+from kyara.imageio import list_images, load_image
+from kyara.pipeline import Recognizer, face_crop
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def median_ms(samples: list[float]) -> float:
+    return round(1000 * statistics.median(samples), 2)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--images", type=int, default=30)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    recognizer = Recognizer(threads=args.threads)
+    paths = list_images(DATA / "newgame-illustrations")
+    paths = paths[:: max(1, len(paths) // args.images)][: args.images]
+    detect_s, face_s, crops = [], [], []
+    for path in paths:
+        image = load_image(path)
+        started = time.perf_counter()
+        faces = recognizer.detector.detect(image)
+        detect_s.append(time.perf_counter() - started)
+        crops += [face_crop(image, face) for face in faces]
+    for crop in crops[:200] or [load_image(paths[0])]:
+        started = time.perf_counter()
+        recognizer.classifier.predict(recognizer.embedder.embed([crop]))
+        face_s.append(time.perf_counter() - started)
+    started = time.perf_counter()
+    batch = crops[:64]
+    recognizer.classifier.predict(recognizer.embedder.embed(batch))
+    batched = (time.perf_counter() - started) / max(1, len(batch))
+    report = {
+        "images": len(paths),
+        "faces": len(crops),
+        "cpu_count": os.cpu_count(),
+        "detect_ms": median_ms(detect_s),
+        "face_ms": median_ms(face_s),
+        "face_ms_batched_64": round(1000 * batched, 2),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""From labelled pixels to a model bundle: train, calibrate on validation data, export.
+
+Shared by `kyara train` and the build of the default model.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+import kyara
+from kyara.bundle import ModelBundle
+from kyara.metrics import fit_temperature, threshold_at_acceptance
+from kyara.train.data import LabelledImages, split_by_group
+from kyara.train.trainer import (
+    EmbeddingNet,
+    TrainConfig,
+    arrays_to_state,
+    config_dict,
+    embed_pixels,
+    export_onnx,
+    state_to_arrays,
+    train,
+)
+
+KNOWN_ACCEPTANCE = 0.95
+"""Share of validation faces of known characters that must keep their name (the rest: unknown)."""
+DEFAULT_TEMPERATURE = 0.05
+MIN_IMAGES_PER_CHARACTER = 5
+
+
+def package(
+    net: EmbeddingNet, head: np.ndarray, classes: list[str], val: LabelledImages, config: TrainConfig
+) -> ModelBundle:
+    """Calibrate confidence and the unknown threshold on `val`, export ONNX, bundle it all."""
+    if len(val.labels):
+        similarities = embed_pixels(net, val.pixels, config.input_size) @ head.T
+        temperature = fit_temperature(similarities, val.labels)
+        threshold = threshold_at_acceptance(similarities.max(axis=1), KNOWN_ACCEPTANCE)
+    else:
+        temperature, threshold = DEFAULT_TEMPERATURE, 0.0
+    return ModelBundle(
+        onnx=export_onnx(net, config.input_size),
+        labels=classes,
+        head=head,
+        unknown_threshold=threshold,
+        temperature=temperature,
+        input_size=config.input_size,
+        weights=state_to_arrays(net),
+    )
+
+
+def fit_folders(
+    data: LabelledImages,
+    config: TrainConfig,
+    start: ModelBundle | None = None,
+    val_fraction: float = 0.15,
+    checkpoint: Path | None = None,
+    name: str = "kyara-custom",
+) -> ModelBundle:
+    """Train a model on `data` (split into train/validation by near-duplicate group).
+
+    `start`: fine-tune from this bundle's network (its anime backbone) instead of ImageNet.
+    """
+    train_idx, val_idx = split_by_group(data.labels, data.groups, (1 - val_fraction, val_fraction), config.seed)
+    if start is not None:
+        if not start.weights:
+            raise kyara.ModelError("the starting model carries no network weights to fine-tune from")
+        config.backbone = start.metadata.get("backbone", config.backbone)
+        config.embedding_dim = start.embedding_dim
+    initial = arrays_to_state(start.weights) if start is not None else None
+    result = train(data.subset(train_idx), data.subset(val_idx), config, start=initial, checkpoint=checkpoint)
+    bundle = package(result.net, result.head, data.classes, data.subset(val_idx), config)
+    bundle.metadata = {
+        "name": name,
+        "version": "1",
+        "kyara_version": kyara.__version__,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "backbone": config.backbone,
+        "training": {
+            "started_from": start.name if start is not None else "imagenet",
+            "images": {"train": len(train_idx), "val": len(val_idx)},
+            "characters": data.counts(),
+            "skipped": [str(path) for path, _ in data.skipped],
+            "config": config_dict(config),
+            "history": result.history,
+            "seconds": round(result.seconds, 1),
+        },
+        "metrics": {"val_top1": max((h["val_top1"] for h in result.history), default=None)},
+    }
+    return bundle
+
+
+def too_few(data: LabelledImages, minimum: int = MIN_IMAGES_PER_CHARACTER) -> dict[str, int]:
+    """Characters with fewer than `minimum` images: they train, but poorly and untested."""
+    return {name: count for name, count in data.counts().items() if count < minimum}

@@ -1,0 +1,111 @@
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+
+import numpy as np
+import pytest
+
+from kyara.bundle import FORMAT_VERSION, ModelBundle, default_model_path, load_bundle, save_bundle
+from kyara.errors import ModelError
+
+
+@pytest.fixture()
+def bundle() -> ModelBundle:
+    head = np.eye(3, 4, dtype=np.float32)
+    return ModelBundle(
+        onnx=b"not really onnx",
+        labels=["a", "b (2)", "ç"],
+        head=head,
+        unknown_threshold=0.4,
+        temperature=0.05,
+        input_size=128,
+        metadata={"name": "tiny"},
+    )
+
+
+def test_round_trip_keeps_everything(bundle, tmp_path):
+    bundle.gallery = np.ones((2, 4), np.float32)
+    bundle.gallery_labels = ["new", "new"]
+    path = tmp_path / "m.kyara"
+    save_bundle(ModelBundle(**{**bundle.__dict__}), path)
+    loaded = load_bundle(path)
+    assert loaded.labels == bundle.labels and loaded.gallery_labels == ["new", "new"]
+    assert np.array_equal(loaded.head, bundle.head) and loaded.gallery.shape == (2, 4)
+    assert (loaded.onnx, loaded.unknown_threshold, loaded.temperature, loaded.input_size) == (
+        b"not really onnx",
+        0.4,
+        0.05,
+        128,
+    )
+    assert loaded.metadata["name"] == "tiny"
+    assert loaded.all_labels() == ["a", "b (2)", "ç", "new"]
+
+
+def test_save_is_atomic(bundle, tmp_path, monkeypatch):
+    path = tmp_path / "m.kyara"
+    save_bundle(bundle, path)
+    before = path.read_bytes()
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("kyara.bundle.os.replace", crash)
+    bundle.labels[0] = "changed"
+    with pytest.raises(OSError):
+        save_bundle(bundle, path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["m.kyara"]  # no temporary file left behind
+
+
+def rewrite(path, member: str, data: bytes) -> None:
+    with zipfile.ZipFile(path) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    members[member] = data
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, content in members.items():
+            archive.writestr(name, content)
+
+
+def test_newer_format_is_refused_clearly(bundle, tmp_path):
+    path = tmp_path / "m.kyara"
+    save_bundle(bundle, path)
+    header = json.loads(zipfile.ZipFile(path).read("kyara.json"))
+    header["format_version"] = FORMAT_VERSION + 1
+    rewrite(path, "kyara.json", json.dumps(header).encode())
+    with pytest.raises(ModelError, match="newer kyara"):
+        load_bundle(path)
+
+
+def test_pickled_arrays_are_never_loaded(bundle, tmp_path):
+    path = tmp_path / "m.kyara"
+    save_bundle(bundle, path)
+    buffer = io.BytesIO()
+    np.save(buffer, np.array([{"evil": 1}], dtype=object), allow_pickle=True)
+    rewrite(path, "head.npy", buffer.getvalue())
+    with pytest.raises(ModelError, match="not a valid kyara model"):
+        load_bundle(path)
+
+
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04garbage", b"plain text"])
+def test_garbage_is_a_model_error(tmp_path, content):
+    path = tmp_path / "m.kyara"
+    path.write_bytes(content)
+    with pytest.raises(ModelError):
+        load_bundle(path)
+    with pytest.raises(ModelError, match="no such model"):
+        load_bundle(tmp_path / "absent.kyara")
+
+
+def test_inconsistent_head_is_refused():
+    with pytest.raises(ModelError, match="labels"):
+        ModelBundle(onnx=b"", labels=["a"], head=np.zeros((2, 4)), unknown_threshold=0, temperature=1, input_size=8)
+
+
+def test_default_model_is_shipped_and_small():
+    path = default_model_path()
+    assert path.is_file() and path.stat().st_size < 20 * 2**20
+    model = load_bundle(path)
+    assert len(model.labels) == 34 and model.embedding_dim == model.head.shape[1]
+    assert np.allclose(np.linalg.norm(model.head, axis=1), 1, atol=1e-3)

@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+import json
+import shutil
+
+from typer.testing import CliRunner
+
+from kyara.cli import app
+from tests.conftest import data_path
+
+runner = CliRunner()
+
+
+def test_recognize_json_batch_with_a_bad_file(tmp_path):
+    source = data_path("newgame-illustrations", "yagami_kou")
+    folder = tmp_path / "my pics (1)"
+    folder.mkdir()
+    for name in ("1.jpg", "10.jpg"):
+        shutil.copy(source / name, folder / name)
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    result = runner.invoke(app, ["recognize", str(folder), "--json", "--top-k", "2"])
+    assert result.exit_code == 1
+    document = json.loads(result.stdout)
+    paths = [image["path"] for image in document["images"]]
+    assert paths == [str(folder / "1.jpg"), str(folder / "10.jpg"), str(folder / "broken.png")]
+    good, _, bad = document["images"]
+    assert set(bad) == {"path", "error"} and "broken.png" in bad["error"]
+    assert good["width"] > 0 and good["faces"]
+    for face in good["faces"]:
+        assert {"box", "detector_score", "label", "confidence", "top_k", "fallback"} <= set(face)
+        assert len(face["top_k"]) == 2
+    assert document["model"]["characters"] == 34
+    assert "broken.png" in result.stderr
+
+
+def test_recognize_table_and_glob(tmp_path):
+    source = data_path("newgame-illustrations", "yagami_kou")
+    pattern = str(source / "1*.jpg")
+    result = runner.invoke(app, ["recognize", pattern, "--top-k", "3"])
+    assert result.exit_code == 0, result.output
+    assert "10.jpg" in result.stdout and "confidence" in result.stdout
+
+
+def test_detect_json(tmp_path):
+    image = data_path("newgame-illustrations", "yagami_kou") / "1.jpg"
+    result = runner.invoke(app, ["detect", str(image), "--json"])
+    assert result.exit_code == 0
+    faces = json.loads(result.stdout)["images"][0]["faces"]
+    assert all(len(face["box"]) == 4 and "landmarks" in face for face in faces)
+
+
+def test_missing_file_and_bad_model_exit_non_zero(tmp_path):
+    result = runner.invoke(app, ["recognize", str(tmp_path / "nothing.png"), "--json"])
+    assert result.exit_code == 1 and "no such file" in json.loads(result.stdout)["images"][0]["error"]
+    bad_model = tmp_path / "bad.kyara"
+    bad_model.write_text("nope")
+    result = runner.invoke(app, ["recognize", str(tmp_path / "x.png"), "--model", str(bad_model)])
+    assert result.exit_code == 2 and "not a valid kyara model" in result.stderr

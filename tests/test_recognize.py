@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+import json
+import random
+from collections import defaultdict
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import kyara
+from kyara.imageio import list_images
+from tests.conftest import DATA, METRICS, data_path
+
+
+def sample_per_character(files, per_character: int, seed: int = 0):
+    by_character = defaultdict(list)
+    for path in files:
+        by_character[path.parent.name].append(path)
+    rng = random.Random(seed)
+    return [
+        p
+        for name in sorted(by_character)
+        for p in rng.sample(by_character[name], min(per_character, len(by_character[name])))
+    ]
+
+
+def test_names_held_out_faces_of_all_34_characters(recognizer, held_out_files):
+    data_path("holoen-faces")
+    sample = sample_per_character(held_out_files, 4)
+    assert len({p.parent.name for p in sample}) == 34
+    results = [recognizer.recognize_crop(p) for p in sample]
+    correct = [r.top_k[0].label == p.parent.name for r, p in zip(results, sample)]
+    assert np.mean(correct) >= 0.9
+    named = [r for r in results if r.label is not None]
+    assert np.mean([r.label == p.parent.name for r, p in zip(results, sample) if r.label is not None]) >= 0.93
+    assert len(named) >= 0.85 * len(results)
+
+
+def test_unknown_characters_get_no_name(recognizer):
+    """face-patches shows characters outside the 34; half of it was never seen in training."""
+    holdout = json.loads(METRICS.read_text())["outlier_test_files"]
+    sample = random.Random(1).sample(holdout, 100)
+    results = [recognizer.recognize_crop(DATA / f) for f in sample]
+    assert np.mean([r.label is None for r in results]) >= 0.6
+
+
+def test_recognize_full_illustration_gives_boxes_and_top_k(recognizer):
+    folder = data_path("newgame-illustrations", "suzukaze_aoba")
+    for path in list_images(folder)[:10]:
+        faces = recognizer.recognize(path, top_k=3)
+        if not faces[0].fallback:
+            break
+    else:
+        pytest.fail("no face found in 10 illustrations")
+    width, height = Image.open(path).size
+    for face in faces:
+        x, y, w, h = face.box
+        assert 0 < w < width and -w < x < width and -h < y < height
+        assert len(face.top_k) == 3 and 0 <= face.confidence <= 1
+        assert face.top_k[0].confidence >= face.top_k[1].confidence >= face.top_k[2].confidence
+        assert face.label in (None, face.top_k[0].label)
+    labels = {face.top_k[0].label for face in faces}
+    assert labels <= set(recognizer.bundle.labels)
+
+
+def test_fallback_uses_whole_image_when_no_face(recognizer):
+    blank = Image.new("RGB", (300, 200), (250, 250, 250))
+    [result] = recognizer.recognize(blank)
+    assert result.fallback and result.box == (0, 0, 300, 200) and result.detector_score == 0.0
+    assert result.to_dict()["fallback"] is True
+
+
+def test_one_line_api(face_crop_path):
+    faces = kyara.recognize(face_crop_path.parent.parent.parent / "newgame-illustrations" / "yagami_kou" / "1.jpg")
+    assert faces and all(isinstance(f, kyara.FaceResult) for f in faces)
+    assert json.dumps([f.to_dict() for f in faces])
