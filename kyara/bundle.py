@@ -23,9 +23,14 @@ import numpy as np
 
 from kyara.errors import ModelError
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # reading the umask means setting it; put it back at once
+
 FORMAT = "kyara-model"
 FORMAT_VERSION = 1
 _MEMBERS = ("kyara.json", "embedder.onnx", "head.npy", "gallery.npy")
+MAX_UNPACKED_BYTES = 1 << 30
+"""A zip bomb guard: real bundles are tens of megabytes, galleries included."""
 
 
 @dataclass
@@ -52,6 +57,11 @@ class ModelBundle:
         self.gallery = np.asarray(self.gallery, np.float32)
         if self.gallery.shape != (len(self.gallery_labels), self.embedding_dim):
             raise ModelError(f"gallery has shape {self.gallery.shape} for {len(self.gallery_labels)} labels")
+        if not (self.temperature > 0 and 8 <= self.input_size <= 1024 and -1 <= self.unknown_threshold <= 1):
+            raise ModelError(
+                f"implausible settings: temperature {self.temperature}, input size {self.input_size}, "
+                f"unknown threshold {self.unknown_threshold}"
+            )
 
     @property
     def embedding_dim(self) -> int:
@@ -111,10 +121,15 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             file.write(data)
             file.flush()
             os.fsync(file.fileno())
+        os.chmod(temporary, 0o666 & ~_UMASK)  # mkstemp makes owner-only files; use the usual mode
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def load_bundle(path: str | os.PathLike) -> ModelBundle:
@@ -127,7 +142,11 @@ def load_bundle(path: str | os.PathLike) -> ModelBundle:
             missing = [name for name in _MEMBERS if name not in archive.namelist()]
             if missing:
                 raise ModelError(f"{path}: not a kyara model (missing {', '.join(missing)})")
+            if sum(info.file_size for info in archive.infolist()) > MAX_UNPACKED_BYTES:
+                raise ModelError(f"{path}: unpacks to more than {MAX_UNPACKED_BYTES >> 20} MiB; refusing it")
             header = json.loads(archive.read("kyara.json"))
+            if not isinstance(header, dict):
+                raise ModelError(f"{path}: not a kyara model (kyara.json is not an object)")
             _check_format(header, path)
             return ModelBundle(
                 onnx=archive.read("embedder.onnx"),
@@ -143,8 +162,8 @@ def load_bundle(path: str | os.PathLike) -> ModelBundle:
             )
     except ModelError:
         raise
-    except (zipfile.BadZipFile, json.JSONDecodeError, KeyError, ValueError, TypeError, OSError) as exc:
-        raise ModelError(f"{path}: not a valid kyara model ({exc})") from exc
+    except Exception as exc:  # numpy, zipfile and json raise a zoo of types for damaged files
+        raise ModelError(f"{path}: not a valid kyara model ({exc.__class__.__name__}: {exc})") from exc
 
 
 def _check_format(header: dict[str, Any], path: Path) -> None:

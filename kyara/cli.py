@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from kyara.errors import KyaraError
-from kyara.imageio import list_images
+from kyara.imageio import IMAGE_SUFFIXES, list_images
 
 app = typer.Typer(help="Which anime character is in this picture?", no_args_is_help=True, add_completion=False)
 err = Console(stderr=True)
@@ -27,14 +27,34 @@ def expand_paths(arguments: list[str]) -> list[str]:
     expanded: list[str] = []
     for argument in arguments:
         path = Path(argument)
-        if path.is_dir():
-            expanded += [str(path / p.relative_to(path)) for p in list_images(path)]
-        elif not path.exists() and glob.has_magic(argument):
-            matches = sorted(glob.glob(argument, recursive=True))
-            expanded += [m for m in matches if not Path(m).is_dir()] or [argument]
-        else:
-            expanded.append(argument)
+        try:
+            if path.is_dir():
+                expanded += [str(p) for p in list_images(path)]
+                continue
+            if not path.exists() and glob.has_magic(argument):
+                matches = sorted(glob.glob(argument, recursive=True))
+                expanded += [m for m in matches if Path(m).suffix.lower() in IMAGE_SUFFIXES] or [argument]
+                continue
+        except OSError:
+            pass  # an impossible name: load_image reports it for this argument
+        expanded.append(argument)
     return expanded
+
+
+def _or_exit(make):
+    """Call `make()`; a KyaraError (a bad model, a broken detector) ends the command with status 2."""
+    try:
+        return make()
+    except KyaraError as exc:
+        err.print(f"[red]error[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+def _summarise(skipped: list[str], document: dict | None, line: str) -> None:
+    """Skipped inputs to stderr; then the JSON document if one is given, else the summary line."""
+    for message in skipped:
+        err.print(f"[yellow]skipped[/yellow] {message}", highlight=False)
+    print(json.dumps(document, ensure_ascii=False, indent=2) if document is not None else line)
 
 
 def _run_batch(paths: list[str], work) -> tuple[list[dict], bool]:
@@ -60,11 +80,7 @@ def recognize(
     """Name the character of every face in each image."""
     from kyara.pipeline import Recognizer
 
-    try:
-        recognizer = Recognizer(model)
-    except KyaraError as exc:
-        err.print(f"[red]error[/red] {exc}", highlight=False)
-        raise typer.Exit(2) from None
+    recognizer = _or_exit(lambda: Recognizer(model))
 
     def work(path: str) -> dict:
         picture = recognizer.load(path)
@@ -85,7 +101,7 @@ def detect(paths: Paths, as_json: JsonFlag = False) -> None:
     from kyara.detection import get_detector
     from kyara.imageio import load_image
 
-    detector = get_detector()
+    detector = _or_exit(get_detector)
 
     def work(path: str) -> dict:
         picture = load_image(path)
@@ -112,11 +128,15 @@ def _print_recognitions(results: list[dict]) -> None:
         for column in ("box", "character", "confidence", "other guesses"):
             table.add_column(column)
         for face in result["faces"]:
-            name = face["label"] or "[yellow]unknown[/yellow]"
+            guesses = face["top_k"]
+            if face["label"]:
+                name, others = face["label"], guesses[1:]
+            else:
+                name, others = f"[yellow]unknown[/yellow] (closest: {guesses[0]['label']})", guesses
             if face["fallback"]:
                 name += " [dim](no face found, whole image)[/dim]"
-            others = ", ".join(f"{g['label']} {g['confidence']:.0%}" for g in face["top_k"][1:4])
-            table.add_row(str(face["box"]), name, f"{face['confidence']:.0%}", others)
+            listed = ", ".join(f"{g['label']} {g['confidence']:.0%}" for g in others)
+            table.add_row(str(face["box"]), name, f"{face['confidence']:.0%}", listed)
         console.print(table)
 
 
@@ -139,9 +159,6 @@ def evaluate(
 
     try:
         recognizer = Recognizer(model)
-        missing = [str(f) for f in folder if not f.is_dir()]
-        if missing:
-            raise KyaraError(f"not a folder: {', '.join(missing)}")
         if shots:
             result = evaluate_few_shot(recognizer, folder, shots, repeats, seed)
         else:
@@ -151,15 +168,12 @@ def evaluate(
         raise typer.Exit(2) from None
     if report:
         write_report(result, report, title=f"{recognizer.bundle.name} on {', '.join(map(str, folder))}")
-    for skipped in result.skipped:
-        err.print(f"[yellow]skipped[/yellow] {skipped['error']}", highlight=False)
-    if as_json:
-        print(json.dumps(result.to_dict(), ensure_ascii=False, indent=2))
-    else:
-        print(
-            f"{result.n} images, faces found in {result.coverage:.1%}: top-1 {result.top1:.4f}, "
-            f"top-5 {result.top5:.4f}, macro-F1 {result.macro_f1:.4f}, grayscale top-1 {result.grayscale['top1']:.4f}"
-        )
+    _summarise(
+        [s["error"] for s in result.skipped],
+        result.to_dict() if as_json else None,
+        f"{result.n} images, faces found in {result.coverage:.1%}: top-1 {result.top1:.4f}, "
+        f"top-5 {result.top5:.4f}, macro-F1 {result.macro_f1:.4f}, grayscale top-1 {result.grayscale['top1']:.4f}",
+    )
 
 
 @app.command()
@@ -170,7 +184,7 @@ def train(
     start: Annotated[
         str, typer.Option("--from", help="'default' (the built-in anime model), 'imagenet', or a .kyara path.")
     ] = "default",
-    epochs: Annotated[int, typer.Option("--epochs", min=1)] = 12,
+    epochs: Annotated[int, typer.Option("--epochs", min=1)] = 10,
     input_size: Annotated[int, typer.Option("--input-size", min=32, max=512)] = 128,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     checkpoint: Annotated[
@@ -185,6 +199,32 @@ def train(
         raise typer.Exit(2) from None
     try:
         train_command(folder, output, mode, start, epochs, input_size, seed, checkpoint, err)
-    except (KyaraError, ValueError) as exc:
+    except KyaraError as exc:
         err.print(f"[red]error[/red] {exc}", highlight=False)
         raise typer.Exit(2) from None
+
+
+@app.command()
+def crop(
+    source: Annotated[Path, typer.Argument(help="Raw pictures (sub-folders, e.g. one per character, are kept).")],
+    target: Annotated[Path, typer.Argument(help="Where the face crops go.")],
+    margin: Annotated[float, typer.Option("--margin", min=1.0, max=4.0, help="Crop side / face side.")] = 1.4,
+    size: Annotated[int, typer.Option("--size", min=32, max=1024, help="Side of the saved crops, px.")] = 192,
+    dedupe: Annotated[bool, typer.Option("--dedupe/--keep-duplicates", help="Drop near-duplicate faces.")] = True,
+    as_json: JsonFlag = False,
+) -> None:
+    """Cut the faces out of raw illustrations, ready to train on."""
+    from kyara.crop import crop_folder
+    from kyara.detection import get_detector
+
+    if not source.is_dir():
+        err.print(f"[red]error[/red] {source}: not a folder", highlight=False)
+        raise typer.Exit(2)
+    summary = crop_folder(source, target, _or_exit(get_detector), margin, size, dedupe)
+    _summarise(
+        summary.unreadable,
+        summary.to_dict() if as_json else None,
+        f"{summary.images} pictures: {summary.faces} faces found, {summary.written} written to {target}, "
+        f"{len(summary.duplicates)} near-duplicates dropped, {len(summary.without_face)} pictures without a face, "
+        f"{len(summary.unreadable)} unreadable",
+    )

@@ -6,16 +6,24 @@ pass over the same pictures does not detect again.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import os
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
+from kyara import __version__ as kyara_version
 from kyara.bundle import atomic_write_bytes
+from kyara.dedupe import NEAR_DUPLICATE_BITS, phash
 from kyara.detection import DetectedFace, Detector
+from kyara.errors import ImageError
+from kyara.imageio import list_images, load_image
 from kyara.pipeline import CROP_MARGIN, face_crop
 
 MAX_CROP_SIDE = 512
@@ -34,7 +42,8 @@ def looks_like_face_crop(image: Image.Image) -> bool:
 
 def detect_cached(path: Path, image: Image.Image, detector: Detector) -> list[DetectedFace]:
     """`detector.detect(image)`, remembered by the content of the file at `path`."""
-    digest = hashlib.sha1(path.read_bytes()).hexdigest()
+    settings = json.dumps([kyara_version, detector.name, getattr(detector, "settings", {})], sort_keys=True)
+    digest = hashlib.sha1(settings.encode() + path.read_bytes()).hexdigest()
     entry = cache_dir() / detector.name / f"{digest}.json"
     if entry.is_file():
         try:
@@ -42,7 +51,9 @@ def detect_cached(path: Path, image: Image.Image, detector: Detector) -> list[De
         except (ValueError, KeyError, TypeError):
             pass  # a damaged cache entry is simply recomputed
     faces = detector.detect(image)
-    atomic_write_bytes(entry, json.dumps([asdict(face) for face in faces]).encode())
+    # The cache only saves time: a read-only or full disk must not stop the work.
+    with contextlib.suppress(OSError):
+        atomic_write_bytes(entry, json.dumps([asdict(face) for face in faces]).encode())
     return faces
 
 
@@ -68,3 +79,57 @@ def training_face(path: Path, image: Image.Image, detector: Detector) -> Image.I
         return image
     faces = faces_in(path, image, detector)
     return faces[0] if faces else None
+
+
+@dataclass
+class CropSummary:
+    images: int = 0
+    faces: int = 0
+    written: int = 0
+    without_face: list[str] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)
+    unreadable: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def crop_folder(
+    source: Path,
+    target: Path,
+    detector: Detector,
+    margin: float = CROP_MARGIN,
+    size: int = 192,
+    drop_duplicates: bool = True,
+) -> CropSummary:
+    """Cut every face out of the pictures under `source` into `target`, keeping sub-folders
+    (one per character), as `size` px PNGs; near-duplicate faces within a folder are dropped."""
+    summary = CropSummary()
+    seen: dict[Path, list[np.ndarray]] = {}
+    for path in tqdm(list_images(source), desc="cropping"):
+        summary.images += 1
+        try:
+            image = load_image(path)
+        except ImageError as exc:
+            summary.unreadable.append(str(exc))
+            continue
+        crops = faces_in(path, image, detector, margin)
+        summary.faces += len(crops)
+        if not crops:
+            summary.without_face.append(str(path))
+        relative = path.relative_to(source)
+        for number, crop in enumerate(crops, 1):
+            # Keep the source's suffix: a.jpg and a.png must not write over each other's faces.
+            destination = target / relative.parent / f"{relative.name}-{number}.png"
+            crop = crop.resize((size, size), Image.Resampling.LANCZOS)
+            bits = phash(crop)
+            folder_hashes = seen.setdefault(destination.parent, [])
+            if drop_duplicates and any((bits != other).sum() <= NEAR_DUPLICATE_BITS for other in folder_hashes):
+                summary.duplicates.append(str(destination))
+                continue
+            folder_hashes.append(bits)
+            buffer = io.BytesIO()
+            crop.save(buffer, "PNG")
+            atomic_write_bytes(destination, buffer.getvalue())
+            summary.written += 1
+    return summary

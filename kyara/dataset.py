@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from kyara.errors import KyaraError
 from kyara.imageio import list_images
 
 
@@ -17,6 +18,9 @@ class LabelledFile:
 
 def character_folders(roots: Sequence[Path]) -> list[Path]:
     """Sub-folders of each root (one per character), sorted by name, hidden ones skipped."""
+    missing = [str(root) for root in roots if not Path(root).is_dir()]
+    if missing:
+        raise KyaraError(f"not a folder: {', '.join(missing)}")
     folders = [
         folder
         for root in roots
@@ -26,7 +30,7 @@ def character_folders(roots: Sequence[Path]) -> list[Path]:
     names = [f.name for f in folders]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
-        raise ValueError(f"the same character folder appears in several roots: {repeated}")
+        raise KyaraError(f"the same character folder appears in several roots: {', '.join(repeated)}")
     return folders
 
 

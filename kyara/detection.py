@@ -68,6 +68,10 @@ class AnimeFaceDetector:
         self.max_side = max_side
         self.min_score = min_score
 
+    @property
+    def settings(self) -> dict:
+        return {"angles": self.angles, "max_side": self.max_side, "min_score": self.min_score}
+
     def detect(self, image: Image.Image) -> list[DetectedFace]:
         scale = min(1.0, self.max_side / max(image.size))
         small = (

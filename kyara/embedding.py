@@ -30,11 +30,18 @@ class Embedder:
             raise ModelError(f"the model's embedder cannot be loaded: {exc}") from exc
         self._input = self._session.get_inputs()[0].name
         self.input_size = input_size
+        try:
+            probe = self._session.run(None, {self._input: np.zeros((1, 3, input_size, input_size), np.float32)})[0]
+        except Exception as exc:
+            raise ModelError(f"the model's embedder does not run on {input_size} px input: {exc}") from exc
+        if probe.ndim != 2:
+            raise ModelError(f"the model's embedder returns shape {probe.shape}, expected (batch, dimension)")
+        self.dim = int(probe.shape[1])
 
     def embed(self, crops: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
         """One unit vector per crop, as an N x D float32 array."""
         if not crops:
-            return np.zeros((0, self._session.get_outputs()[0].shape[1]), np.float32)
+            return np.zeros((0, self.dim), np.float32)
         chunks = [
             self._session.run(None, {self._input: self.to_input(crops[i : i + batch_size])})[0]
             for i in range(0, len(crops), batch_size)

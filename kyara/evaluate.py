@@ -7,7 +7,9 @@ grayscale copies of the images, to see whether a colour model survives manga pag
 
 from __future__ import annotations
 
+import io
 import itertools
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,11 +18,12 @@ import numpy as np
 from PIL import ImageOps
 from tqdm import tqdm
 
+from kyara.bundle import atomic_write_bytes, atomic_write_text
 from kyara.classify import Classifier
 from kyara.dataset import LabelledFile, labelled_files
-from kyara.errors import ImageError
+from kyara.errors import ImageError, KyaraError
 from kyara.metrics import expected_calibration_error
-from kyara.pipeline import Recognizer, face_crop
+from kyara.pipeline import Recognizer, face_crop, square_on_white
 
 
 @dataclass
@@ -79,9 +82,7 @@ def embed_files(recognizer: Recognizer, files: Sequence[LabelledFile]) -> tuple[
             colour_crops = [face_crop(picture, f) for f in faces]
             gray_crops = [face_crop(gray, f) for f in faces]
         else:
-            side = (max(picture.size),) * 2
-            colour_crops = [ImageOps.pad(picture, side, color=(255, 255, 255))]
-            gray_crops = [ImageOps.pad(gray, side, color=(255, 255, 255))]
+            colour_crops, gray_crops = [square_on_white(picture)], [square_on_white(gray)]
         embedded.append(
             EmbeddedImage(
                 file,
@@ -124,6 +125,8 @@ def macro_f1(truth: Sequence[str], predicted: Sequence[str], classes: Sequence[s
 
 
 def _report(classifier: Classifier, images: Sequence[EmbeddedImage], shots: int | None, skipped: list[dict]) -> Report:
+    if not images:
+        raise KyaraError("no readable images to evaluate")
     probabilities, truth = _score(classifier, images, gray=False)
     gray_probabilities, _ = _score(classifier, images, gray=True)
     predicted = [classifier.labels[i] for i in probabilities.argmax(axis=1)]
@@ -206,6 +209,8 @@ def _few_shot_draw(
         labels.append(label)
         prototypes.append(enrolled.mean(axis=0))
         queries += [images[i] for i in members if i not in chosen]
+    if not labels:
+        raise KyaraError(f"every character has {shots} images or fewer: nothing left to query")
     vectors = np.asarray(prototypes, np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     classifier = Classifier(labels, vectors, recognizer.classifier.temperature, recognizer.classifier.unknown_threshold)
@@ -214,14 +219,11 @@ def _few_shot_draw(
 
 def write_report(report: Report, folder: Path, title: str = "kyara evaluation") -> list[Path]:
     """report.json, report.md, confusion.png and reliability.png in `folder`."""
-    import json
-
-    folder.mkdir(parents=True, exist_ok=True)
     written = [folder / "report.json", folder / "report.md", folder / "confusion.png", folder / "reliability.png"]
-    written[0].write_text(json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n")
-    written[1].write_text(_markdown(report, title))
-    _plot_confusion(report, written[2])
-    _plot_reliability(report, written[3])
+    atomic_write_text(written[0], json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n")
+    atomic_write_text(written[1], _markdown(report, title))
+    atomic_write_bytes(written[2], _plot_confusion(report))
+    atomic_write_bytes(written[3], _plot_reliability(report))
     return written
 
 
@@ -244,7 +246,16 @@ def _markdown(report: Report, title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _plot_confusion(report: Report, path: Path) -> None:
+def _png(figure) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=120)
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def _plot_confusion(report: Report) -> bytes:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -263,11 +274,10 @@ def _plot_confusion(report: Report, path: Path) -> None:
     axes.set_ylabel("true")
     axes.set_title(f"confusion (row-normalised), top-1 {report.top1:.3f}")
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    return _png(figure)
 
 
-def _plot_reliability(report: Report, path: Path) -> None:
+def _plot_reliability(report: Report) -> bytes:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -283,5 +293,4 @@ def _plot_reliability(report: Report, path: Path) -> None:
     axes.set_title(f"reliability (ECE {report.ece:.3f})")
     axes.legend()
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    return _png(figure)

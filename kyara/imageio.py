@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from kyara.errors import ImageError, ImageTooLargeError
 
@@ -25,27 +25,28 @@ DEFAULT_MAX_PIXELS = 50_000_000
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 
-# Truncated files must fail loudly rather than come back half grey.
-ImageFile.LOAD_TRUNCATED_IMAGES = False
+# Only formats decoded by Pillow itself: EPS, for one, would hand the bytes to Ghostscript.
+DECODED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
 
 
 def load_image(source: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Read `source` (path, bytes, file object, PIL image or HxWx3 uint8 array) as an RGB image."""
-    if isinstance(source, Image.Image):
-        _check_size(source.size, max_pixels, "image")
-        return to_rgb(source)
     if isinstance(source, np.ndarray):
         return _from_array(source, max_pixels)
-    name, stream = _open_stream(source)
+    if isinstance(source, Image.Image):
+        name, stream = "image", None
+    else:
+        name, stream = _open_stream(source)
     try:
         with warnings.catch_warnings():
             # kyara checks the size itself (below) with its own, configurable limit.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(stream)
+            image = source if stream is None else Image.open(stream, formats=DECODED_FORMATS)
             _check_size(image.size, max_pixels, name)
-            image.seek(0)
-            image.load()
-            image = ImageOps.exif_transpose(image) or image
+            if stream is not None:
+                image.seek(0)
+                image.load()
+                image = ImageOps.exif_transpose(image) or image
             return to_rgb(image)
     except ImageError:
         raise
@@ -56,7 +57,8 @@ def load_image(source: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
     except (OSError, ValueError, SyntaxError, EOFError, struct.error) as exc:
         raise ImageError(f"{name}: corrupt or truncated image ({exc})") from exc
     finally:
-        stream.close()
+        if stream is not None:
+            stream.close()
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -89,31 +91,38 @@ def _open_stream(source: ImageSource) -> tuple[str, BinaryIO]:
             raise ImageError("<bytes>: empty input")
         return "<bytes>", io.BytesIO(bytes(source))
     if isinstance(source, str | PathLike):
-        path = Path(source)
-        if not path.exists():
-            raise ImageError(f"{path}: no such file")
-        if not path.is_file():
-            raise ImageError(f"{path}: not a file")
-        if path.stat().st_size == 0:
-            raise ImageError(f"{path}: empty file")
-        try:
-            return str(path), path.open("rb")
-        except OSError as exc:
-            raise ImageError(f"{path}: cannot open ({exc.strerror})") from exc
+        return str(source), _open_file(Path(source))
     if hasattr(source, "read"):
         data = source.read()
+        if not isinstance(data, bytes | bytearray):
+            raise ImageError("<stream>: open the file in binary mode ('rb')")
         if not data:
             raise ImageError("<stream>: empty input")
         return "<stream>", io.BytesIO(data)
     raise ImageError(f"unsupported image source of type {type(source).__name__}")
 
 
+def _open_file(path: Path) -> BinaryIO:
+    try:
+        if not path.exists():
+            raise ImageError(f"{path}: no such file")
+        if not path.is_file():
+            raise ImageError(f"{path}: not a file")
+        if path.stat().st_size == 0:
+            raise ImageError(f"{path}: empty file")
+        return path.open("rb")
+    except OSError as exc:  # unreadable, name too long, ...
+        raise ImageError(f"{path}: cannot open ({exc.strerror or exc})") from exc
+
+
 def _from_array(array: np.ndarray, max_pixels: int) -> Image.Image:
-    if array.ndim == 2:
-        array = np.repeat(array[:, :, None], 3, axis=2)
-    if array.ndim != 3 or array.shape[2] not in (3, 4):
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)):
         raise ImageError(f"array image must be HxW, HxWx3 or HxWx4, got shape {array.shape}")
     _check_size((array.shape[1], array.shape[0]), max_pixels, "array")
+    if not np.isfinite(array).all():
+        raise ImageError("array image contains NaN or infinite values")
+    if array.ndim == 2:
+        array = np.repeat(array[:, :, None], 3, axis=2)
     if array.dtype != np.uint8:
         array = _rescale_to_uint8(array)
     return to_rgb(Image.fromarray(np.ascontiguousarray(array)))

@@ -7,6 +7,7 @@ shared recognizer with the built-in model, for the one-line API.
 from __future__ import annotations
 
 import functools
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,10 +18,12 @@ from kyara.bundle import ModelBundle, default_model_path, load_bundle
 from kyara.classify import Classifier, Guess
 from kyara.detection import DetectedFace, Detector, get_detector
 from kyara.embedding import Embedder
+from kyara.errors import ModelError
 from kyara.imageio import DEFAULT_MAX_PIXELS, ImageSource, load_image
 
 CROP_MARGIN = 1.4
 """Crop side / detected face side: training crops show the face with some hair around it."""
+WHITE = (255, 255, 255)
 CROP_LIFT = 0.05
 """Training crops sit the face slightly below centre; lift the crop by this share of its side."""
 
@@ -68,6 +71,11 @@ class Recognizer:
         self.bundle = model if isinstance(model, ModelBundle) else load_bundle(model or default_model_path())
         self.detector = get_detector(detector) if isinstance(detector, str) else detector
         self.embedder = Embedder(self.bundle.onnx, self.bundle.input_size, threads)
+        if self.embedder.dim != self.bundle.embedding_dim:
+            raise ModelError(
+                f"the model's embedder gives {self.embedder.dim}-d vectors, "
+                f"its head expects {self.bundle.embedding_dim}"
+            )
         self.classifier = Classifier.from_bundle(self.bundle)
         self.max_pixels = max_pixels
 
@@ -108,8 +116,7 @@ class Recognizer:
         )
 
     def _recognize_whole(self, picture: Image.Image, top_k: int) -> FaceResult:
-        square = ImageOps.pad(picture, (max(picture.size),) * 2, color=(255, 255, 255))
-        p = self.classifier.predict(self.embedder.embed([square]), top_k)[0]
+        p = self.classifier.predict(self.embedder.embed([square_on_white(picture)]), top_k)[0]
         return FaceResult(
             (0, 0, picture.width, picture.height),
             0.0,
@@ -122,19 +129,36 @@ class Recognizer:
 
 
 def face_crop(image: Image.Image, face: DetectedFace, margin: float = CROP_MARGIN) -> Image.Image:
-    """The face cut out upright, with the margin the model was trained with."""
+    """The face cut out upright, with the margin the model was trained with (white beyond edges)."""
     cx, cy = face.center
     side = max(face.box[2], face.box[3]) * margin
-    cy -= side * CROP_LIFT
     if face.angle:
-        # Cut a generous square first so rotating it is cheap, then straighten the face.
-        reach = side * 0.75
-        region = image.crop((round(cx - reach), round(cy - reach), round(cx + reach), round(cy + reach)))
-        region = region.rotate(face.angle, Image.Resampling.BILINEAR, fillcolor=(255, 255, 255))
-        cx, cy = region.width / 2, region.height / 2
-        image = region
-    half = side / 2
-    return image.crop((round(cx - half), round(cy - half), round(cx + half), round(cy + half)))
+        # Cut just enough around the face to hold the turned square, then straighten it.
+        turn = math.radians(face.angle)
+        reach = side * (abs(math.cos(turn)) + abs(math.sin(turn))) / 2 + side * CROP_LIFT
+        image = _crop_on_white(image, cx, cy, 2 * reach).rotate(face.angle, Image.Resampling.BILINEAR, fillcolor=WHITE)
+        cx, cy = image.width / 2, image.height / 2
+    return _crop_on_white(image, cx, cy - side * CROP_LIFT, side)
+
+
+def _crop_on_white(image: Image.Image, cx: float, cy: float, side: float) -> Image.Image:
+    left, top = round(cx - side / 2), round(cy - side / 2)
+    size = max(1, round(side))
+    canvas = Image.new("RGB", (size, size), WHITE)
+    canvas.paste(image.crop((left, top, left + size, top + size)), (0, 0))
+    inside = (max(0, -left), max(0, -top), min(size, image.width - left), min(size, image.height - top))
+    if inside[0] > 0 or inside[1] > 0 or inside[2] < size or inside[3] < size:
+        # Image.crop fills outside pixels with black: paint them white instead.
+        clear = Image.new("RGB", (size, size), WHITE)
+        if inside[2] > inside[0] and inside[3] > inside[1]:
+            clear.paste(canvas.crop(inside), inside[:2])
+        canvas = clear
+    return canvas
+
+
+def square_on_white(picture: Image.Image) -> Image.Image:
+    """The whole picture padded to a square: the input when no face is found."""
+    return ImageOps.pad(picture, (max(picture.size),) * 2, color=WHITE)
 
 
 @functools.lru_cache(maxsize=4)

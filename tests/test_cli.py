@@ -46,7 +46,7 @@ def test_detect_json(tmp_path):
     result = runner.invoke(app, ["detect", str(image), "--json"])
     assert result.exit_code == 0
     faces = json.loads(result.stdout)["images"][0]["faces"]
-    assert all(len(face["box"]) == 4 and "landmarks" in face for face in faces)
+    assert faces and all(len(face["box"]) == 4 and face["score"] > 0 and face["landmarks"] for face in faces)
 
 
 def test_missing_file_and_bad_model_exit_non_zero(tmp_path):

@@ -10,7 +10,7 @@ from PIL import Image
 
 import kyara
 from kyara.imageio import list_images
-from tests.conftest import DATA, METRICS, data_path
+from tests.conftest import data_path, held_out
 
 
 def sample_per_character(files, per_character: int, seed: int = 0):
@@ -39,9 +39,8 @@ def test_names_held_out_faces_of_all_34_characters(recognizer, held_out_files):
 
 def test_unknown_characters_get_no_name(recognizer):
     """face-patches shows characters outside the 34; half of it was never seen in training."""
-    holdout = json.loads(METRICS.read_text())["outlier_test_files"]
-    sample = random.Random(1).sample(holdout, 100)
-    results = [recognizer.recognize_crop(DATA / f) for f in sample]
+    sample = random.Random(1).sample(held_out("outlier_test_files"), 100)
+    results = [recognizer.recognize_crop(f) for f in sample]
     assert np.mean([r.label is None for r in results]) >= 0.6
 
 

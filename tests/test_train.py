@@ -34,8 +34,20 @@ def test_train_linear_on_odd_folders(odd_dataset, tmp_path):
     output = tmp_path / "out" / "mine.kyara"
     result = runner.invoke(
         app,
-        ["train", str(odd_dataset), "-o", str(output), "--mode", "linear", "--from", "imagenet",
-         "--epochs", "2", "--input-size", "64"],
+        [
+            "train",
+            str(odd_dataset),
+            "-o",
+            str(output),
+            "--mode",
+            "linear",
+            "--from",
+            "imagenet",
+            "--epochs",
+            "2",
+            "--input-size",
+            "64",
+        ],
     )
     assert result.exit_code == 0, result.output
     assert "broken.jpg" in result.stderr and "empty" in result.stderr and "only 1 image" in result.stderr

@@ -87,8 +87,9 @@ def load_folders(roots: Sequence[Path], side: int = STORE_SIDE, detector: Detect
 
 
 def source_key(path: Path) -> str:
-    """Crops cut from one picture are often named `<picture>-<n>.<ext>`; they share a source."""
-    return re.sub(r"-\d+$", "", path.stem)
+    """Crops cut from one picture are named `<picture>.<ext>-<n>.<ext>` (as `kyara crop` and
+    holoen-faces do): they share a source. Other names are their own source."""
+    return re.sub(r"(\.(?:jpe?g|png|webp|gif|bmp|tiff?))-\d+$", r"\1", path.stem, flags=re.IGNORECASE)
 
 
 def _merge_groups(hash_groups: list[int], sources: list[str]) -> list[int]:

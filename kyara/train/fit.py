@@ -5,6 +5,7 @@ Shared by `kyara train` and the build of the default model.
 
 from __future__ import annotations
 
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -18,7 +19,6 @@ from kyara.train.trainer import (
     EmbeddingNet,
     TrainConfig,
     arrays_to_state,
-    config_dict,
     embed_pixels,
     export_onnx,
     state_to_arrays,
@@ -68,8 +68,8 @@ def fit_folders(
     if start is not None:
         if not start.weights:
             raise kyara.ModelError("the starting model carries no network weights to fine-tune from")
-        config.backbone = start.metadata.get("backbone", config.backbone)
-        config.embedding_dim = start.embedding_dim
+        backbone = start.metadata.get("backbone", config.backbone)
+        config = replace(config, backbone=backbone, embedding_dim=start.embedding_dim)
     initial = arrays_to_state(start.weights) if start is not None else None
     result = train(data.subset(train_idx), data.subset(val_idx), config, start=initial, checkpoint=checkpoint)
     bundle = package(result.net, result.head, data.classes, data.subset(val_idx), config)
@@ -84,13 +84,17 @@ def fit_folders(
             "images": {"train": len(train_idx), "val": len(val_idx)},
             "characters": data.counts(),
             "skipped": [str(path) for path, _ in data.skipped],
-            "config": config_dict(config),
+            "config": asdict(config),
             "history": result.history,
             "seconds": round(result.seconds, 1),
         },
-        "metrics": {"val_top1": max((h["val_top1"] for h in result.history), default=None)},
+        "metrics": {"val_top1": best_validation(result.history)},
     }
     return bundle
+
+
+def best_validation(history: list[dict]) -> float | None:
+    return max((h["val_top1"] for h in history if h["val_top1"] is not None), default=None)
 
 
 def too_few(data: LabelledImages, minimum: int = MIN_IMAGES_PER_CHARACTER) -> dict[str, int]:

@@ -36,7 +36,7 @@ class TrainConfig:
     mode: str = "finetune"  # or "linear": frozen backbone, only the embedding and head learn
     input_size: int = 128
     embedding_dim: int = 256
-    epochs: int = 12
+    epochs: int = 10
     patience: int = 4
     batch_size: int = 64
     lr: float = 2e-3
@@ -110,7 +110,7 @@ def train(
     )
     state = {"epoch": 0, "history": [], "best_accuracy": -1.0, "best": None, "stale": 0, "seconds": 0.0}
     if checkpoint is not None and checkpoint.exists():
-        saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
         if saved["config"] != asdict(config) or saved["classes"] != data.classes:
             raise ValueError(f"{checkpoint} was made with other settings or characters; delete it to start afresh")
         net.load_state_dict(saved["net"])
@@ -128,12 +128,19 @@ def train(
         losses = []
         for step in tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{config.epochs}", leave=False):
             batch = order[step * config.batch_size : (step + 1) * config.batch_size]
+            if len(batch) < 2:
+                continue  # batch norm cannot train on a single picture
             images = augment(pixels[batch], config, generator)
-            loss = _classification_loss(net(images), head, labels[batch], config)
-            if outliers is not None and config.ood_weight > 0:
+            use_outliers = outliers is not None and config.ood_weight > 0
+            if use_outliers:
                 pick = torch.randint(len(outliers), (config.ood_batch_size,), generator=generator)
-                ood_images = augment(torch.from_numpy(outliers[pick.numpy()]), config, generator)
-                loss = loss + config.ood_weight * _outlier_loss(net(ood_images), head, config)
+                # One forward pass for both, so batch-norm statistics describe the mix seen at
+                # test time rather than whichever small batch came last.
+                images = torch.cat([images, augment(torch.from_numpy(outliers[pick.numpy()]), config, generator)])
+            embeddings = net(images)
+            loss = _classification_loss(embeddings[: len(batch)], head, labels[batch], config)
+            if use_outliers:
+                loss = loss + config.ood_weight * _outlier_loss(embeddings[len(batch) :], head, config)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -141,16 +148,18 @@ def train(
             with torch.no_grad():
                 head.data = F.normalize(head.data, dim=1)
             losses.append(float(loss.detach()))
-        # Without validation images, the last epoch is the one kept.
-        accuracy = accuracy_of(net, head.detach(), val, config.input_size) if len(val.labels) else float(epoch)
+        accuracy = accuracy_of(net, head.detach(), val, config.input_size) if len(val.labels) else None
         state["seconds"] = time.time() - started
         state["history"].append(
             {"epoch": epoch, "loss": float(np.mean(losses)), "val_top1": accuracy, "seconds": state["seconds"]}
         )
         print(
-            f"epoch {epoch}: loss {np.mean(losses):.3f} val top-1 {accuracy:.4f} ({state['seconds']:.0f} s)", flush=True
+            f"epoch {epoch}: loss {np.mean(losses):.3f} "
+            f"val top-1 {accuracy if accuracy is None else round(accuracy, 4)} ({state['seconds']:.0f} s)",
+            flush=True,
         )
-        if accuracy > state["best_accuracy"]:
+        # Without validation images, the last epoch is the one kept.
+        if accuracy is None or accuracy > state["best_accuracy"]:
             state.update(best_accuracy=accuracy, best=(copy.deepcopy(net.state_dict()), head.detach().clone()), stale=0)
         else:
             state["stale"] += 1
@@ -312,7 +321,3 @@ def arrays_to_state(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
         name: torch.from_numpy(np.asarray(value, np.float32 if value.dtype == np.float16 else value.dtype))
         for name, value in arrays.items()
     }
-
-
-def config_dict(config: TrainConfig) -> dict:
-    return asdict(config)

@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import json
+import shutil
+
+from typer.testing import CliRunner
+
+from kyara.cli import app
+from tests.conftest import data_path
+
+runner = CliRunner()
+
+
+def small_labelled_folder(root, held_out_files, per_character=6):
+    """A few held-out crops of three characters, plus one file that cannot be read."""
+    for name in ("gura", "fuwawa", "mococo"):
+        (root / name).mkdir(parents=True)
+        for path in [p for p in held_out_files if p.parent.name == name][:per_character]:
+            shutil.copy(path, root / name / path.name)
+    (root / "gura" / "truncated.jpg").write_bytes(b"\xff\xd8\xff\xe0")
+    return root
+
+
+def test_evaluate_json_and_report(tmp_path, held_out_files):
+    folder = small_labelled_folder(tmp_path / "test", held_out_files)
+    result = runner.invoke(app, ["evaluate", str(folder), "--json", "--report", str(tmp_path / "report")])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert {"n", "top1", "top5", "macro_f1", "per_class", "grayscale", "shots", "coverage"} <= set(report)
+    assert report["n"] == 18 and report["shots"] is None
+    assert report["top1"] >= 0.7 and report["top5"] >= report["top1"]
+    assert set(report["per_class"]) == {"gura", "fuwawa", "mococo"}
+    assert "truncated.jpg" in result.stderr
+    for name in ("report.json", "report.md", "confusion.png", "reliability.png"):
+        assert (tmp_path / "report" / name).stat().st_size > 100
+
+
+def test_few_shot_on_unseen_characters(tmp_path):
+    """danbooru6 characters enrolled from 3 pictures each, queried with the rest."""
+    root = tmp_path / "few"
+    for name in ("aisaka_taiga", "albedo", "aqua_(konosuba)"):
+        shutil.copytree(data_path("danbooru6-faces", name), root / name)
+        for extra in sorted((root / name).iterdir())[15:]:
+            extra.unlink()
+    result = runner.invoke(app, ["evaluate", str(root), "--shots", "3", "--repeats", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["shots"] == 3 and report["n"] == 36
+    assert report["top1"] >= 0.6
+
+
+def test_crop_writes_faces_and_drops_duplicates(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    raw = tmp_path / "raw" / "Yagami Kou (八神)"
+    raw.mkdir(parents=True)
+    source = data_path("newgame-illustrations", "yagami_kou") / "1.jpg"
+    shutil.copy(source, raw / "a.jpg")
+    shutil.copy(source, raw / "a copy.jpg")
+    (raw / "bad.png").write_bytes(b"nope")
+    result = runner.invoke(app, ["crop", str(tmp_path / "raw"), str(tmp_path / "faces"), "--size", "96", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["images"] == 3 and len(summary["unreadable"]) == 1
+    assert summary["faces"] >= 2 and summary["written"] == summary["faces"] // 2
+    written = sorted((tmp_path / "faces" / "Yagami Kou (八神)").iterdir())
+    assert len(written) == summary["written"] and written[0].suffix == ".png"
+    assert not list((tmp_path / "faces").rglob("*.tmp"))
