@@ -11,6 +11,7 @@ from kyara.bundle import ModelBundle, load_bundle, save_bundle
 from kyara.detection import DetectedFace
 from kyara.errors import ImageError, ImageTooLargeError, KyaraError, ModelError
 from kyara.imageio import load_image
+from kyara.gallery import characters, enroll, forget
 from kyara.pipeline import FaceResult, Recognizer, detect, recognize
 
 __all__ = [
@@ -23,7 +24,10 @@ __all__ = [
     "ModelError",
     "Recognizer",
     "__version__",
+    "characters",
     "detect",
+    "enroll",
+    "forget",
     "load_bundle",
     "load_image",
     "recognize",

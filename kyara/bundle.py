@@ -202,3 +202,17 @@ def _load_weights(archive: zipfile.ZipFile) -> dict[str, np.ndarray]:
 def default_model_path() -> Path:
     """The model shipped inside the package."""
     return Path(str(resources.files("kyara") / "models" / "default.kyara"))
+
+
+def user_model_path() -> Path:
+    """The user's own copy of the default model, where enrolled characters go (XDG data dir)."""
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "kyara" / "model.kyara"
+
+
+def resolve_model_path(model: str | os.PathLike | None) -> Path:
+    """`model` if given, else the user's copy once it exists, else the built-in model."""
+    if model is not None:
+        return Path(model)
+    user = user_model_path()
+    return user if user.is_file() else default_model_path()

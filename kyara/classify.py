@@ -1,7 +1,8 @@
 """Embeddings -> ranked character guesses, with calibrated confidence and an unknown threshold.
 
-Every character is a unit vector: a trained one is its row of the head, an enrolled one the mean
-of its gallery images. A face's score for a character is the cosine similarity with that vector.
+Every character has one or two unit vectors: its row of the head if it was trained, and the mean
+of its gallery images if pictures of it were enrolled. A face's score for a character is the best
+cosine similarity with its vectors.
 Confidence is the softmax of the scores at a temperature fitted on validation data; a face whose
 best similarity is below the bundle's `unknown_threshold` gets no label.
 """
@@ -35,26 +36,44 @@ class Prediction:
 
 
 class Classifier:
-    def __init__(self, labels: list[str], prototypes: np.ndarray, temperature: float, unknown_threshold: float) -> None:
+    def __init__(
+        self,
+        labels: list[str],
+        prototypes: np.ndarray,
+        temperature: float,
+        unknown_threshold: float,
+        owners: np.ndarray | None = None,
+    ) -> None:
+        """`prototypes[i]` belongs to `labels[owners[i]]` (owners ascending; default: one each)."""
         self.labels = labels
         self.prototypes = prototypes.astype(np.float32)
         self.temperature = temperature
         self.unknown_threshold = unknown_threshold
+        owners = np.arange(len(labels)) if owners is None else np.asarray(owners)
+        self._starts = np.flatnonzero(np.r_[True, owners[1:] != owners[:-1]]) if len(owners) else owners
 
     @classmethod
     def from_bundle(cls, bundle: ModelBundle) -> Classifier:
-        labels, rows = list(bundle.labels), list(bundle.head)
-        enrolled = [name for name in dict.fromkeys(bundle.gallery_labels) if name not in bundle.labels]
-        for name in enrolled:
-            members = bundle.gallery[[i for i, g in enumerate(bundle.gallery_labels) if g == name]]
-            labels.append(name)
-            rows.append(members.mean(axis=0))
-        prototypes = np.asarray(rows, np.float32).reshape(len(labels), bundle.embedding_dim)
+        labels = bundle.all_labels()
+        rows, owners = [], []
+        for index, name in enumerate(labels):
+            if name in bundle.labels:
+                rows.append(bundle.head[bundle.labels.index(name)])
+                owners.append(index)
+            members = [i for i, g in enumerate(bundle.gallery_labels) if g == name]
+            if members:
+                rows.append(bundle.gallery[members].mean(axis=0))
+                owners.append(index)
+        prototypes = np.asarray(rows, np.float32).reshape(len(rows), bundle.embedding_dim)
         prototypes /= np.maximum(np.linalg.norm(prototypes, axis=1, keepdims=True), 1e-12)
-        return cls(labels, prototypes, bundle.temperature, bundle.unknown_threshold)
+        return cls(labels, prototypes, bundle.temperature, bundle.unknown_threshold, np.asarray(owners, np.int64))
 
     def similarities(self, embeddings: np.ndarray) -> np.ndarray:
-        return embeddings @ self.prototypes.T
+        """Best cosine similarity of each embedding with each label's vectors (N x labels)."""
+        every = embeddings @ self.prototypes.T
+        if len(self._starts) == every.shape[1]:
+            return every
+        return np.maximum.reduceat(every, self._starts, axis=1)
 
     def probabilities(self, similarities: np.ndarray) -> np.ndarray:
         logits = similarities / self.temperature

@@ -228,3 +228,44 @@ def crop(
         f"{len(summary.duplicates)} near-duplicates dropped, {len(summary.without_face)} pictures without a face, "
         f"{len(summary.unreadable)} unreadable",
     )
+
+
+@app.command()
+def enroll(
+    name: Annotated[str, typer.Argument(help="The character's name (becomes its label).")],
+    images: Annotated[list[str], typer.Argument(help="Pictures of the character: face crops or illustrations.")],
+    model: ModelOption = None,
+) -> None:
+    """Teach the model a character from a few pictures, without retraining."""
+    from kyara.gallery import enroll as enroll_pictures
+
+    result = _or_exit(lambda: enroll_pictures(name, expand_paths(images), model))
+    for message in result.skipped:
+        err.print(f"[yellow]skipped[/yellow] {message}", highlight=False)
+    print(f"enrolled {result.added} picture(s) of {result.name} into {result.model}")
+
+
+@app.command()
+def forget(name: Annotated[str, typer.Argument()], model: ModelOption = None) -> None:
+    """Remove a character (enrolled or trained) from the model."""
+    from kyara.gallery import forget as forget_character
+
+    removed = _or_exit(lambda: forget_character(name, model))
+    print(f"forgot {name} ({removed} vector(s) removed)")
+
+
+@app.command()
+def characters(model: ModelOption = None, as_json: JsonFlag = False) -> None:
+    """List the characters the model knows, with image counts."""
+    from kyara.gallery import characters as list_characters
+
+    known = _or_exit(lambda: list_characters(model))
+    if as_json:
+        print(json.dumps(known, ensure_ascii=False, indent=2))
+        return
+    table = Table()
+    for column in ("character", "trained on", "enrolled"):
+        table.add_column(column)
+    for entry in known:
+        table.add_row(entry["name"], str(entry["training_images"] or "-"), str(entry["enrolled_images"] or "-"))
+    Console().print(table)

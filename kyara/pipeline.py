@@ -14,7 +14,7 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
-from kyara.bundle import ModelBundle, default_model_path, load_bundle
+from kyara.bundle import ModelBundle, load_bundle, resolve_model_path
 from kyara.classify import Classifier, Guess
 from kyara.detection import DetectedFace, Detector, get_detector
 from kyara.embedding import Embedder
@@ -68,7 +68,7 @@ class Recognizer:
         threads: int | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
-        self.bundle = model if isinstance(model, ModelBundle) else load_bundle(model or default_model_path())
+        self.bundle = model if isinstance(model, ModelBundle) else load_bundle(resolve_model_path(model))
         self.detector = get_detector(detector) if isinstance(detector, str) else detector
         self.embedder = Embedder(self.bundle.onnx, self.bundle.input_size, threads)
         if self.embedder.dim != self.bundle.embedding_dim:
@@ -164,6 +164,11 @@ def square_on_white(picture: Image.Image) -> Image.Image:
 @functools.lru_cache(maxsize=4)
 def _shared_recognizer(model: str | None) -> Recognizer:
     return Recognizer(model)
+
+
+def forget_loaded_models() -> None:
+    """Drop the shared recognizers, so the next call reads models again (after enroll/forget)."""
+    _shared_recognizer.cache_clear()
 
 
 def default_recognizer(model: str | os.PathLike | None = None) -> Recognizer:

@@ -41,3 +41,13 @@ def held_out(key: str) -> list[Path]:
 @pytest.fixture(scope="session")
 def held_out_files() -> list[Path]:
     return held_out("test_files")
+
+
+def drawing_module():
+    """docs/make_example.py draws characters we own, usable as test pictures."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_example", ROOT / "docs" / "make_example.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,0 +1,144 @@
+"""Teach a model new characters without retraining: enroll pictures, forget characters.
+
+Enrolled faces are embedded with the model's own embedder and stored in its gallery. Changes are
+written atomically, under a lock so two enrollments at once cannot lose each other's work.
+Without an explicit model, the user's copy of the default model is changed (created on first use).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+import unicodedata
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from kyara.bundle import (
+    ModelBundle,
+    default_model_path,
+    load_bundle,
+    resolve_model_path,
+    save_bundle,
+    user_model_path,
+)
+from kyara.crop import looks_like_face_crop
+from kyara.errors import ImageError, KyaraError
+from kyara.imageio import ImageSource
+from kyara.pipeline import Recognizer, face_crop, forget_loaded_models
+
+MAX_NAME_LENGTH = 100
+
+
+@dataclass
+class EnrollResult:
+    name: str
+    added: int
+    skipped: list[str] = field(default_factory=list)
+    model: str = ""
+
+
+def editable_model_path(model: str | os.PathLike | None) -> Path:
+    """The bundle that enroll/forget change: `model`, or the user's copy (made on first use)."""
+    if model is not None:
+        return Path(model)
+    user = user_model_path()
+    if not user.is_file():
+        user.parent.mkdir(parents=True, exist_ok=True)
+        temporary = user.with_name(f".{user.name}.copy")
+        shutil.copyfile(default_model_path(), temporary)
+        os.replace(temporary, user)
+    return user
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Serialize read-modify-write of a bundle between processes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(f".{path.name}.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def clean_name(name: str) -> str:
+    name = unicodedata.normalize("NFC", name).strip()
+    if not name or len(name) > MAX_NAME_LENGTH or any(unicodedata.category(c).startswith("C") for c in name):
+        raise KyaraError(f"a character name must be 1 to {MAX_NAME_LENGTH} printable characters, got {name!r}")
+    return name
+
+
+def embed_enrollment(recognizer: Recognizer, images: Sequence[ImageSource]) -> tuple[np.ndarray, list[str]]:
+    """One embedding per picture: the picture itself if it is a face crop, else its best face."""
+    crops, skipped = [], []
+    for image in images:
+        try:
+            picture = recognizer.load(image)
+        except ImageError as exc:
+            skipped.append(str(exc))
+            continue
+        if looks_like_face_crop(picture):
+            crops.append(picture)
+            continue
+        faces = recognizer.detector.detect(picture)
+        if faces:
+            crops.append(face_crop(picture, max(faces, key=lambda f: f.score)))
+        else:
+            skipped.append(f"{image}: no face found")
+    return recognizer.embedder.embed(crops), skipped
+
+
+def enroll(name: str, images: Sequence[ImageSource], model: str | os.PathLike | None = None) -> EnrollResult:
+    """Add pictures of `name` to the model's gallery; the character is recognized from then on."""
+    name = clean_name(name)
+    path = editable_model_path(model)
+    with locked(path):
+        bundle = load_bundle(path)
+        vectors, skipped = embed_enrollment(Recognizer(bundle), images)
+        if len(vectors) == 0:
+            raise KyaraError(f"no usable picture of {name}: " + "; ".join(skipped))
+        bundle.gallery = np.vstack([bundle.gallery, vectors])
+        bundle.gallery_labels = [*bundle.gallery_labels, *[name] * len(vectors)]
+        save_bundle(bundle, path)
+    forget_loaded_models()
+    return EnrollResult(name, len(vectors), skipped, str(path))
+
+
+def forget(name: str, model: str | os.PathLike | None = None) -> int:
+    """Remove a character (enrolled pictures, and its trained head row if any). Returns what went."""
+    path = editable_model_path(model)
+    with locked(path):
+        bundle = load_bundle(path)
+        if name not in bundle.all_labels():
+            raise KyaraError(f"{name!r} is not a character of {path}")
+        keep = [i for i, label in enumerate(bundle.gallery_labels) if label != name]
+        removed = len(bundle.gallery_labels) - len(keep) + (name in bundle.labels)
+        bundle.gallery, bundle.gallery_labels = bundle.gallery[keep], [bundle.gallery_labels[i] for i in keep]
+        if name in bundle.labels:
+            row = bundle.labels.index(name)
+            bundle.head = np.delete(bundle.head, row, axis=0)
+            bundle.labels = [label for label in bundle.labels if label != name]
+        save_bundle(bundle, path)
+    forget_loaded_models()
+    return removed
+
+
+def characters(model: str | os.PathLike | None = None) -> list[dict]:
+    """Every character the model knows: trained or not, and how many enrolled pictures."""
+    bundle: ModelBundle = load_bundle(resolve_model_path(model))
+    trained_counts = bundle.metadata.get("training", {}).get("characters", {})
+    return [
+        {
+            "name": name,
+            "trained": name in bundle.labels,
+            "training_images": trained_counts.get(name, 0) if name in bundle.labels else 0,
+            "enrolled_images": bundle.gallery_labels.count(name),
+        }
+        for name in bundle.all_labels()
+    ]

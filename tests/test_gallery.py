@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from kyara.bundle import default_model_path, load_bundle
+from kyara.cli import app
+from kyara.errors import KyaraError
+from kyara.gallery import characters, enroll, forget
+from kyara.pipeline import Recognizer
+from tests.conftest import drawing_module
+
+runner = CliRunner()
+PURPLE = ((90, 60, 160), (60, 120, 220))
+ORANGE = ((230, 160, 70), (200, 60, 90))
+
+
+def picture(colours, size: int, background) -> Image.Image:
+    """An original character on a canvas: a whole picture, not a crop, so the detector is used."""
+    head = drawing_module().draw_character(size, *colours)
+    canvas = Image.new("RGB", (size + 300, size + 80), background)
+    canvas.paste(head, (150, 40), head)
+    return canvas
+
+
+@pytest.fixture()
+def model(tmp_path):
+    path = tmp_path / "model.kyara"
+    shutil.copy(default_model_path(), path)
+    return path
+
+
+def test_enroll_recognize_forget(model, tmp_path):
+    backgrounds = [(255, 255, 255), (230, 240, 255), (255, 240, 230), (240, 255, 240)]
+    for name, colours in (("Aoi (OC)", PURPLE), ("Mikan オレンジ", ORANGE)):
+        result = enroll(name, [picture(colours, s, b) for s, b in zip((300, 340, 380, 420), backgrounds)], model)
+        assert result.added == 4 and not result.skipped
+    recognizer = Recognizer(model)
+    aoi = recognizer.recognize(picture(PURPLE, 360, (250, 250, 200)))
+    mikan = recognizer.recognize(picture(ORANGE, 360, (250, 250, 200)))
+    assert [f.label for f in aoi] == ["Aoi (OC)"] and [f.label for f in mikan] == ["Mikan オレンジ"]
+    assert {"name": "Aoi (OC)", "trained": False, "training_images": 0, "enrolled_images": 4} in characters(model)
+
+    assert forget("Aoi (OC)", model) == 4
+    after = Recognizer(model).recognize(picture(PURPLE, 360, (250, 250, 200)))
+    assert after[0].label != "Aoi (OC)"
+    assert "Aoi (OC)" not in load_bundle(model).all_labels()
+
+
+def test_failed_enrollment_changes_nothing(model, tmp_path):
+    before = model.read_bytes()
+    blank = tmp_path / "blank.png"
+    Image.new("RGB", (900, 600), (255, 255, 255)).save(blank)
+    with pytest.raises(KyaraError, match="no usable picture"):
+        enroll("Nobody", [blank, tmp_path / "missing.png"], model)
+    with pytest.raises(KyaraError, match="printable"):
+        enroll("bad\nname", [blank], model)
+    with pytest.raises(KyaraError, match="not a character"):
+        forget("Nobody", model)
+    assert model.read_bytes() == before
+
+
+def test_cli_uses_the_users_copy(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    pictures = []
+    for i, size in enumerate((300, 360, 420)):
+        pictures.append(tmp_path / f"aoi {i}.png")
+        picture(PURPLE, size, (255, 255, 255)).save(pictures[-1])
+    result = runner.invoke(app, ["enroll", "Aoi", *map(str, pictures)])
+    assert result.exit_code == 0, result.output
+    user_copy = tmp_path / "data" / "kyara" / "model.kyara"
+    assert user_copy.is_file() and load_bundle(user_copy).gallery_labels == ["Aoi"] * 3
+    listed = runner.invoke(app, ["characters", "--json"])
+    assert '"Aoi"' in listed.stdout and '"gura"' in listed.stdout
+    assert load_bundle(default_model_path()).gallery_labels == []  # the shipped model is untouched
+    result = runner.invoke(app, ["forget", "gura"])
+    assert result.exit_code == 0 and "gura" not in load_bundle(user_copy).labels
