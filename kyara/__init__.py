@@ -10,8 +10,8 @@ __version__ = "0.1.0"
 from kyara.bundle import ModelBundle, load_bundle, save_bundle
 from kyara.detection import DetectedFace
 from kyara.errors import ImageError, ImageTooLargeError, KyaraError, ModelError
-from kyara.imageio import load_image
 from kyara.gallery import characters, enroll, forget
+from kyara.imageio import load_image
 from kyara.pipeline import FaceResult, Recognizer, detect, recognize
 
 __all__ = [
