@@ -15,7 +15,7 @@ from kyara.errors import KyaraError
 from kyara.imageio import IMAGE_SUFFIXES, list_images
 
 app = typer.Typer(help="Which anime character is in this picture?", no_args_is_help=True, add_completion=False)
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # never break a path across lines
 
 Paths = Annotated[list[str], typer.Argument(help="Image files, folders (searched recursively) or glob patterns.")]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of a table.")]
