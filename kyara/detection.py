@@ -160,11 +160,15 @@ def _hex(color) -> str:
     return f"#{color.r:02x}{color.g:02x}{color.b:02x}"
 
 
-def iou(a: Sequence[float], b: Sequence[float]) -> float:
-    """Intersection over union of two [x, y, w, h] boxes."""
+def _intersection(a: Sequence[float], b: Sequence[float]) -> float:
     ix = max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
     iy = max(0.0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
-    inter = ix * iy
+    return ix * iy
+
+
+def iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """Intersection over union of two [x, y, w, h] boxes."""
+    inter = _intersection(a, b)
     union = a[2] * a[3] + b[2] * b[3] - inter
     return inter / union if union > 0 else 0.0
 
@@ -184,9 +188,7 @@ def non_max_suppression(faces: Sequence[DetectedFace], threshold: float = 0.3) -
 
 def _inside(a: Sequence[float], b: Sequence[float]) -> float:
     """Share of box `a`'s area that lies inside box `b`."""
-    ix = max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
-    return ix * iy / (a[2] * a[3]) if a[2] * a[3] > 0 else 0.0
+    return _intersection(a, b) / (a[2] * a[3]) if a[2] * a[3] > 0 else 0.0
 
 
 DETECTORS = {"animeface": AnimeFaceDetector}

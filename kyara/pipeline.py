@@ -86,7 +86,8 @@ class Recognizer:
         return self.detector.detect(self.load(image))
 
     def recognize(self, image: ImageSource, top_k: int = 5) -> list[FaceResult]:
-        """Every face in `image`, best guesses first; the whole image if no face is found."""
+        """Every face in `image` (most face-like first), each with its ranked guesses; the whole
+        image, marked `fallback`, if no face is found."""
         picture = self.load(image)
         faces = self.detector.detect(picture)
         if not faces:
