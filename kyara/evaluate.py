@@ -167,6 +167,11 @@ def _report(classifier: Classifier, images: Sequence[EmbeddedImage], shots: int 
     )
 
 
+def report_for(classifier: Classifier, images: Sequence[EmbeddedImage]) -> Report:
+    """Closed-set figures of `classifier` on images embedded already (see `embed_files`)."""
+    return _report(classifier, images, None, [])
+
+
 def evaluate(recognizer: Recognizer, folder: Path | Sequence[Path]) -> Report:
     """Closed-set accuracy of `recognizer`'s model on a folder per character."""
     roots = [folder] if isinstance(folder, Path | str) else list(folder)

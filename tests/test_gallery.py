@@ -65,6 +65,8 @@ def test_failed_enrollment_changes_nothing(model, tmp_path):
 
 def test_cli_uses_the_users_copy(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    shipped = default_model_path().read_bytes()
+    shipped_gallery = load_bundle(default_model_path()).gallery_labels
     pictures = []
     for i, size in enumerate((300, 360, 420)):
         pictures.append(tmp_path / f"aoi {i}.png")
@@ -72,9 +74,9 @@ def test_cli_uses_the_users_copy(tmp_path, monkeypatch):
     result = runner.invoke(app, ["enroll", "Aoi", *map(str, pictures)])
     assert result.exit_code == 0, result.output
     user_copy = tmp_path / "data" / "kyara" / "model.kyara"
-    assert user_copy.is_file() and load_bundle(user_copy).gallery_labels == ["Aoi"] * 3
+    assert user_copy.is_file() and load_bundle(user_copy).gallery_labels == [*shipped_gallery, "Aoi", "Aoi", "Aoi"]
     listed = runner.invoke(app, ["characters", "--json"])
     assert '"Aoi"' in listed.stdout and '"gura"' in listed.stdout
-    assert load_bundle(default_model_path()).gallery_labels == []  # the shipped model is untouched
+    assert default_model_path().read_bytes() == shipped  # the shipped model is untouched
     result = runner.invoke(app, ["forget", "gura"])
     assert result.exit_code == 0 and "gura" not in load_bundle(user_copy).labels
