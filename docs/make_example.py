@@ -80,8 +80,10 @@ def annotate(picture: Image.Image, faces: list[kyara.FaceResult]) -> Image.Image
             if face.label
             else f"unknown (closest: {best.label} {best.confidence:.0%})"
         )
-        d.rectangle([x, y - 28, x + d.textlength(text, font=font) + 10, y], fill=colour)
-        d.text((x + 5, y - 26), text, fill=WHITE, font=font)
+        width = d.textlength(text, font=font) + 10
+        left = max(0, min(x, out.width - width))  # keep the label inside the picture
+        d.rectangle([left, y - 28, left + width, y], fill=colour)
+        d.text((left + 5, y - 26), text, fill=WHITE, font=font)
     return out
 
 
