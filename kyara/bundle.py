@@ -82,6 +82,12 @@ class ModelBundle:
             "unknown_threshold": self.unknown_threshold,
         }
 
+    def add_to_gallery(self, vectors: np.ndarray, labels: list[str]) -> None:
+        if len(vectors) != len(labels):
+            raise ModelError(f"{len(vectors)} gallery vectors for {len(labels)} labels")
+        self.gallery = np.vstack([self.gallery, np.asarray(vectors, np.float32).reshape(len(labels), -1)])
+        self.gallery_labels = [*self.gallery_labels, *labels]
+
     def all_labels(self) -> list[str]:
         return list(dict.fromkeys([*self.labels, *self.gallery_labels]))
 

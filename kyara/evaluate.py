@@ -23,7 +23,7 @@ from kyara.classify import Classifier
 from kyara.dataset import LabelledFile, labelled_files
 from kyara.errors import ImageError, KyaraError
 from kyara.metrics import expected_calibration_error
-from kyara.pipeline import Recognizer, face_crop, square_on_white
+from kyara.pipeline import Recognizer, input_crops
 
 
 @dataclass
@@ -78,16 +78,11 @@ def embed_files(recognizer: Recognizer, files: Sequence[LabelledFile]) -> tuple[
             continue
         faces = recognizer.detector.detect(picture)
         gray = ImageOps.grayscale(picture).convert("RGB")
-        if faces:
-            colour_crops = [face_crop(picture, f) for f in faces]
-            gray_crops = [face_crop(gray, f) for f in faces]
-        else:
-            colour_crops, gray_crops = [square_on_white(picture)], [square_on_white(gray)]
         embedded.append(
             EmbeddedImage(
                 file,
-                recognizer.embedder.embed(colour_crops),
-                recognizer.embedder.embed(gray_crops),
+                recognizer.embedder.embed(input_crops(picture, faces)),
+                recognizer.embedder.embed(input_crops(gray, faces)),
                 np.array([f.score for f in faces] or [0.0]),
                 bool(faces),
             )
@@ -159,7 +154,7 @@ def _report(classifier: Classifier, images: Sequence[EmbeddedImage], shots: int 
             "top5": _accuracy(gray_probabilities, truth, classifier.labels, 5),
         },
         shots=shots,
-        coverage=float(np.mean([image.face_found for image in images])) if images else float("nan"),
+        coverage=float(np.mean([image.face_found for image in images])),
         ece=expected_calibration_error(confidence, correct),
         confusion=confusion,
         reliability=reliability,
@@ -172,10 +167,14 @@ def report_for(classifier: Classifier, images: Sequence[EmbeddedImage]) -> Repor
     return _report(classifier, images, None, [])
 
 
+def _embed_folders(recognizer: Recognizer, folder: Path | Sequence[Path]) -> tuple[list[EmbeddedImage], list[dict]]:
+    roots = [folder] if isinstance(folder, Path | str) else list(folder)
+    return embed_files(recognizer, labelled_files([Path(r) for r in roots]))
+
+
 def evaluate(recognizer: Recognizer, folder: Path | Sequence[Path]) -> Report:
     """Closed-set accuracy of `recognizer`'s model on a folder per character."""
-    roots = [folder] if isinstance(folder, Path | str) else list(folder)
-    images, skipped = embed_files(recognizer, labelled_files([Path(r) for r in roots]))
+    images, skipped = _embed_folders(recognizer, folder)
     return _report(recognizer.classifier, images, None, skipped)
 
 
@@ -187,8 +186,7 @@ def evaluate_few_shot(
     Only the model's embedder is used, so characters it never trained on can be measured.
     Figures are averaged over `repeats` draws; per-class figures and plots come from the first.
     """
-    roots = [folder] if isinstance(folder, Path | str) else list(folder)
-    images, skipped = embed_files(recognizer, labelled_files([Path(r) for r in roots]))
+    images, skipped = _embed_folders(recognizer, folder)
     reports = [_few_shot_draw(recognizer, images, shots, seed + r, skipped) for r in range(repeats)]
     first = reports[0]
     for name in ("top1", "top5", "macro_f1", "ece"):

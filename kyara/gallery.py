@@ -103,8 +103,7 @@ def enroll(name: str, images: Sequence[ImageSource], model: str | os.PathLike | 
         vectors, skipped = embed_enrollment(Recognizer(bundle), images)
         if len(vectors) == 0:
             raise KyaraError(f"no usable picture of {name}: " + "; ".join(skipped))
-        bundle.gallery = np.vstack([bundle.gallery, vectors])
-        bundle.gallery_labels = [*bundle.gallery_labels, *[name] * len(vectors)]
+        bundle.add_to_gallery(vectors, [name] * len(vectors))
         save_bundle(bundle, path)
     forget_loaded_models()
     return EnrollResult(name, len(vectors), skipped, str(path))

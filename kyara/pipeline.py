@@ -146,15 +146,16 @@ def _crop_on_white(image: Image.Image, cx: float, cy: float, side: float) -> Ima
     left, top = round(cx - side / 2), round(cy - side / 2)
     size = max(1, round(side))
     canvas = Image.new("RGB", (size, size), WHITE)
-    canvas.paste(image.crop((left, top, left + size, top + size)), (0, 0))
-    inside = (max(0, -left), max(0, -top), min(size, image.width - left), min(size, image.height - top))
-    if inside[0] > 0 or inside[1] > 0 or inside[2] < size or inside[3] < size:
-        # Image.crop fills outside pixels with black: paint them white instead.
-        clear = Image.new("RGB", (size, size), WHITE)
-        if inside[2] > inside[0] and inside[3] > inside[1]:
-            clear.paste(canvas.crop(inside), inside[:2])
-        canvas = clear
+    # Only the part inside the picture is copied: Image.crop would fill the rest with black.
+    inside = (max(0, left), max(0, top), min(image.width, left + size), min(image.height, top + size))
+    if inside[2] > inside[0] and inside[3] > inside[1]:
+        canvas.paste(image.crop(inside), (inside[0] - left, inside[1] - top))
     return canvas
+
+
+def input_crops(picture: Image.Image, faces: list[DetectedFace]) -> list[Image.Image]:
+    """What the embedder sees: each face upright, or the whole picture when there is none."""
+    return [face_crop(picture, face) for face in faces] or [square_on_white(picture)]
 
 
 def square_on_white(picture: Image.Image) -> Image.Image:

@@ -13,6 +13,7 @@ import numpy as np
 from tqdm import tqdm
 
 from kyara.bundle import ModelBundle
+from kyara.classify import Classifier
 from kyara.dataset import LabelledFile, labelled_files
 from kyara.detection import AnimeFaceDetector
 from kyara.errors import ImageError
@@ -58,8 +59,7 @@ def enroll_faces(bundle: ModelBundle, files: list[LabelledFile]) -> int:
             vectors.append(embeddings[best])
             names.append(file.label)
     if vectors:
-        bundle.gallery = np.vstack([bundle.gallery, np.asarray(vectors)])
-        bundle.gallery_labels = [*bundle.gallery_labels, *names]
+        bundle.add_to_gallery(np.asarray(vectors), names)
     return len(vectors)
 
 
@@ -67,7 +67,7 @@ def measure(before: ModelBundle, after: ModelBundle, files: list[LabelledFile]) 
     """Top-1/top-5 of the most confident face on held-out illustrations, without and with them."""
     images, _ = embed_files(Recognizer(after), files)
     models = {"before": before, "after": after}
-    reports = {name: report_for(Recognizer(model).classifier, images) for name, model in models.items()}
+    reports = {name: report_for(Classifier.from_bundle(model), images) for name, model in models.items()}
     return {
         "test_images": len(images),
         "coverage": reports["after"].coverage,
