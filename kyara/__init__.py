@@ -10,12 +10,16 @@ __version__ = "0.1.0"
 from kyara.bundle import ModelBundle, load_bundle, save_bundle
 from kyara.detection import DetectedFace
 from kyara.errors import ImageError, ImageTooLargeError, KyaraError, ModelError
+from kyara.explanation import Explanation, explain
 from kyara.gallery import characters, enroll, forget
 from kyara.imageio import load_image
+from kyara.index import CollectionIndex
 from kyara.pipeline import FaceResult, Recognizer, detect, recognize
 
 __all__ = [
+    "CollectionIndex",
     "DetectedFace",
+    "Explanation",
     "FaceResult",
     "ImageError",
     "ImageTooLargeError",
@@ -27,6 +31,7 @@ __all__ = [
     "characters",
     "detect",
     "enroll",
+    "explain",
     "forget",
     "load_bundle",
     "load_image",

@@ -78,14 +78,13 @@ def recognize(
     model: ModelOption = None,
 ) -> None:
     """Name the character of every face in each image."""
-    from kyara.pipeline import Recognizer
+    from kyara.pipeline import Recognizer, image_report
 
     recognizer = _or_exit(lambda: Recognizer(model))
 
     def work(path: str) -> dict:
         picture = recognizer.load(path)
-        faces = recognizer.recognize(picture, top_k)
-        return {"width": picture.width, "height": picture.height, "faces": [f.to_dict() for f in faces]}
+        return image_report(picture, recognizer.recognize(picture, top_k))
 
     results, failed = _run_batch(paths, work)
     if as_json:
@@ -100,13 +99,13 @@ def detect(paths: Paths, as_json: JsonFlag = False) -> None:
     """Find the anime faces in each image (boxes, landmarks, colours)."""
     from kyara.detection import get_detector
     from kyara.imageio import load_image
+    from kyara.pipeline import image_report
 
     detector = _or_exit(get_detector)
 
     def work(path: str) -> dict:
         picture = load_image(path)
-        faces = detector.detect(picture)
-        return {"width": picture.width, "height": picture.height, "faces": [f.to_dict() for f in faces]}
+        return image_report(picture, detector.detect(picture))
 
     results, failed = _run_batch(paths, work)
     if as_json:
@@ -184,7 +183,12 @@ def train(
     start: Annotated[
         str, typer.Option("--from", help="'default' (the built-in anime model), 'imagenet', or a .kyara path.")
     ] = "default",
-    epochs: Annotated[int, typer.Option("--epochs", min=1)] = 10,
+    backbone: Annotated[
+        str, typer.Option("--backbone", help="With --from imagenet: mobilenetv2 or efficientnet_lite0.")
+    ] = "mobilenetv2",
+    epochs: Annotated[
+        int, typer.Option("--epochs", min=1, help="Fine-tuning epochs at most (linear: 30 quick passes).")
+    ] = 10,
     input_size: Annotated[int, typer.Option("--input-size", min=32, max=512)] = 128,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     checkpoint: Annotated[
@@ -194,14 +198,63 @@ def train(
     """Train a character model from folders of pictures (transfer learning, one command)."""
     try:
         from kyara.train.cli_support import train_command
+        from kyara.train.trainer import TrainConfig
     except ImportError as exc:
         err.print(f"[red]error[/red] training needs the train extra (torch): {exc}", highlight=False)
         raise typer.Exit(2) from None
     try:
-        train_command(folder, output, mode, start, epochs, input_size, seed, checkpoint, err)
+        config = TrainConfig(
+            backbone=backbone, mode=mode, epochs=epochs, input_size=input_size, seed=seed, ood_weight=0.0
+        )
+        train_command(folder, output, start, config, checkpoint, err)
     except KyaraError as exc:
         err.print(f"[red]error[/red] {exc}", highlight=False)
         raise typer.Exit(2) from None
+
+
+@app.command()
+def compare(
+    folder: Annotated[list[Path], typer.Argument(help="One folder per character: face crops or full illustrations.")],
+    report: Annotated[Path, typer.Option("--report", help="Writes experiments.md/.json and a plot here.")],
+    backbones: Annotated[str, typer.Option("--backbones")] = "mobilenetv2,efficientnet_lite0",
+    modes: Annotated[str, typer.Option("--modes")] = "linear,finetune",
+    sizes: Annotated[str, typer.Option("--sizes", help="Input sizes in pixels.")] = "96,128,160,224",
+    grayscale: Annotated[str, typer.Option("--grayscale", help="Grayscale augmentation: off, on or both.")] = "both",
+    epochs: Annotated[int, typer.Option("--epochs", min=1, help="Fine-tuning epochs at most.")] = 6,
+    per_character: Annotated[
+        int | None, typer.Option("--train-per-character", min=1, help="Training images per character at most.")
+    ] = 60,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+) -> None:
+    """Train and measure a grid of settings (backbone, mode, input size, grayscale augmentation)."""
+    try:
+        from kyara.train.compare import compare as run_comparison
+        from kyara.train.compare import grid
+    except ImportError as exc:
+        err.print(f"[red]error[/red] comparing needs the train extra (torch): {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    from kyara.detection import get_detector
+    from kyara.train.nets import BACKBONES
+
+    try:
+        chosen_backbones, chosen_modes = _choices(backbones, BACKBONES), _choices(modes, ("linear", "finetune"))
+        chosen_sizes = [int(size) for size in sizes.split(",")]
+        gray = {"off": [False], "on": [True], "both": [False, True]}[grayscale]
+    except (ValueError, KeyError) as exc:
+        err.print(f"[red]error[/red] bad grid option: {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    settings = grid(chosen_backbones, chosen_modes, chosen_sizes, gray)
+    rows = _or_exit(lambda: run_comparison(folder, report, settings, epochs, per_character, seed, get_detector()))
+    best = max(rows, key=lambda r: r["top1"])
+    print(f"{len(rows)} settings measured; best top-1 {best['top1']:.4f}; see {report / 'experiments.md'}")
+
+
+def _choices(listed: str, allowed) -> list[str]:
+    chosen = [item.strip() for item in listed.split(",") if item.strip()]
+    unknown = [item for item in chosen if item not in allowed]
+    if unknown or not chosen:
+        raise ValueError(f"{', '.join(unknown) or 'nothing chosen'} (choose from {', '.join(allowed)})")
+    return chosen
 
 
 @app.command()
@@ -269,3 +322,212 @@ def characters(model: ModelOption = None, as_json: JsonFlag = False) -> None:
     for entry in known:
         table.add_row(entry["name"], str(entry["training_images"] or "-"), str(entry["enrolled_images"] or "-"))
     Console().print(table)
+
+
+DbOption = Annotated[Path, typer.Option("--db", help="The collection index: a .kyaradb folder.")]
+
+
+@app.command()
+def index(
+    root: Annotated[Path, typer.Argument(help="The picture folder to index (searched recursively).")],
+    db: DbOption,
+    model: ModelOption = None,
+    reembed: Annotated[
+        bool, typer.Option("--reembed", help="Adopt this model's embedder: re-embed faces from their stored boxes.")
+    ] = False,
+    moved: Annotated[bool, typer.Option("--moved", help="The indexed folder has moved to ROOT.")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Index the faces of a picture folder for find and search (incremental: run it again to update)."""
+    from kyara.index import CollectionIndex
+
+    if not root.is_dir():
+        err.print(f"[red]error[/red] {root}: not a folder", highlight=False)
+        raise typer.Exit(2)
+
+    def update():
+        with CollectionIndex.open(db, model, create=True) as collection:
+            return collection.update(root, reembed=reembed, moved=moved), collection.stats()
+
+    summary, stats = _or_exit(update)
+    _summarise(
+        summary.unreadable,
+        {**summary.to_dict(), "index": stats} if as_json else None,
+        f"{summary.files} pictures: {summary.added} new, {summary.changed} changed, {summary.moved} moved, "
+        f"{summary.reembedded} re-embedded, {summary.unchanged} unchanged, {summary.removed} removed, "
+        f"{len(summary.unreadable)} unreadable; {summary.faces} faces written. "
+        f"{db}: {stats['files']} pictures, {stats['faces']} faces, {len(stats['characters'])} characters named",
+    )
+    raise typer.Exit(1 if summary.unreadable else 0)
+
+
+@app.command()
+def find(
+    name: Annotated[str, typer.Argument(help="A character the model knows (see `kyara characters`).")],
+    db: DbOption,
+    model: ModelOption = None,
+    min_confidence: Annotated[float, typer.Option("--min-confidence", min=0.0, max=1.0)] = 0.0,
+    as_json: JsonFlag = False,
+) -> None:
+    """List every indexed picture where a character appears, with the face's box and confidence."""
+    from kyara.index import CollectionIndex
+
+    def look_up():
+        with CollectionIndex.open(db, model) as collection:
+            return str(collection.root), collection.find(name, min_confidence)
+
+    root, faces = _or_exit(look_up)
+    if as_json:
+        print(json.dumps({"root": root, "name": name, "faces": [f.to_dict() for f in faces]}, ensure_ascii=False))
+        return
+    table = Table(title=f"{name} in {root}: {len({f.path for f in faces})} pictures", title_justify="left")
+    for column in ("picture", "box", "confidence"):
+        table.add_column(column)
+    for face in faces:
+        table.add_row(face.path, str(list(face.box)), f"{face.confidence:.0%}")
+    Console().print(table)
+
+
+@app.command()
+def search(
+    image: Annotated[str, typer.Argument(help="A picture or a face crop.")],
+    db: DbOption,
+    model: ModelOption = None,
+    top_k: Annotated[int, typer.Option("--top-k", min=1, max=1000, help="How many similar faces per face.")] = 10,
+    as_json: JsonFlag = False,
+) -> None:
+    """Find the indexed faces most similar to each face of a picture."""
+    from kyara.errors import ImageError
+    from kyara.index import CollectionIndex
+
+    try:
+        with CollectionIndex.open(db, model) as collection:
+            root, query = str(collection.root), collection.search(image, top_k)
+    except KyaraError as exc:
+        err.print(f"[red]error[/red] {exc}", highlight=False)
+        raise typer.Exit(1 if isinstance(exc, ImageError) else 2) from None
+    if as_json:
+        document = {"root": root, "query": image, "faces": [face.to_dict() for face in query]}
+        print(json.dumps(document, ensure_ascii=False, indent=2))
+        return
+    console = Console()
+    for face in query:
+        title = f"{image} face at {list(face.box)}" + (" (no face found, whole image)" if face.fallback else "")
+        table = Table(title=title, title_justify="left")
+        for column in ("similarity", "picture", "box", "character"):
+            table.add_column(column)
+        for hit in face.hits:
+            table.add_row(f"{hit.similarity:.3f}", hit.face.path, str(list(hit.face.box)), hit.face.label or "unknown")
+        console.print(table)
+
+
+@app.command()
+def cluster(
+    paths: Paths,
+    output: Annotated[Path, typer.Option("-o", "--output", help="Where the cluster folders go.")],
+    threshold: Annotated[
+        float | None,
+        typer.Option("--threshold", min=0.01, max=2.0, help="Cosine distance where groups stop merging (0.5)."),
+    ] = None,
+    min_size: Annotated[int | None, typer.Option("--min-size", min=1, help="Smaller groups go to noise/ (3).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace the clusters of a non-empty output.")] = False,
+    model: ModelOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Group the faces of unlabelled pictures by character: one folder per group, plus noise/."""
+    from kyara.cluster import check_target, cluster_faces, embed_faces, write_clusters
+    from kyara.pipeline import Recognizer
+
+    _or_exit(lambda: check_target(output, force))
+    recognizer = _or_exit(lambda: Recognizer(model))
+    face_set = embed_faces(recognizer, [Path(p) for p in expand_paths(paths)])
+    if not face_set.faces:
+        _summarise(face_set.unreadable, None, "no face found: nothing to group")
+        raise typer.Exit(1)
+    settings = {k: v for k, v in (("threshold", threshold), ("min_size", min_size)) if v is not None}
+    summary = _or_exit(
+        lambda: write_clusters(
+            face_set, cluster_faces(face_set.embeddings, **settings), output, recognizer.detector, force
+        )
+    )
+    _summarise(
+        summary.unreadable,
+        summary.to_dict() if as_json else None,
+        f"{summary.faces} faces: {len(summary.clusters)} groups, {summary.noise} in noise/, "
+        f"{len(summary.without_face)} pictures without a face; written to {output} (see clusters.json)",
+    )
+    raise typer.Exit(1 if summary.unreadable else 0)
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535)] = 8000,
+    model: ModelOption = None,
+    max_body_mb: Annotated[
+        float | None, typer.Option("--max-body-mb", min=0.001, help="Largest upload, MiB (default 20).")
+    ] = None,
+    max_megapixels: Annotated[
+        float | None, typer.Option("--max-megapixels", min=0.001, help="Largest image, Mpx (default 20).")
+    ] = None,
+    concurrency: Annotated[
+        int | None, typer.Option("--concurrency", min=1, help="Images processed at once (default 2).")
+    ] = None,
+) -> None:
+    """Serve the web page and the REST API (docs at /docs); needs the serve extra."""
+    try:
+        import uvicorn
+
+        from kyara.server import Limits, create_app
+    except ImportError as exc:
+        err.print(f"[red]error[/red] serving needs the serve extra (kyara[serve]): {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    given = {
+        "max_body_bytes": None if max_body_mb is None else round(max_body_mb * 1024 * 1024),
+        "max_pixels": None if max_megapixels is None else round(max_megapixels * 1_000_000),
+        "concurrency": concurrency,
+    }
+    limits = Limits(**{name: value for name, value in given.items() if value is not None})
+    uvicorn.run(_or_exit(lambda: create_app(model, limits)), host=host, port=port)
+
+
+@app.command()
+def explain(
+    image: Annotated[str, typer.Argument(help="The picture to explain.")],
+    output: Annotated[
+        Path, typer.Option("-o", "--output", help="Where to write the picture with heat maps (.png, .jpg, .webp).")
+    ],
+    label: Annotated[
+        str | None, typer.Option("--label", help="Explain this character instead of each face's best guess.")
+    ] = None,
+    versus: Annotated[
+        str | None, typer.Option("--versus", help="Explain why the label and not this character (blue: for it).")
+    ] = None,
+    model: ModelOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Show what each face's recognition rests on: a heat map over every face (warm: for the label, blue: against)."""
+    from kyara.errors import ImageError
+    from kyara.explanation import explain as explain_picture
+    from kyara.explanation import output_format, write_overlay
+    from kyara.pipeline import Recognizer
+
+    _or_exit(lambda: output_format(output))
+    recognizer = _or_exit(lambda: Recognizer(model))
+    try:
+        explanations = explain_picture(image, recognizer, label, versus)
+        write_overlay(output, recognizer.load(image), explanations)
+    except KyaraError as exc:
+        err.print(f"[red]error[/red] {exc}", highlight=False)
+        raise typer.Exit(1 if isinstance(exc, ImageError) else 2) from None
+    except OSError as exc:
+        err.print(f"[red]error[/red] {output}: cannot write ({exc.strerror or exc})", highlight=False)
+        raise typer.Exit(1) from None
+    if as_json:
+        faces = [explanation.to_dict() for explanation in explanations]
+        document = {"path": image, "output": str(output), "faces": faces, "model": recognizer.bundle.describe()}
+        print(json.dumps(document, ensure_ascii=False))
+        return
+    for explanation in explanations:
+        print(f"{list(explanation.box)}: {explanation.caption}")
+    print(f"wrote {output}")

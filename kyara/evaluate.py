@@ -7,7 +7,6 @@ grayscale copies of the images, to see whether a colour model survives manga pag
 
 from __future__ import annotations
 
-import io
 import itertools
 import json
 from collections.abc import Sequence
@@ -24,6 +23,7 @@ from kyara.dataset import LabelledFile, labelled_files
 from kyara.errors import ImageError, KyaraError
 from kyara.metrics import expected_calibration_error
 from kyara.pipeline import Recognizer, input_crops
+from kyara.plots import png, pyplot
 
 
 @dataclass
@@ -249,20 +249,8 @@ def _markdown(report: Report, title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _png(figure) -> bytes:
-    import matplotlib.pyplot as plt
-
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=120)
-    plt.close(figure)
-    return buffer.getvalue()
-
-
 def _plot_confusion(report: Report) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     classes = sorted(report.per_class)
     columns = classes + sorted({p for row in report.confusion.values() for p in row} - set(classes))
@@ -277,14 +265,11 @@ def _plot_confusion(report: Report) -> bytes:
     axes.set_ylabel("true")
     axes.set_title(f"confusion (row-normalised), top-1 {report.top1:.3f}")
     figure.tight_layout()
-    return _png(figure)
+    return png(figure)
 
 
 def _plot_reliability(report: Report) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     figure, axes = plt.subplots(figsize=(4.5, 4.5))
     axes.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
@@ -296,4 +281,4 @@ def _plot_reliability(report: Report) -> bytes:
     axes.set_title(f"reliability (ECE {report.ece:.3f})")
     axes.legend()
     figure.tight_layout()
-    return _png(figure)
+    return png(figure)

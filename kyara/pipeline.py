@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -151,6 +152,11 @@ def _crop_on_white(image: Image.Image, cx: float, cy: float, side: float) -> Ima
     if inside[2] > inside[0] and inside[3] > inside[1]:
         canvas.paste(image.crop(inside), (inside[0] - left, inside[1] - top))
     return canvas
+
+
+def image_report(picture: Image.Image, faces: Sequence[FaceResult | DetectedFace]) -> dict:
+    """One image of `kyara recognize/detect --json` and of the web API, less its path."""
+    return {"width": picture.width, "height": picture.height, "faces": [face.to_dict() for face in faces]}
 
 
 def input_crops(picture: Image.Image, faces: list[DetectedFace]) -> list[Image.Image]:

@@ -35,10 +35,11 @@ def test_recognize_json_batch_with_a_bad_file(tmp_path):
 
 def test_recognize_table_and_glob(tmp_path):
     source = data_path("newgame-illustrations", "yagami_kou")
-    pattern = str(source / "1*.jpg")
+    pattern = str(source / "1[0-2].jpg")  # a glob with three matches
     result = runner.invoke(app, ["recognize", pattern, "--top-k", "3"])
     assert result.exit_code == 0, result.output
-    assert "10.jpg" in result.stdout and "confidence" in result.stdout
+    assert "10.jpg" in result.stdout and "12.jpg" in result.stdout and "confidence" in result.stdout
+    assert "13.jpg" not in result.stdout
 
 
 def test_detect_json(tmp_path):

@@ -11,6 +11,7 @@ from kyara.detection import get_detector
 from kyara.errors import KyaraError
 from kyara.train.data import load_folders
 from kyara.train.fit import fit_folders, too_few
+from kyara.train.nets import BACKBONES
 from kyara.train.trainer import TrainConfig
 
 
@@ -21,15 +22,7 @@ def starting_model(start: str) -> ModelBundle | None:
 
 
 def train_command(
-    folders: list[Path],
-    output: Path,
-    mode: str,
-    start: str,
-    epochs: int,
-    input_size: int,
-    seed: int,
-    checkpoint: Path | None,
-    console: Console,
+    folders: list[Path], output: Path, start: str, config: TrainConfig, checkpoint: Path | None, console: Console
 ) -> ModelBundle:
     data = load_folders(folders, detector=get_detector())
     for _, reason in data.skipped:
@@ -38,7 +31,10 @@ def train_command(
         raise KyaraError(f"need at least two character folders with images, found {len(data.classes)}")
     for name, count in too_few(data).items():
         console.print(f"[yellow]warning[/yellow] only {count} image(s) of {name}: expect weak results", highlight=False)
-    config = TrainConfig(mode=mode, epochs=epochs, input_size=input_size, seed=seed, ood_weight=0.0)
+    if config.mode not in ("finetune", "linear"):
+        raise KyaraError(f"unknown mode {config.mode!r}: use finetune or linear")
+    if config.backbone not in BACKBONES:
+        raise KyaraError(f"unknown backbone {config.backbone!r}: use {', '.join(BACKBONES)}")
     bundle = fit_folders(data, config, start=starting_model(start), checkpoint=checkpoint, name=output.stem)
     save_bundle(bundle, output)
     console.print(

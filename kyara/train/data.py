@@ -42,6 +42,15 @@ class LabelledImages:
             [self.paths[i] for i in indices],
         )
 
+    def with_classes(self, names: Sequence[str]) -> LabelledImages:
+        """Only the images of `names`, relabelled 0..len(names)-1 in that order."""
+        new_label = np.full(len(self.classes), -1, np.int64)
+        new_label[[self.classes.index(name) for name in names]] = np.arange(len(names))
+        part = self.subset(np.flatnonzero(new_label[self.labels] >= 0))
+        part.labels = new_label[part.labels]
+        part.classes = list(names)
+        return part
+
     def counts(self) -> dict[str, int]:
         return {name: int((self.labels == i).sum()) for i, name in enumerate(self.classes)}
 

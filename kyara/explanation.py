@@ -1,0 +1,419 @@
+"""Why this character? A heat map over each face, computed from the ONNX model alone.
+
+The face crop is shown to the embedder many times with random cells of an 8 x 8 grid hidden
+under flat grey (with soft edges); a ridge regression of the explained score on which cells were
+visible gives each cell its share of the score. This is RISE (Petsiuk et al., 2018) with the
+average over masks replaced by a regression, which is less noisy for the same number of masks.
+The score is the cosine similarity of the face to a character or, for "why A and not B", the
+similarity to A minus the similarity to B.
+
+The checks that a map is honest (after Adebayo et al., 2018, "Sanity Checks for Saliency Maps")
+are here too: a deletion curve, and a copy of the model with randomized weights.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont
+
+from kyara.bundle import atomic_write_bytes
+from kyara.classify import Classifier
+from kyara.detection import DetectedFace
+from kyara.embedding import Embedder
+from kyara.errors import KyaraError
+from kyara.imageio import ImageSource, load_image
+from kyara.pipeline import CROP_LIFT, CROP_MARGIN, Recognizer, default_recognizer, input_crops
+
+GRID = 8
+"""Cells per side of the crop: finer grids need more masks for the same noise."""
+MASKS = 160
+"""Masked copies per face: about 0.5 s on 2 idle cores with the default model (benchmarks/explain_speed.py)."""
+KEEP = 0.5
+GREY = 128.0
+"""What a hidden cell shows: flat grey takes away shape and colour alike."""
+RIDGE = 1.0
+DELETION_BLUR = 1 / 12
+"""Blur radius of the deletion baseline, as a share of the crop side."""
+
+OUTPUT_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
+MUTED_COLOUR = 0.35
+TAG_BACKGROUND, FOR_COLOUR, AGAINST_COLOUR = (35, 35, 40), (255, 170, 60), (120, 190, 255)
+
+Score = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """What one face's score for `label` (minus its score for `versus`, if set) rests on.
+
+    `heatmap` is in crop coordinates (model input size, rows first): the share of the score each
+    region carries, in score units per grid cell; positive regions speak for the label, negative
+    ones against it (for `versus`). The crop is what `crop_box` (x, y, w, h in image pixels)
+    covers once the picture is turned `angle` degrees counter-clockwise about the box's centre,
+    which stands the face upright (as `DetectedFace.angle`). `known` tells whether the model
+    names the face `label` (its best guess, above the unknown threshold).
+    """
+
+    box: tuple[int, int, int, int]
+    crop_box: tuple[int, int, int, int]
+    angle: float
+    label: str
+    versus: str | None
+    score: float
+    heatmap: np.ndarray
+    known: bool
+    fallback: bool = False
+
+    def to_dict(self, cells: int = 32) -> dict:
+        """JSON-ready, with the heat map averaged down to `cells` x `cells`."""
+        small = Image.fromarray(self.heatmap.astype(np.float32)).resize((cells, cells), Image.Resampling.BOX)
+        return {
+            "box": list(self.box),
+            "crop_box": list(self.crop_box),
+            "angle": self.angle,
+            "label": self.label,
+            "versus": self.versus,
+            "score": round(self.score, 4),
+            "known": self.known,
+            "fallback": self.fallback,
+            "heatmap": np.round(np.asarray(small), 5).tolist(),
+        }
+
+    @property
+    def caption(self) -> str:
+        """What the picture says beside the face: `label score`, `label vs other difference`;
+        a `?` after a label the model would not name (below the unknown threshold, or not its best guess)."""
+        return "".join(text for text, _ in _caption_parts(self))
+
+
+def explain(
+    image: ImageSource,
+    model: str | os.PathLike | Recognizer | None = None,
+    label: str | None = None,
+    versus: str | None = None,
+) -> list[Explanation]:
+    """A heat map for every face in `image` (the whole picture if none is found), explaining
+    `label` (default: each face's best guess), or "`label` and not `versus`". A face whose label
+    is `versus` itself is explained against its runner-up."""
+    recognizer = _recognizer(model)
+    _check_labels(recognizer.classifier, label, versus)
+    picture = recognizer.load(image)
+    faces = recognizer.detector.detect(picture)
+    crops = input_crops(picture, faces)
+    if not faces:
+        side = crops[0].width  # square_on_white pads the picture to a square, centred as here
+        square = (-round((side - picture.width) / 2), -round((side - picture.height) / 2), side, side)
+        return [_explain(recognizer, crops[0], label, versus, (0, 0, *picture.size), square, 0.0, fallback=True)]
+    return [
+        _explain(recognizer, crop, label, versus, face.box, crop_square(face), face.angle)
+        for face, crop in zip(faces, crops)
+    ]
+
+
+def explain_crop(
+    crop: ImageSource,
+    model: str | os.PathLike | Recognizer | None = None,
+    label: str | None = None,
+    versus: str | None = None,
+) -> Explanation:
+    """Like `explain` for a picture that is already a face crop (no detection)."""
+    recognizer = _recognizer(model)
+    _check_labels(recognizer.classifier, label, versus)
+    picture = recognizer.load(crop)
+    whole = (0, 0, *picture.size)
+    return _explain(recognizer, picture, label, versus, whole, whole, 0.0)
+
+
+def crop_square(face: DetectedFace) -> tuple[int, int, int, int]:
+    """The square `pipeline.face_crop` cuts, in image pixels, before it is turned upright."""
+    cx, cy = face.center
+    side = max(face.box[2], face.box[3]) * CROP_MARGIN
+    # face_crop lifts the crop in the upright frame: the lift points along the turned vertical.
+    turn = math.radians(face.angle)
+    cx, cy = cx + side * CROP_LIFT * math.sin(turn), cy - side * CROP_LIFT * math.cos(turn)
+    return round(cx - side / 2), round(cy - side / 2), round(side), round(side)
+
+
+def _recognizer(model: str | os.PathLike | Recognizer | None) -> Recognizer:
+    return model if isinstance(model, Recognizer) else default_recognizer(model)
+
+
+def _check_labels(classifier: Classifier, label: str | None, versus: str | None) -> None:
+    if not classifier.labels:
+        raise KyaraError("the model knows no characters: there is nothing to explain")
+    for name in (label, versus):
+        if name is not None and name not in classifier.labels:
+            raise KyaraError(f"the model does not know {name!r} (see `kyara characters`)")
+    if label is not None and label == versus:
+        raise KyaraError(f"explaining {label!r} against itself: give two different characters")
+
+
+def _explain(
+    recognizer: Recognizer,
+    crop: Image.Image,
+    label: str | None,
+    versus: str | None,
+    box: tuple[int, int, int, int],
+    square: tuple[int, int, int, int],
+    angle: float,
+    fallback: bool = False,
+) -> Explanation:
+    pixels = input_pixels(crop, recognizer.embedder.input_size)
+    prediction = recognizer.classifier.predict(recognizer.embedder.embed([Image.fromarray(pixels)]), top_k=2)[0]
+    guesses = [guess.label for guess in prediction.top_k]
+    label = label or guesses[0]
+    if versus == label:
+        versus = next((g for g in guesses if g != label), None)
+    score = scorer(recognizer.classifier, label, versus)
+    intact, heatmap = saliency_map(recognizer.embedder, pixels, score)
+    return Explanation(box, square, angle, label, versus, intact, heatmap, prediction.label == label, fallback)
+
+
+def scorer(classifier: Classifier, label: str, versus: str | None = None) -> Score:
+    """Embeddings -> the score being explained: similarity to `label`, minus that to `versus`."""
+    first = classifier.labels.index(label)
+    second = None if versus is None else classifier.labels.index(versus)
+
+    def score(embeddings: np.ndarray) -> np.ndarray:
+        similarities = classifier.similarities(embeddings)
+        return similarities[:, first] - (0.0 if second is None else similarities[:, second])
+
+    return score
+
+
+def input_pixels(crop: Image.Image, size: int) -> np.ndarray:
+    """The crop as the embedder sees it: size x size x 3 uint8 (resized like `Embedder.to_input`)."""
+    return np.asarray(crop.convert("RGB").resize((size, size), Image.Resampling.BILINEAR), np.uint8)
+
+
+def saliency_map(
+    embedder: Embedder, pixels: np.ndarray, score: Score, masks: int = MASKS, seed: int = 0
+) -> tuple[float, np.ndarray]:
+    """The score of the intact crop, and each region's share of it (see the module docstring)."""
+    size = pixels.shape[0]
+    visible_cells = _visible_cells(masks, seed)
+    spread = _interpolation(GRID, size)
+    visible = np.einsum("sg,ngh,th->nst", spread, visible_cells.reshape(masks, GRID, GRID), spread)[..., None]
+    shown = (pixels * visible + GREY * (1 - visible)).round().astype(np.uint8)
+    scores = score(embedder.embed([Image.fromarray(pixels), *map(Image.fromarray, shown)]))
+    design = visible_cells - visible_cells.mean(axis=0)
+    weights = np.linalg.solve(
+        design.T @ design + RIDGE * np.eye(GRID * GRID), design.T @ (scores[1:] - scores[1:].mean())
+    )
+    return float(scores[0]), (spread @ weights.reshape(GRID, GRID) @ spread.T).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=4)
+def _visible_cells(masks: int, seed: int) -> np.ndarray:
+    return (np.random.default_rng(seed).random((masks, GRID * GRID)) < KEEP).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=4)
+def _interpolation(cells: int, size: int) -> np.ndarray:
+    """size x cells: linear interpolation between cell centres, held flat beyond the outer ones."""
+    centres = (np.arange(cells) + 0.5) * size / cells
+    pixels = np.arange(size) + 0.5
+    return np.stack([np.interp(pixels, centres, one_hot) for one_hot in np.eye(cells)], axis=1).astype(np.float32)
+
+
+# ---- The picture: heat maps laid over the faces --------------------------------------------------
+
+
+def overlay(picture: ImageSource, explanations: Sequence[Explanation]) -> Image.Image:
+    """`picture` with each explanation's heat map over its face (warm: for the label, blue: against
+    it), the crop outlined and a caption beside it that stays inside the picture. The picture's
+    colours are muted so that the heat colours stand out on any hair colour."""
+    out = ImageEnhance.Color(load_image(picture)).enhance(MUTED_COLOUR).convert("RGBA")
+    for explanation in explanations:
+        heat, (x, y) = _heat_layer(explanation)
+        # alpha_composite takes no negative corner: start at the part of the map inside the picture.
+        if x + heat.width > 0 and y + heat.height > 0 and x < out.width and y < out.height:
+            out.alpha_composite(heat, dest=(max(0, x), max(0, y)), source=(max(0, -x), max(0, -y)))
+    draw = ImageDraw.Draw(out)
+    font = caption_font(out.size)
+    for explanation, box in zip(explanations, caption_boxes(explanations, out.size)):
+        draw.polygon(_corners(explanation), outline=TAG_BACKGROUND, width=max(2, font.size // 8))
+        _draw_caption(draw, explanation, box, font)
+    return out.convert("RGB")
+
+
+def write_overlay(path: Path, picture: ImageSource, explanations: Sequence[Explanation]) -> None:
+    """Write `overlay(...)` to `path` atomically, in the format its suffix names."""
+    image_format = output_format(path)
+    buffer = io.BytesIO()
+    overlay(picture, explanations).save(buffer, format=image_format)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def output_format(path: Path) -> str:
+    try:
+        return OUTPUT_FORMATS[path.suffix.lower()]
+    except KeyError:
+        raise KyaraError(f"{path}: write the picture as {', '.join(OUTPUT_FORMATS)}") from None
+
+
+def _heat_colours(values: np.ndarray) -> np.ndarray:
+    """Values in [-1, 1] -> RGBA: clear near 0, yellow to red for positive, cyan to blue for negative."""
+    strength = np.clip(np.abs(values), 0, 1)
+    warm = np.stack([np.full_like(strength, 255), 230 * (1 - strength), 20 * strength], axis=-1)
+    cold = np.stack([40 * strength, 210 - 120 * strength, np.full_like(strength, 255)], axis=-1)
+    rgb = np.where((values >= 0)[..., None], warm, cold)
+    alpha = 220 * np.clip((strength - 0.1) / 0.9, 0, 1)
+    return np.concatenate([rgb, alpha[..., None]], axis=-1).round().astype(np.uint8)
+
+
+def _heat_layer(explanation: Explanation) -> tuple[Image.Image, tuple[int, int]]:
+    """The coloured map at the crop's size, turned like the crop, and where its corner goes."""
+    x, y, width, height = explanation.crop_box
+    peak = float(np.abs(explanation.heatmap).max()) or 1.0
+    # Colour at the map's size, then enlarge: a whole-picture crop can be thousands of pixels wide.
+    heat = Image.fromarray(_heat_colours(explanation.heatmap / peak)).resize((width, height), Image.Resampling.BILINEAR)
+    if explanation.angle:
+        heat = heat.rotate(-explanation.angle, Image.Resampling.BILINEAR, expand=True)
+    return heat, (round(x + (width - heat.width) / 2), round(y + (height - heat.height) / 2))
+
+
+def _corners(explanation: Explanation) -> list[tuple[float, float]]:
+    x, y, width, height = explanation.crop_box
+    cx, cy = x + width / 2, y + height / 2
+    turn = math.radians(explanation.angle)
+    cos, sin = math.cos(turn), math.sin(turn)
+    offsets = [(-width / 2, -height / 2), (width / 2, -height / 2), (width / 2, height / 2), (-width / 2, height / 2)]
+    return [(cx + dx * cos - dy * sin, cy + dx * sin + dy * cos) for dx, dy in offsets]
+
+
+def _caption_parts(explanation: Explanation) -> list[tuple[str, tuple[int, int, int]]]:
+    name = explanation.label if explanation.known else f"{explanation.label}?"
+    if explanation.versus is None:
+        return [(f"{name} {explanation.score:.2f}", FOR_COLOUR)]
+    return [
+        (name, FOR_COLOUR),
+        (" vs ", (230, 230, 230)),
+        (explanation.versus, AGAINST_COLOUR),
+        (f" {explanation.score:+.2f}", (230, 230, 230)),
+    ]
+
+
+def caption_font(size: tuple[int, int]) -> ImageFont.FreeTypeFont:
+    return ImageFont.load_default(size=max(12, round(max(size) / 55)))
+
+
+def caption_boxes(explanations: Sequence[Explanation], size: tuple[int, int]) -> list[tuple[int, int, int, int]]:
+    """Where each caption goes (left, top, right, bottom): above its crop, else below, else just
+    inside its top edge, the first place that overlaps no earlier caption; always in the picture."""
+    font = caption_font(size)
+    placed: list[tuple[int, int, int, int]] = []
+    pad = _padding(font)
+    for explanation in explanations:
+        width, height = round(font.getlength(explanation.caption)) + 2 * pad, font.size + 2 * pad
+        xs, ys = zip(*_corners(explanation))
+        left = _clamp(round(min(xs)), size[0] - width)
+        tops = [_clamp(top, size[1] - height) for top in (round(min(ys)) - height, round(max(ys)), round(min(ys)))]
+        candidates = [(left, top, left + width, top + height) for top in tops]
+        free = [box for box in candidates if not any(_overlap(box, other) for other in placed)]
+        placed.append((free or candidates)[0])
+    return placed
+
+
+def _clamp(value: int, highest: int) -> int:
+    return max(0, min(value, highest))
+
+
+def _overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def _draw_caption(
+    draw: ImageDraw.ImageDraw, explanation: Explanation, box: tuple[int, int, int, int], font: ImageFont.FreeTypeFont
+) -> None:
+    draw.rectangle(box, fill=TAG_BACKGROUND)
+    x, y = box[0] + _padding(font), box[1] + _padding(font)
+    for part, colour in _caption_parts(explanation):
+        draw.text((x, y), part, fill=colour, font=font)
+        x += font.getlength(part)
+
+
+def _padding(font: ImageFont.FreeTypeFont) -> int:
+    return max(2, font.size // 5)
+
+
+# ---- Honesty checks (Adebayo et al., 2018) ------------------------------------------------------
+
+
+def deletion_curve(
+    embedder: Embedder,
+    crop: Image.Image,
+    heatmap: np.ndarray,
+    score: Score,
+    steps: int = 16,
+    fill: Literal["blur", "grey"] = "blur",
+) -> np.ndarray:
+    """The score as the crop's pixels are replaced by a blurred copy (or flat grey), highest
+    `heatmap` first: `steps + 1` values from the intact crop to the fully replaced one. A map that
+    finds what the score rests on makes the curve fall faster than a random order does. Blur is
+    the fair default: grey dots scattered at random are a pattern of their own, which the network
+    reacts to more than to the loss of the pixels under them."""
+    size = embedder.input_size
+    if heatmap.shape != (size, size):
+        raise KyaraError(f"the heat map is {heatmap.shape}, the model sees {size} x {size}")
+    pixels = input_pixels(crop, size)
+    if fill == "blur":
+        replacement = np.asarray(Image.fromarray(pixels).filter(ImageFilter.GaussianBlur(size * DELETION_BLUR)))
+    else:
+        replacement = np.full_like(pixels, round(GREY))
+    rank = np.empty(size * size, np.int64)
+    rank[np.argsort(-heatmap.ravel(), kind="stable")] = np.arange(size * size)
+    counts = np.round(np.linspace(0, size * size, steps + 1)).astype(np.int64)
+    deleted = (rank[None, :] < counts[:, None]).reshape(steps + 1, size, size, 1)
+    return score(embedder.embed([Image.fromarray(a) for a in np.where(deleted, replacement, pixels)]))
+
+
+def deletion_area(curve: np.ndarray) -> float:
+    """Area under a deletion curve rescaled to run from 1 (intact) to 0 (all deleted): lower means
+    the map found the score's support sooner. NaN when deleting everything leaves the score as is."""
+    span = float(curve[0] - curve[-1])
+    if abs(span) < 1e-6:
+        return math.nan
+    scaled = (np.asarray(curve, np.float64) - curve[-1]) / span
+    return float((scaled[1:] + scaled[:-1]).mean() / 2)
+
+
+def randomized_model(model: bytes, share: float = 1.0, seed: int = 0) -> bytes:
+    """A copy of an ONNX embedder whose top `share` of weight layers (Conv, Gemm, MatMul; counted
+    from the output, as in cascading randomization) hold random values of the same mean and spread.
+    Needs the `onnx` package (in the `train` and `test` extras)."""
+    try:
+        import onnx
+        from onnx import numpy_helper
+    except ImportError as exc:
+        raise KyaraError("randomizing a model needs the onnx package: pip install onnx") from exc
+    graph = onnx.load_from_string(model)
+    stored = {tensor.name for tensor in graph.graph.initializer}
+    layers = [
+        [name for name in node.input[1:] if name in stored]
+        for node in graph.graph.node
+        if node.op_type in ("Conv", "Gemm", "MatMul")
+    ]
+    chosen = {name for layer in layers[len(layers) - max(1, round(share * len(layers))) :] for name in layer}
+    rng = np.random.default_rng(seed)
+    for tensor in graph.graph.initializer:
+        if tensor.name in chosen:
+            values = numpy_helper.to_array(tensor)
+            noise = rng.normal(values.mean(), values.std() or 1e-3, values.shape).astype(values.dtype)
+            tensor.CopyFrom(numpy_helper.from_array(noise, tensor.name))
+    return graph.SerializeToString()
+
+
+def rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman's rank correlation of two maps of the same shape."""
+    ranks = [np.argsort(np.argsort(m.ravel(), kind="stable"), kind="stable") for m in (a, b)]
+    return float(np.corrcoef(*ranks)[0, 1])

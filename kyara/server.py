@@ -1,0 +1,348 @@
+"""The demo service behind `kyara serve`: a web page and a REST API over the Python API.
+
+One model is loaded at start and shared by every request. Image work runs in worker threads, at
+most `Limits.concurrency` at once, so the event loop stays free to answer. Enroll and forget run
+one at a time and then swap in the changed model, so the next request sees the change. Request
+bodies are counted as they arrive: a streamed body or a false Content-Length cannot get past the
+size limit.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import anyio
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from PIL import Image
+from pydantic import BaseModel
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from kyara import __version__
+from kyara.detection import DetectedFace
+from kyara.errors import ImageError, ImageTooLargeError, KyaraError, ModelError
+from kyara.gallery import characters, clean_name, enroll, forget
+from kyara.imageio import DECODED_FORMATS
+from kyara.pipeline import CROP_MARGIN, Recognizer, face_crop, image_report
+
+T = TypeVar("T")
+
+Image.init()  # fills Image.MIME from the format plugins
+IMAGE_TYPES = frozenset({Image.MIME[name] for name in DECODED_FORMATS} | {"image/jpg", "image/x-ms-bmp"})
+"""Declared types of the formats kyara decodes; any other declared type is answered with 415."""
+UNTYPED = frozenset({"", "application/octet-stream"})
+"""No useful declared type: the bytes decide (400 if they are no image)."""
+ERROR_STATUS: dict[type[KyaraError], int] = {ImageTooLargeError: 413, ImageError: 400, ModelError: 500, KyaraError: 422}
+"""The first matching class gives the status of a KyaraError (subclasses first)."""
+MAX_ENROLL_FILES = 20
+ENROLL_CROP_SIDE = 256
+"""Side of a face cut by its box for enrollment: well under `kyara.crop.MAX_CROP_SIDE`, so enroll
+takes it as a face crop as it is, and above the model's input size, so nothing is lost."""
+WEB = Path(str(resources.files("kyara") / "web"))
+DOCS_ASSETS = Path(str(resources.files("swagger_ui") / "static"))
+"""Swagger UI's files, from the swagger-ui-py package: /docs works offline too."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_body_bytes: int = 20 * 1024 * 1024
+    """Largest request body; a bigger one gets 413 without being read to its end."""
+    max_pixels: int = 20_000_000
+    """Largest image decoded (width x height, about 5000 x 4000); a bigger one gets 413."""
+    concurrency: int = 2
+    """Images processed at once; further requests wait for a free worker."""
+
+
+@dataclass(frozen=True)
+class Upload:
+    name: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class FaceBox:
+    x: int
+    y: int
+    w: int
+    h: int
+    angle: float = 0.0
+
+
+class ErrorBody(BaseModel):
+    error: str
+    status: int
+
+
+class Service:
+    """The model every request shares. Reads use whichever model is current when they start;
+    enroll and forget are serialized and replace it once the bundle on disk has changed."""
+
+    def __init__(self, model: str | os.PathLike | None, limits: Limits) -> None:
+        self.model = model
+        self.limits = limits
+        self.recognizer = Recognizer(model, max_pixels=limits.max_pixels)
+        self.workers = anyio.CapacityLimiter(limits.concurrency)
+        self.writing = threading.Lock()
+
+    async def run(self, work: Callable[..., T], *args: Any) -> T:
+        """`work(*args)` in a worker thread, once one of the `concurrency` workers is free."""
+        return await anyio.to_thread.run_sync(functools.partial(work, *args), limiter=self.workers)
+
+    def recognize(self, upload: Upload, top_k: int) -> dict:
+        recognizer = self.recognizer
+        picture = recognizer.load(upload.data)
+        report = image_report(picture, recognizer.recognize(picture, top_k))
+        return {"path": upload.name, **report, "model": recognizer.bundle.describe()}
+
+    def detect(self, upload: Upload) -> dict:
+        recognizer = self.recognizer
+        picture = recognizer.load(upload.data)
+        report = image_report(picture, recognizer.detector.detect(picture))
+        return {"path": upload.name, **report, "detector": recognizer.detector.name}
+
+    def enroll(self, name: str, uploads: list[Upload], box: FaceBox | None) -> dict:
+        pictures = [self.recognizer.load(upload.data) for upload in uploads]
+        if box is not None:
+            pictures = [face_at(pictures[0], box)]
+        with self.writing:
+            try:
+                result = enroll(name, pictures, self.model)
+            except ModelError:
+                raise
+            except KyaraError:  # the name was checked already: what remains is "no usable picture"
+                names = ", ".join(upload.name for upload in uploads)
+                raise HTTPException(422, f"no face found in {names}: send a face crop or the face's box") from None
+            self._reload()
+        return {"name": result.name, "added": result.added, "skipped": len(result.skipped)}
+
+    def forget(self, name: str) -> dict:
+        with self.writing:
+            if name not in self.recognizer.bundle.all_labels():
+                raise HTTPException(404, f"no character named {name!r}")
+            removed = forget(name, self.model)
+            self._reload()
+        return {"name": name, "removed": removed}
+
+    def characters(self) -> list[dict]:
+        return characters(self.model)
+
+    def health(self) -> dict:
+        bundle = self.recognizer.bundle
+        return {
+            "status": "ok",
+            "kyara_version": __version__,
+            "model": bundle.describe(),
+            "characters": bundle.all_labels(),
+            "limits": asdict(self.limits),
+        }
+
+    def _reload(self) -> None:
+        self.recognizer = Recognizer(self.model, self.recognizer.detector, max_pixels=self.limits.max_pixels)
+
+
+def face_at(picture: Image.Image, box: FaceBox) -> Image.Image:
+    """The face at `box`, cut upright as recognition cuts faces, at most ENROLL_CROP_SIDE across.
+    The picture is shrunk first, so a huge box cannot make a huge crop."""
+    if box.x >= picture.width or box.y >= picture.height or box.x + box.w <= 0 or box.y + box.h <= 0:
+        raise HTTPException(422, f"the box {[box.x, box.y, box.w, box.h]} lies outside the {picture.size} image")
+    scale = min(1.0, ENROLL_CROP_SIDE / (CROP_MARGIN * max(box.w, box.h)))
+    if scale < 1.0:
+        size = (max(1, round(picture.width * scale)), max(1, round(picture.height * scale)))
+        picture = picture.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+    scaled = tuple(round(value * scale) for value in (box.x, box.y, box.w, box.h))
+    return face_crop(picture, DetectedFace((*scaled[:2], max(1, scaled[2]), max(1, scaled[3])), 1.0, box.angle))
+
+
+class BodyLimit:
+    """413 for request bodies over `max_bytes`: at once when declared so, else as soon as the
+    bytes that arrived pass the limit."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        message = f"the request body is larger than the limit of {self.max_bytes:,} bytes"
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            await error(413, message)(scope, receive, send)
+            return
+        received = 0
+
+        async def counted() -> Message:
+            nonlocal received
+            arrived = await receive()
+            received += len(arrived.get("body", b""))
+            if received > self.max_bytes:
+                raise HTTPException(413, message)
+            return arrived
+
+        await self.app(scope, counted, send)
+
+
+def error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message, "status": status}, status, headers)
+
+
+def kyara_error(_: Request, exc: Exception) -> JSONResponse:
+    status = next(code for kind, code in ERROR_STATUS.items() if isinstance(exc, kind))
+    return error(status, str(exc))
+
+
+def http_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    return error(exc.status_code, str(exc.detail), exc.headers)
+
+
+def validation_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    problems = [f"{'.'.join(map(str, e['loc'][1:])) or e['loc'][0]}: {e['msg']}" for e in exc.errors()]
+    return error(422, "; ".join(problems))
+
+
+def media_type(content_type: str | None) -> str:
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+def check_type(content_type: str | None, name: str) -> None:
+    declared = media_type(content_type)
+    if declared not in IMAGE_TYPES | UNTYPED:
+        raise HTTPException(415, f"{name}: unsupported type {declared!r}; send PNG, JPEG, WebP, GIF, BMP or TIFF")
+
+
+async def read_uploads(request: Request, max_files: int = 1) -> list[Upload]:
+    """The images of a request: multipart fields named `file`, or else the raw body."""
+    content_type = request.headers.get("content-type")
+    if media_type(content_type) != "multipart/form-data":
+        check_type(content_type, "the request body")
+        return [Upload("<body>", await request.body())]
+    async with request.form(max_files=max_files, max_fields=max_files) as form:
+        files = [item for item in form.getlist("file") if isinstance(item, UploadFile)]
+        if not files:
+            raise HTTPException(422, "no image: send it as a multipart file field named 'file'")
+        for item in files:
+            check_type(item.content_type, item.filename or "file")
+        return [Upload(item.filename or "<file>", await item.read()) for item in files]
+
+
+IMAGE_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}}}
+        },
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        **{kind: {"schema": {"type": "string", "format": "binary"}} for kind in sorted(IMAGE_TYPES)},
+    },
+}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "Not a readable image"},
+    413: {"model": ErrorBody, "description": "Body too large or image with too many pixels"},
+    415: {"model": ErrorBody, "description": "Not an image type kyara reads"},
+    422: {"model": ErrorBody, "description": "Bad parameters"},
+}
+TopK = Annotated[int, Query(ge=1, le=100, description="How many guesses to list per face.")]
+Coordinate = Annotated[int | None, Query(ge=-(10**6), le=10**6)]
+Side = Annotated[int | None, Query(ge=1, le=10**6)]
+
+
+def create_app(model: str | os.PathLike | None = None, limits: Limits | None = None) -> FastAPI:
+    """The web page and the REST API over `model` (default: the user's copy or the built-in one)."""
+    limits = limits or Limits()
+    service = Service(model, limits)
+    app = FastAPI(
+        title="kyara",
+        version=__version__,
+        description="Which anime character is in this picture? Upload an image; get every face, named.",
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
+    app.add_exception_handler(KyaraError, kyara_error)
+    app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+
+    @app.post("/api/recognize", responses=ERRORS, openapi_extra={"requestBody": IMAGE_BODY})
+    async def recognize_image(request: Request, top_k: TopK = 5) -> dict:
+        """Every face with its character (null when unknown), confidence and top-k guesses: the
+        JSON of `kyara recognize --json` for one image, with the model's description."""
+        upload = (await read_uploads(request))[0]
+        return await service.run(service.recognize, upload, top_k)
+
+    @app.post("/api/detect", responses=ERRORS, openapi_extra={"requestBody": IMAGE_BODY})
+    async def detect_faces(request: Request) -> dict:
+        """Faces only: boxes, landmarks, hair and eye colours (as `kyara detect --json`)."""
+        upload = (await read_uploads(request))[0]
+        return await service.run(service.detect, upload)
+
+    @app.get("/api/characters")
+    async def list_characters() -> list[dict]:
+        """Every character the model knows, trained or enrolled, with image counts."""
+        return await service.run(service.characters)
+
+    @app.post(
+        "/api/characters/{name:path}/images",
+        responses=ERRORS,
+        openapi_extra={"requestBody": IMAGE_BODY},
+        status_code=201,
+    )
+    async def enroll_images(
+        name: str,
+        request: Request,
+        x: Coordinate = None,
+        y: Coordinate = None,
+        w: Side = None,
+        h: Side = None,
+        angle: Annotated[float, Query(ge=-180, le=180)] = 0.0,
+    ) -> dict:
+        """Teach the model `name` from pictures: face crops, whole pictures (their most face-like
+        face is used), or one picture with the face's box (`x, y, w, h` and `angle` as returned
+        by recognize)."""
+        name = clean_name(name)
+        given = [value is not None for value in (x, y, w, h)]
+        if any(given) and not all(given):
+            raise HTTPException(422, "give all of x, y, w and h for a face box, or none")
+        box = FaceBox(x, y, w, h, angle) if all(given) else None
+        uploads = await read_uploads(request, 1 if box else MAX_ENROLL_FILES)
+        return await service.run(service.enroll, name, uploads, box)
+
+    @app.delete("/api/characters/{name:path}", responses={404: {"model": ErrorBody}})
+    async def forget_character(name: str) -> dict:
+        """Remove a character, enrolled or trained."""
+        return await service.run(service.forget, name)
+
+    @app.get("/api/health")
+    async def health() -> dict:
+        """The model's name, version and characters, and the limits in force."""
+        return service.health()
+
+    app.mount("/docs-assets", StaticFiles(directory=DOCS_ASSETS), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title="kyara API",
+            swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs-assets/swagger-ui.css",
+            swagger_favicon_url="/docs-assets/favicon-32x32.png",
+            swagger_ui_parameters={"validatorUrl": None},  # the default badge calls an online validator
+        )
+
+    app.mount("/", StaticFiles(directory=WEB, html=True), name="page")
+    return app

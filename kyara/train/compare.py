@@ -1,0 +1,251 @@
+"""`kyara compare`: train and measure a grid of settings on the same honest split.
+
+backbone x mode (linear: MoeFlow's frozen features + new last layer; finetune) x input size x
+grayscale augmentation, each trained from ImageNet weights with the same seed, then measured on
+the same held-out test split (colour and grayscale copies), with training time and inference
+milliseconds per face. Results are kept in `experiments.json` after every setting, so a killed
+run goes on where it stopped; `experiments.md` and `experiments-accuracy.png` summarise them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from kyara.bundle import atomic_write_bytes, atomic_write_text
+from kyara.classify import Classifier
+from kyara.detection import Detector
+from kyara.embedding import Embedder
+from kyara.errors import KyaraError
+from kyara.metrics import top_k_accuracy
+from kyara.plots import png, pyplot
+from kyara.train.data import LabelledImages, load_folders, split_by_group
+from kyara.train.fit import package
+from kyara.train.trainer import TrainConfig, train
+
+SPLIT = (0.75, 0.10, 0.15)
+GRAYSCALE_P = 0.3
+TIMING_RUNS = 20
+STORE_SIDE = 252
+
+
+@dataclass(frozen=True)
+class Setting:
+    backbone: str
+    mode: str
+    input_size: int
+    grayscale_augmentation: bool
+
+    @property
+    def key(self) -> str:
+        gray = "gray-aug" if self.grayscale_augmentation else "colour-only"
+        return f"{self.backbone}/{self.mode}/{self.input_size}/{gray}"
+
+
+@dataclass
+class Study:
+    """What the grid runs on; a report folder only resumes a study with the same description."""
+
+    folders: list[str]
+    epochs: int
+    train_per_character: int | None
+    seed: int
+    store_side: int
+    images: dict[str, int]
+
+
+def grid(
+    backbones: Sequence[str], modes: Sequence[str], sizes: Sequence[int], grayscale: Sequence[bool]
+) -> list[Setting]:
+    return [Setting(*values) for values in itertools.product(backbones, modes, sizes, grayscale)]
+
+
+def compare(
+    folders: Sequence[Path],
+    report: Path,
+    settings: Sequence[Setting],
+    epochs: int = 6,
+    train_per_character: int | None = 60,
+    seed: int = 0,
+    detector: Detector | None = None,
+) -> list[dict]:
+    """Run every setting not yet in `report`/experiments.json; write the table and plot."""
+    # Pixels are kept a little larger than the biggest input, so random crops keep their resolution,
+    # and at one side for every grid up to 224 px, so a study can be resumed with more sizes.
+    side = max(STORE_SIDE, round(max(s.input_size for s in settings) * 1.125))
+    data = load_folders(folders, side=side, detector=detector)
+    if len(data.classes) < 2:
+        raise KyaraError(f"need at least two character folders with images, found {len(data.classes)}")
+    train_idx, val_idx, test_idx = split_by_group(data.labels, data.groups, SPLIT, seed)
+    train_idx = at_most_per_class(data.labels, train_idx, train_per_character, seed)
+    study = Study(
+        [str(f) for f in folders],
+        epochs,
+        train_per_character,
+        seed,
+        side,
+        {"train": len(train_idx), "val": len(val_idx), "test": len(test_idx), "characters": len(data.classes)},
+    )
+    results = _resume(report / "experiments.json", study)
+    for setting in settings:
+        if setting.key in results:
+            continue
+        print(f"{setting.key}: training", flush=True)
+        results[setting.key] = run_setting(
+            setting, data.subset(train_idx), data.subset(val_idx), data.subset(test_idx), epochs, seed
+        )
+        report.mkdir(parents=True, exist_ok=True)
+        document = {"study": asdict(study), "results": results}
+        atomic_write_text(report / "experiments.json", json.dumps(document, indent=2) + "\n")
+    rows = [results[s.key] for s in settings]
+    atomic_write_text(report / "experiments.md", markdown(rows, study))
+    atomic_write_bytes(report / "experiments-accuracy.png", plot(rows))
+    return rows
+
+
+def at_most_per_class(labels: np.ndarray, indices: np.ndarray, limit: int | None, seed: int) -> np.ndarray:
+    """A seeded sample of at most `limit` indices per class (all of them without a limit)."""
+    if limit is None:
+        return indices
+    rng = np.random.default_rng(seed)
+    kept = [rng.permutation(indices[labels[indices] == c])[:limit] for c in np.unique(labels[indices])]
+    return np.sort(np.concatenate(kept))
+
+
+def _resume(path: Path, study: Study) -> dict[str, dict]:
+    if not path.exists():
+        return {}
+    saved = json.loads(path.read_text())
+    if saved.get("study") != asdict(study):
+        raise KyaraError(f"{path} holds results of another study (other data or settings): use another --report")
+    return saved["results"]
+
+
+def run_setting(
+    setting: Setting, train_set: LabelledImages, val: LabelledImages, test: LabelledImages, epochs: int, seed: int
+) -> dict:
+    config = TrainConfig(
+        backbone=setting.backbone,
+        mode=setting.mode,
+        input_size=setting.input_size,
+        epochs=epochs,
+        grayscale_p=GRAYSCALE_P if setting.grayscale_augmentation else 0.0,
+        ood_weight=0.0,
+        seed=seed,
+    )
+    started = time.perf_counter()
+    result = train(train_set, val, config)
+    seconds = time.perf_counter() - started
+    bundle = package(result.net, result.head, train_set.classes, val, config)
+    embedder, classifier = Embedder(bundle.onnx, bundle.input_size), Classifier.from_bundle(bundle)
+    crops = [Image.fromarray(p) for p in tqdm(test.pixels, desc="test", leave=False)]
+    colour = classifier.similarities(embedder.embed(crops))
+    gray = classifier.similarities(embedder.embed([c.convert("L").convert("RGB") for c in crops]))
+    return {
+        **asdict(setting),
+        "top1": top_k_accuracy(colour, test.labels, 1),
+        "top5": top_k_accuracy(colour, test.labels, 5),
+        "grayscale_top1": top_k_accuracy(gray, test.labels, 1),
+        "train_seconds": round(seconds, 1),
+        "ms_per_face": round(milliseconds_per_face(embedder, crops[0]), 2),
+    }
+
+
+def milliseconds_per_face(embedder: Embedder, crop: Image.Image) -> float:
+    """Median time to embed one face (batch of one), after a warm-up run."""
+    embedder.embed([crop])
+    times = []
+    for _ in range(TIMING_RUNS):
+        started = time.perf_counter()
+        embedder.embed([crop])
+        times.append(time.perf_counter() - started)
+    return 1000 * float(np.median(times))
+
+
+def markdown(rows: list[dict], study: Study) -> str:
+    table = "\n".join(
+        f"| {r['backbone']} | {r['mode']} | {r['input_size']} | {'on' if r['grayscale_augmentation'] else 'off'} "
+        f"| {r['top1']:.4f} | {r['top5']:.4f} | {r['grayscale_top1']:.4f} | {r['train_seconds'] / 60:.1f} "
+        f"| {r['ms_per_face']:.1f} |"
+        for r in rows
+    )
+    best = max(rows, key=lambda r: r["top1"])
+    n = study.images
+    return f"""# kyara compare
+
+{n["characters"]} characters from {", ".join(study.folders)}; split 75/10/15 per character with
+near-duplicates grouped (no group straddles train, validation and test); training uses at most
+{study.train_per_character or "all"} images per character ({n["train"]} train, {n["val"]} validation,
+{n["test"]} test images). Every setting starts from ImageNet weights, seed {study.seed}; fine-tuning runs
+{study.epochs} epochs at most (early stopping on validation), linear training fits its layer on frozen
+features. Grayscale top-1: the same test images turned gray (manga-like). Time: 2 CPU cores.
+
+| backbone | mode | input px | gray aug. | top-1 | top-5 | gray top-1 | train min | ms/face |
+| --- | --- | --- | --- | --- | --- | --- | --- | --- |
+{table}
+
+Best top-1: {best["backbone"]} {best["mode"]} at {best["input_size"]} px, gray augmentation
+{"on" if best["grayscale_augmentation"] else "off"}: {best["top1"]:.4f}.
+
+{answers(rows)}
+
+![accuracy by setting](experiments-accuracy.png)
+"""
+
+
+def answers(rows: list[dict]) -> str:
+    """The three questions of the study, answered from the rows."""
+
+    def mean(key: str, **where) -> float:
+        chosen = [r[key] for r in rows if all(r[k] == v for k, v in where.items())]
+        return float(np.mean(chosen)) if chosen else float("nan")
+
+    lines = ["## Answers", "", "Means over the other factors of the grid:", ""]
+    modes = sorted({r["mode"] for r in rows})
+    lines.append(
+        "- Last layer only (linear) vs fine-tuning, top-1: "
+        + ", ".join(f"{m} {mean('top1', mode=m):.4f}" for m in modes)
+        + "."
+    )
+    sizes = sorted({r["input_size"] for r in rows})
+    lines.append("- Input size, top-1: " + ", ".join(f"{s} px {mean('top1', input_size=s):.4f}" for s in sizes) + ".")
+    for flag, name in ((False, "without"), (True, "with")):
+        colour, gray = mean("top1", grayscale_augmentation=flag), mean("grayscale_top1", grayscale_augmentation=flag)
+        if not np.isnan(colour):
+            lines.append(
+                f"- Colour vs grayscale test images, {name} grayscale augmentation: top-1 {colour:.4f} -> "
+                f"{gray:.4f} ({100 * (gray - colour):+.1f} points)."
+            )
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict]) -> bytes:
+    """Top-1 (colour and grayscale) against input size, one line per backbone, mode and augmentation."""
+    plt = pyplot()
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    series: dict[tuple, list[dict]] = {}
+    for r in rows:
+        series.setdefault((r["backbone"], r["mode"], r["grayscale_augmentation"]), []).append(r)
+    for (backbone, mode, gray_aug), members in sorted(series.items()):
+        members.sort(key=lambda r: r["input_size"])
+        sizes = [r["input_size"] for r in members]
+        style = {"linestyle": "-" if mode == "finetune" else ":", "marker": "o" if gray_aug else "s"}
+        label = f"{backbone} {mode}{' +gray aug' if gray_aug else ''}"
+        axes[0].plot(sizes, [r["top1"] for r in members], label=label, **style)
+        axes[1].plot(sizes, [r["grayscale_top1"] for r in members], label=label, **style)
+    for axis, title in zip(axes, ("colour test images", "grayscale test images")):
+        axis.set_title(title)
+        axis.set_xlabel("input size (px)")
+        axis.grid(alpha=0.3)
+    axes[0].set_ylabel("top-1")
+    axes[1].legend(fontsize=7, loc="lower right")
+    figure.tight_layout()
+    return png(figure)

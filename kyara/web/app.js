@@ -1,0 +1,230 @@
+// The kyara page: send an image to the REST API, draw what comes back, teach new characters.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const percent = (value) => `${Math.round(value * 100)}%`;
+
+const state = { file: null, maxBytes: Infinity, request: 0 };
+
+async function api(method, path, body) {
+  const response = await fetch(path, { method, body });
+  const data = await response.json().catch(() => ({ error: `${response.status} ${response.statusText}` }));
+  if (!response.ok) throw new Error(data.error || `${response.status} ${response.statusText}`);
+  return data;
+}
+
+function imageForm(file) {
+  const form = new FormData();
+  form.append("file", file, file.name || "pasted.png");
+  return form;
+}
+
+function say(message, kind = "") {
+  $("status").textContent = message;
+  $("status").className = kind;
+}
+
+async function choose(file) {
+  if (!file) return;
+  if (file.size > state.maxBytes) {
+    say(`${file.name}: ${(file.size / 1048576).toFixed(1)} MB is over the server's limit of ` +
+        `${(state.maxBytes / 1048576).toFixed(1)} MB.`, "error");
+    return;
+  }
+  state.file = file;
+  const picture = $("picture");
+  if (picture.src) URL.revokeObjectURL(picture.src);
+  picture.src = URL.createObjectURL(file);
+  $("stage").hidden = false;
+  await recognize();
+}
+
+async function recognize() {
+  const ticket = ++state.request;
+  clearResults();
+  say("Looking for faces…", "busy");
+  try {
+    const result = await api("POST", "api/recognize?top_k=5", imageForm(state.file));
+    if (ticket !== state.request) return; // a newer image was chosen meanwhile
+    show(result);
+    const found = result.faces.filter((face) => !face.fallback).length;
+    say(found ? `${found} face${found > 1 ? "s" : ""} found.` : "");
+  } catch (error) {
+    if (ticket === state.request) say(error.message, "error");
+  }
+}
+
+function clearResults() {
+  $("boxes").replaceChildren();
+  $("faces").replaceChildren();
+  $("fallback").hidden = true;
+  $("no-faces").hidden = false;
+}
+
+function show(result) {
+  $("no-faces").hidden = result.faces.length > 0;
+  $("fallback").hidden = !result.faces.some((face) => face.fallback);
+  result.faces.forEach((face, index) => {
+    if (!face.fallback) $("boxes").append(drawBox(face, index + 1, result));
+    $("faces").append(faceCard(face, index + 1));
+  });
+}
+
+function title(face) {
+  return face.label ?? "unknown";
+}
+
+function drawBox(face, number, image) {
+  const [x, y, w, h] = face.box;
+  const box = document.createElement("div");
+  box.className = `box ${face.label ? "known" : "unknown"}`;
+  Object.assign(box.style, {
+    left: `${(100 * x) / image.width}%`,
+    top: `${(100 * y) / image.height}%`,
+    width: `${(100 * w) / image.width}%`,
+    height: `${(100 * h) / image.height}%`,
+  });
+  const tag = document.createElement("span");
+  tag.className = "tag";
+  if (y / image.height < 0.08) tag.classList.add("inside"); // no room above the box
+  if ((x + w) / image.width > 0.8) tag.classList.add("end"); // keep the label on the picture
+  tag.textContent = `${number} ${title(face)} ${percent(face.confidence)}`;
+  box.append(tag);
+  return box;
+}
+
+function faceCard(face, number) {
+  const card = $("face-template").content.firstElementChild.cloneNode(true);
+  card.classList.add(face.label ? "known" : "unknown");
+  card.querySelector(".badge").textContent = number;
+  card.querySelector(".name").textContent = title(face);
+  card.querySelector(".confidence").textContent = percent(face.confidence);
+  card.querySelector(".hint").textContent = face.label
+    ? ""
+    : `Below the unknown threshold; closest guess: ${face.top_k[0]?.label ?? "none"}.`;
+  for (const guess of face.top_k) {
+    const bar = document.createElement("li");
+    const label = document.createElement("span");
+    const track = document.createElement("span");
+    const fill = document.createElement("span");
+    const value = document.createElement("span");
+    label.className = "label";
+    track.className = "track";
+    fill.className = "fill";
+    value.className = "value";
+    label.textContent = guess.label;
+    fill.style.width = percent(guess.confidence);
+    value.textContent = percent(guess.confidence);
+    track.append(fill);
+    bar.append(label, track, value);
+    card.querySelector(".bars").append(bar);
+  }
+  const teach = card.querySelector(".teach");
+  if (face.fallback) {
+    teach.remove(); // no face to learn from
+  } else {
+    teach.open = !face.label;
+    teach.querySelector("summary").textContent = face.label ? "Wrong name? Teach the right one" : "Who is it? Teach kyara";
+    teach.querySelector("form").addEventListener("submit", (event) => {
+      event.preventDefault();
+      enroll(event.target.elements.name.value, face, event.target);
+    });
+  }
+  return card;
+}
+
+async function enroll(name, face, form) {
+  const [x, y, w, h] = face.box;
+  const query = new URLSearchParams({ x, y, w, h, angle: face.angle });
+  form.querySelector("button").disabled = true;
+  say(`Teaching kyara ${name}…`, "busy");
+  try {
+    await api("POST", `api/characters/${encodeURIComponent(name.trim())}/images?${query}`, imageForm(state.file));
+    await loadCharacters();
+    await recognize();
+    say(`Enrolled ${name.trim()}; recognized again.`);
+  } catch (error) {
+    say(error.message, "error");
+    form.querySelector("button").disabled = false;
+  }
+}
+
+async function forget(name) {
+  if (!window.confirm(`Remove ${name} from the model?`)) return;
+  try {
+    await api("DELETE", `api/characters/${encodeURIComponent(name)}`);
+    await loadCharacters();
+    say(`Removed ${name}.`);
+    if (state.file) await recognize();
+  } catch (error) {
+    say(error.message, "error");
+  }
+}
+
+async function loadCharacters() {
+  const known = await api("GET", "api/characters");
+  $("character-count").textContent = known.length;
+  $("characters").replaceChildren(
+    ...known.map((character) => {
+      const item = document.createElement("li");
+      const name = document.createElement("span");
+      const counts = document.createElement("span");
+      const remove = document.createElement("button");
+      name.className = "name";
+      name.textContent = character.name;
+      counts.className = "quiet";
+      counts.textContent = [
+        character.trained ? `trained on ${character.training_images}` : "",
+        character.enrolled_images ? `${character.enrolled_images} enrolled` : "",
+      ].filter(Boolean).join(", ");
+      remove.type = "button";
+      remove.className = "remove";
+      remove.textContent = "Remove";
+      remove.setAttribute("aria-label", `Remove ${character.name}`);
+      remove.addEventListener("click", () => forget(character.name));
+      item.append(name, counts, remove);
+      return item;
+    }),
+  );
+}
+
+async function start() {
+  const drop = $("drop");
+  $("file").addEventListener("change", (event) => choose(event.target.files[0]));
+  drop.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" || event.key === " ") {
+      event.preventDefault();
+      $("file").click();
+    }
+  });
+  document.addEventListener("dragover", (event) => {
+    event.preventDefault();
+    drop.classList.add("over");
+  });
+  document.addEventListener("dragleave", (event) => {
+    if (!event.relatedTarget) drop.classList.remove("over");
+  });
+  document.addEventListener("drop", (event) => {
+    event.preventDefault();
+    drop.classList.remove("over");
+    choose(event.dataTransfer.files[0]);
+  });
+  document.addEventListener("paste", (event) => {
+    const item = [...event.clipboardData.items].find((i) => i.kind === "file" && i.type.startsWith("image/"));
+    if (item) choose(item.getAsFile());
+  });
+  $("picture").addEventListener("error", () => {
+    $("stage").hidden = true; // e.g. TIFF: the browser cannot show it, the results still come
+  });
+  try {
+    const health = await api("GET", "api/health");
+    state.maxBytes = health.limits.max_body_bytes;
+    $("model").textContent = `Model: ${health.model.name} ${health.model.version ?? ""}, ` +
+      `${health.model.characters} characters`;
+    await loadCharacters();
+  } catch (error) {
+    say(`The server does not answer: ${error.message}`, "error");
+  }
+}
+
+start();

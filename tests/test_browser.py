@@ -1,0 +1,160 @@
+"""The web page in a real browser: Debian's Chromium driven by Playwright, against a live server.
+
+KYARA_SCREENSHOT=docs/serve-screenshot.png python -m pytest tests/test_browser.py   # also redraws the README's picture
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from kyara.bundle import default_model_path
+from tests.conftest import ROOT
+
+pytest.importorskip("fastapi", reason="the server needs the serve extra")
+uvicorn = pytest.importorskip("uvicorn", reason="the server needs the serve extra")
+playwright = pytest.importorskip("playwright.sync_api", reason="the browser test needs playwright (test extra)")
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+EXAMPLE = ROOT / "docs" / "example.png"
+SLOW = 90_000  # ms: recognition of a picture takes seconds on a busy 2-core machine
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """A live server on a free loopback port, over a copy of the default model."""
+    from kyara.server import create_app
+
+    model = tmp_path_factory.mktemp("browser") / "model.kyara"
+    shutil.copy(default_model_path(), model)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(model), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}/"
+    server.should_exit = True
+    thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is missing: apt-get install chromium (Playwright cannot download its own here)")
+    with playwright.sync_playwright() as driver:
+        chromium = driver.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+def open_page(browser, site, **context):
+    page = browser.new_context(**context).new_page()
+    page.on("dialog", lambda dialog: dialog.accept())  # the "remove this character?" confirmation
+    page.goto(site)
+    playwright.expect(page.locator("#character-count")).to_have_text("34", timeout=SLOW)
+    return page
+
+
+def test_upload_shows_boxes_names_and_top5(browser, site):
+    import httpx
+
+    expected = httpx.post(f"{site}api/recognize", content=EXAMPLE.read_bytes(), timeout=SLOW / 1000).json()
+    page = open_page(browser, site, viewport={"width": 1280, "height": 760})
+    page.set_input_files("#file", EXAMPLE)
+    boxes = page.locator(".box")
+    playwright.expect(boxes).to_have_count(3, timeout=SLOW)
+    names = [face["label"] or "unknown" for face in expected["faces"]]
+    assert "unknown" in names
+    for number, (face, name) in enumerate(zip(expected["faces"], names), 1):
+        tag = f"{number} {name} {round(face['confidence'] * 100)}%"
+        playwright.expect(boxes.nth(number - 1).locator(".tag")).to_have_text(tag)
+        card = page.locator(".face").nth(number - 1)
+        playwright.expect(card.locator(".name")).to_have_text(name)
+        playwright.expect(card.locator(".bars li")).to_have_count(5)
+        assert card.locator(".teach").evaluate("d => d.open") is (face["label"] is None)
+    assert "unknown" in page.locator(".box.unknown .tag").first.inner_text()
+
+    # Boxes sit on the faces: the drawn box is the face's box scaled to the displayed picture.
+    shown = page.locator("#picture").bounding_box()
+    drawn = boxes.first.bounding_box()
+    x, y, w, h = expected["faces"][0]["box"]
+    scale = shown["width"] / expected["width"]
+    assert abs(drawn["x"] - (shown["x"] + x * scale)) < 2 and abs(drawn["width"] - w * scale) < 2
+    assert abs(drawn["y"] - (shown["y"] + y * scale)) < 2 and abs(drawn["height"] - h * scale) < 2
+    assert page.locator("#fallback").is_hidden()
+    if os.environ.get("KYARA_SCREENSHOT"):
+        page.screenshot(path=os.environ["KYARA_SCREENSHOT"], full_page=True)
+
+
+def test_teach_an_unknown_face_then_remove_it(browser, site):
+    page = open_page(browser, site, viewport={"width": 1280, "height": 900})
+    page.set_input_files("#file", EXAMPLE)
+    playwright.expect(page.locator(".box")).to_have_count(3, timeout=SLOW)
+    card = page.locator(".face.unknown").first
+    number = card.locator(".badge").inner_text()
+    card.locator("input[name=name]").fill("Mikan <b>OC</b>")  # shown as text, never as markup
+    card.locator("button").click()
+    playwright.expect(page.locator("#status")).to_have_text("Enrolled Mikan <b>OC</b>; recognized again.", timeout=SLOW)
+    playwright.expect(page.locator(".box .tag", has_text=f"{number} Mikan <b>OC</b>")).to_have_count(1)
+    listed = page.locator("#characters li", has_text="Mikan <b>OC</b>")
+    playwright.expect(listed).to_contain_text("1 enrolled")
+    playwright.expect(page.locator("#character-count")).to_have_text("35")
+
+    page.locator("#characters-details summary").click()
+    listed.locator("button.remove").click()
+    playwright.expect(page.locator("#character-count")).to_have_text("34", timeout=SLOW)
+    playwright.expect(page.locator(".box")).to_have_count(3, timeout=SLOW)
+    playwright.expect(page.locator(".box .tag", has_text="Mikan")).to_have_count(0, timeout=SLOW)
+
+
+def test_phone_drop_paste_fallback_and_errors(browser, site, tmp_path):
+    page = open_page(browser, site, viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+    blank = tmp_path / "blank.png"
+    Image.new("RGB", (600, 400), (250, 250, 250)).save(blank)
+    send = """([how, data]) => {
+        const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
+        const transfer = new DataTransfer();
+        transfer.items.add(new File([bytes], "picture.png", { type: "image/png" }));
+        const event = how === "drop"
+            ? new DragEvent("drop", { dataTransfer: transfer, bubbles: true, cancelable: true })
+            : new ClipboardEvent("paste", { clipboardData: transfer, bubbles: true, cancelable: true });
+        document.dispatchEvent(event);
+    }"""
+    page.evaluate(send, ["drop", base64.b64encode(blank.read_bytes()).decode()])
+    playwright.expect(page.locator("#fallback")).to_be_visible(timeout=SLOW)
+    playwright.expect(page.locator(".face")).to_have_count(1)
+    playwright.expect(page.locator(".box")).to_have_count(0)
+    playwright.expect(page.locator(".face .teach")).to_have_count(0)  # nothing to learn from a whole picture
+
+    page.evaluate(send, ["paste", base64.b64encode(EXAMPLE.read_bytes()).decode()])
+    playwright.expect(page.locator(".box")).to_have_count(3, timeout=SLOW)
+    assert page.locator("#fallback").is_hidden()
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390  # no sideways scrolling on a phone
+    picture, faces = page.locator("#picture").bounding_box(), page.locator("#faces").bounding_box()
+    assert picture["width"] <= 390 and faces["y"] >= picture["y"] + picture["height"]  # one column
+
+    note = tmp_path / "note.txt"
+    note.write_text("not a picture")
+    page.set_input_files("#file", note)
+    playwright.expect(page.locator("#status.error")).to_contain_text("unsupported type 'text/plain'", timeout=SLOW)

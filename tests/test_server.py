@@ -1,0 +1,271 @@
+from __future__ import annotations
+
+import io
+import json
+import re
+import shutil
+import struct
+import threading
+import zlib
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+pytest.importorskip("fastapi", reason="the server needs the serve extra")
+from fastapi.testclient import TestClient
+
+from kyara.bundle import default_model_path, load_bundle
+from kyara.cli import app as cli
+from kyara.server import WEB, Limits, create_app
+from tests.conftest import ROOT, drawing_module, held_out
+
+EXAMPLE = ROOT / "docs" / "example.png"
+LIMITS = Limits(max_body_bytes=3 * 1024 * 1024, max_pixels=4_000_000, concurrency=2)
+PURPLE = ((90, 60, 160), (60, 120, 220))
+ORANGE = ((230, 160, 70), (200, 60, 90))
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("server") / "model.kyara"
+    shutil.copy(default_model_path(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def client(model) -> TestClient:
+    return TestClient(create_app(model, LIMITS))
+
+
+def png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def character_picture(size: int = 360) -> Image.Image:
+    """An original character on a canvas, with room around it: the detector finds one face."""
+    head = drawing_module().draw_character(size, *ORANGE)
+    canvas = Image.new("RGB", (size + 300, size + 80), (250, 250, 200))
+    canvas.paste(head, (150, 40), head)
+    return canvas
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header claims `width` x `height` pixels, with almost no data behind it."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(bytes(64))) + chunk(b"IEND", b"")
+    )
+
+
+def without_colours(document: dict) -> dict:
+    """animeface estimates colours by random sampling: two runs on one picture can differ."""
+    return {**document, "faces": [{k: v for k, v in face.items() if k != "colors"} for face in document["faces"]]}
+
+
+def cli_recognition(path: Path, model: Path, top_k: int) -> dict:
+    result = runner.invoke(cli, ["recognize", str(path), "--json", "--model", str(model), "--top-k", str(top_k)])
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    return without_colours({**document["images"][0], "model": document["model"]})
+
+
+def test_recognize_multipart_gives_the_cli_json(client, model):
+    response = client.post("/api/recognize", files={"file": ("example.png", EXAMPLE.read_bytes(), "image/png")})
+    assert response.status_code == 200
+    body = response.json()
+    assert without_colours(body) == {**cli_recognition(EXAMPLE, model, 5), "path": "example.png"}
+    assert len(body["faces"]) == 3 and all(len(face["top_k"]) == 5 for face in body["faces"])
+
+
+def test_recognize_raw_body_of_a_real_illustration_with_top_k(client, model):
+    illustration = held_out("illustration_test_files")[0]
+    response = client.post(
+        "/api/recognize?top_k=2", content=illustration.read_bytes(), headers={"content-type": "image/jpeg"}
+    )
+    assert response.status_code == 200
+    assert without_colours(response.json()) == {**cli_recognition(illustration, model, 2), "path": "<body>"}
+
+
+def test_detect_gives_the_detector_boxes(client):
+    import kyara
+
+    response = client.post("/api/detect", content=EXAMPLE.read_bytes())
+    assert response.status_code == 200
+    body = response.json()
+    assert body["detector"] == "animeface" and (body["width"], body["height"]) == (1300, 620)
+    assert (
+        without_colours(body)["faces"]
+        == without_colours({"faces": [f.to_dict() for f in kyara.detect(EXAMPLE)]})["faces"]
+    )
+
+
+def test_health_names_the_model_and_its_characters(client, model):
+    body = client.get("/api/health").json()
+    bundle = load_bundle(model)
+    assert body["model"] == bundle.describe() and body["characters"] == bundle.all_labels()
+    assert body["limits"] == {"max_body_bytes": 3 * 1024 * 1024, "max_pixels": 4_000_000, "concurrency": 2}
+
+
+def chunks(data: bytes, size: int = 256 * 1024):
+    """A body without Content-Length (chunked): the limit must be enforced on what arrives."""
+    for start in range(0, len(data), size):
+        yield data[start : start + size]
+
+
+BAD_REQUESTS = {
+    "truncated png": (
+        400,
+        "truncated",
+        {"content": EXAMPLE.read_bytes()[:2000], "headers": {"content-type": "image/png"}},
+    ),
+    "empty body": (400, "empty", {"content": b"", "headers": {"content-type": "image/png"}}),
+    "random bytes": (400, "not a readable image", {"content": bytes(range(256)) * 8}),
+    "text body": (415, "text/plain", {"content": b"hello", "headers": {"content-type": "text/plain"}}),
+    "pdf file": (415, "application/pdf", {"files": {"file": ("a.pdf", b"%PDF-1.4\n", "application/pdf")}}),
+    "svg file": (415, "image/svg+xml", {"files": {"file": ("a.svg", b"<svg/>", "image/svg+xml")}}),
+    "form fields": (415, "urlencoded", {"data": {"file": "x"}}),
+    "pixel bomb": (413, "exceeds the limit", {"content": png_header_only(30_000, 30_000)}),
+    "too many pixels": (413, "exceeds the limit", {"content": png(Image.new("RGB", (2500, 2000), (9, 9, 9)))}),
+    "large body": (413, "larger than the limit", {"content": b"\0" * (4 * 1024 * 1024)}),
+    "large chunked body": (413, "larger than the limit", {"content": chunks(b"\0" * (4 * 1024 * 1024))}),
+    "no file field": (422, "'file'", {"files": {"picture": ("a.png", b"x", "image/png")}}),
+}
+
+
+@pytest.mark.parametrize("case", BAD_REQUESTS)
+def test_bad_input_gets_its_4xx_as_json(client, case):
+    status, message, request = BAD_REQUESTS[case]
+    response = client.post("/api/recognize", **request)
+    assert response.status_code == status
+    assert response.json() == {"error": response.json()["error"], "status": status}
+    assert message in response.json()["error"]
+
+
+@pytest.mark.parametrize("query", ["top_k=0", "top_k=abc", "top_k=1000"])
+def test_bad_parameters_get_422(client, query):
+    response = client.post(f"/api/recognize?{query}", content=EXAMPLE.read_bytes())
+    assert response.status_code == 422 and response.json()["error"].startswith("top_k: ")
+
+
+def test_enroll_by_box_recognize_list_and_forget(client, model):
+    picture = png(character_picture())
+    before = client.post("/api/recognize", content=picture).json()["faces"]
+    assert len(before) == 1 and before[0]["label"] is None  # our own character: unknown to the model
+    x, y, w, h = before[0]["box"]
+    name = "Aoi/オレンジ (OC)"
+    url = "/api/characters/Aoi%2F%E3%82%AA%E3%83%AC%E3%83%B3%E3%82%B8%20(OC)/images"
+    response = client.post(f"{url}?x={x}&y={y}&w={w}&h={h}&angle=0", files={"file": ("aoi.png", picture, "image/png")})
+    assert response.status_code == 201, response.text
+    assert response.json() == {"name": name, "added": 1, "skipped": 0}
+
+    after = client.post("/api/recognize", content=png(character_picture(300))).json()["faces"]
+    assert [face["label"] for face in after] == [name]  # the running server sees the enrolled face
+    listed = client.get("/api/characters").json()
+    assert {"name": name, "trained": False, "training_images": 0, "enrolled_images": 1} in listed
+    assert name in client.get("/api/health").json()["characters"]
+    assert name in load_bundle(model).gallery_labels
+
+    response = client.delete(url.removesuffix("/images"))
+    assert response.status_code == 200 and response.json() == {"name": name, "removed": 1}
+    assert client.post("/api/recognize", content=picture).json()["faces"][0]["label"] != name
+    assert client.delete(url.removesuffix("/images")).status_code == 404
+    assert name not in load_bundle(model).all_labels()
+
+
+def test_bad_enrollments_change_nothing(client, model):
+    before = model.read_bytes()
+    blank = png(Image.new("RGB", (900, 600), (255, 255, 255)))
+    picture = png(character_picture())
+    cases = [
+        ("/api/characters/bad%09name/images", {"content": picture}, 422, "printable"),
+        ("/api/characters/Aoi/images?x=1&y=2", {"content": picture}, 422, "x, y, w and h"),
+        ("/api/characters/Aoi/images?x=5000&y=0&w=10&h=10", {"content": picture}, 422, "outside"),
+        ("/api/characters/Aoi/images?x=0&y=0&w=0&h=10", {"content": picture}, 422, "w: "),
+        ("/api/characters/Aoi/images", {"content": blank}, 422, "no face found"),
+        ("/api/characters/Aoi/images", {"content": b"GIF89a broken"}, 400, "not a readable image"),
+        ("/api/characters/Aoi/images", {"content": b"plain", "headers": {"content-type": "text/plain"}}, 415, "text"),
+    ]
+    for url, request, status, message in cases:
+        response = client.post(url, **request)
+        assert (response.status_code, response.json()["status"]) == (status, status), (url, response.text)
+        assert message in response.json()["error"], (url, response.text)
+    assert client.delete("/api/characters/Nobody").status_code == 404
+    assert model.read_bytes() == before
+
+
+def test_concurrent_enrollments_are_both_kept(client, model):
+    crops = {
+        name: png(drawing_module().draw_character(200, *colours).convert("RGB"))
+        for name, colours in (("Left", PURPLE), ("Right", ORANGE))
+    }
+    statuses = []
+
+    def enroll(name: str) -> None:
+        statuses.append(client.post(f"/api/characters/{name}/images", content=crops[name]).status_code)
+
+    threads = [threading.Thread(target=enroll, args=(name,)) for name in crops]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert statuses == [201, 201]
+    assert {"Left", "Right"} <= set(load_bundle(model).gallery_labels)
+    assert {"Left", "Right"} <= set(client.get("/api/health").json()["characters"])
+    for name in crops:
+        assert client.delete(f"/api/characters/{name}").status_code == 200
+
+
+def test_default_model_enrollment_goes_to_the_users_copy(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    shipped = default_model_path().read_bytes()
+    client = TestClient(create_app())
+    crop = png(drawing_module().draw_character(200, *PURPLE).convert("RGB"))
+    assert client.post("/api/characters/Aoi/images", files={"file": ("aoi.png", crop, "image/png")}).status_code == 201
+    assert "Aoi" in load_bundle(tmp_path / "kyara" / "model.kyara").gallery_labels
+    assert "Aoi" in [entry["name"] for entry in client.get("/api/characters").json()]
+    assert default_model_path().read_bytes() == shipped
+
+
+def test_page_and_docs_are_served_without_external_assets(client):
+    page = client.get("/")
+    assert page.status_code == 200 and 'src="app.js"' in page.text and 'href="style.css"' in page.text
+    for asset in ("app.js", "style.css"):
+        assert client.get(f"/{asset}").status_code == 200
+    for file in WEB.iterdir():
+        assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}/", file.read_text()), (
+            f"{file.name} loads from outside"
+        )
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and not re.search(r"https?://", docs.text)
+    for asset in re.findall(r'(?:src|href)="(/docs-assets/[^"]+)"', docs.text):
+        assert client.get(asset).status_code == 200
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/api/recognize", "/api/detect", "/api/characters", "/api/characters/{name}/images", "/api/health"} <= set(
+        paths
+    )
+    assert client.get("/no/such/page").json() == {"error": "Not Found", "status": 404}
+
+
+def test_serve_command_passes_limits_and_address(model, monkeypatch):
+    import uvicorn
+
+    calls = []
+    monkeypatch.setattr(uvicorn, "run", lambda application, **options: calls.append((application, options)))
+    arguments = ["serve", "--model", str(model), "--port", "8123", "--max-body-mb", "1", "--concurrency", "3"]
+    result = runner.invoke(cli, arguments)
+    assert result.exit_code == 0, result.output
+    ((application, options),) = calls
+    assert options == {"host": "127.0.0.1", "port": 8123}
+    limits = TestClient(application).get("/api/health").json()["limits"]
+    assert limits == {"max_body_bytes": 1024 * 1024, "max_pixels": Limits().max_pixels, "concurrency": 3}
+    missing = runner.invoke(cli, ["serve", "--model", str(model.with_name("missing.kyara"))])
+    assert missing.exit_code == 2 and "no such model" in missing.output
