@@ -33,6 +33,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from kyara import __version__
 from kyara.detection import DetectedFace
 from kyara.errors import ImageError, ImageTooLargeError, KyaraError, ModelError
+from kyara.explanation import explain
 from kyara.gallery import characters, clean_name, enroll, forget
 from kyara.imageio import DECODED_FORMATS
 from kyara.pipeline import CROP_MARGIN, Recognizer, face_crop, image_report
@@ -105,6 +106,13 @@ class Service:
         picture = recognizer.load(upload.data)
         report = image_report(picture, recognizer.recognize(picture, top_k))
         return {"path": upload.name, **report, "model": recognizer.bundle.describe()}
+
+    def explain(self, upload: Upload, label: str | None, versus: str | None) -> dict:
+        recognizer = self.recognizer
+        picture = recognizer.load(upload.data)
+        faces = [explanation.to_dict() for explanation in explain(picture, recognizer, label, versus)]
+        size = {"width": picture.width, "height": picture.height}
+        return {"path": upload.name, **size, "faces": faces, "model": recognizer.bundle.describe()}
 
     def detect(self, upload: Upload) -> dict:
         recognizer = self.recognizer
@@ -257,6 +265,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     422: {"model": ErrorBody, "description": "Bad parameters"},
 }
 TopK = Annotated[int, Query(ge=1, le=100, description="How many guesses to list per face.")]
+Character = Annotated[str | None, Query(min_length=1, max_length=200)]
 Coordinate = Annotated[int | None, Query(ge=-(10**6), le=10**6)]
 Side = Annotated[int | None, Query(ge=1, le=10**6)]
 
@@ -283,6 +292,16 @@ def create_app(model: str | os.PathLike | None = None, limits: Limits | None = N
         JSON of `kyara recognize --json` for one image, with the model's description."""
         upload = (await read_uploads(request))[0]
         return await service.run(service.recognize, upload, top_k)
+
+    @app.post("/api/explain", responses=ERRORS, openapi_extra={"requestBody": IMAGE_BODY})
+    async def explain_image(request: Request, label: Character = None, versus: Character = None) -> dict:
+        """A heat map over every face: what its score for `label` (default: its best guess) rests
+        on, or with `versus`, why `label` and not `versus` (as `kyara explain --json`, less the
+        picture it writes). Each map is 32 x 32, rows first, drawn over the face's `crop_box`
+        turned `angle` degrees clockwise about its centre; positive values speak for `label`.
+        About a second per face."""
+        upload = (await read_uploads(request))[0]
+        return await service.run(service.explain, upload, label, versus)
 
     @app.post("/api/detect", responses=ERRORS, openapi_extra={"requestBody": IMAGE_BODY})
     async def detect_faces(request: Request) -> dict:

@@ -8,7 +8,9 @@ import struct
 import threading
 import zlib
 from pathlib import Path
+from urllib.parse import urlencode
 
+import numpy as np
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
@@ -156,6 +158,63 @@ def test_bad_parameters_get_422(client, query):
     assert response.status_code == 422 and response.json()["error"].startswith("top_k: ")
 
 
+def test_explain_maps_every_face_for_the_name_recognize_gives(client, face_crop_path):
+    picture = face_crop_path.read_bytes()
+    recognized = client.post("/api/recognize", content=picture).json()
+    response = client.post("/api/explain", files={"file": (face_crop_path.name, picture, "image/jpeg")})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert {key: body[key] for key in ("path", "width", "height", "model")} == {
+        **{key: recognized[key] for key in ("width", "height", "model")},
+        "path": face_crop_path.name,
+    }
+    assert len(body["faces"]) == len(recognized["faces"]) >= 1
+    for explained, face in zip(body["faces"], recognized["faces"]):
+        assert explained["box"] == face["box"] and explained["fallback"] == face["fallback"]
+        assert explained["label"] == face["top_k"][0]["label"] and explained["versus"] is None
+        assert explained["known"] == (face["label"] is not None)
+        heatmap = np.array(explained["heatmap"])
+        assert heatmap.shape == (32, 32) and np.isfinite(heatmap).all() and np.abs(heatmap).max() > 0
+        assert 0 < explained["score"] <= 1  # the cosine similarity to its best guess
+
+
+def test_explain_why_one_character_and_not_another(client, face_crop_path):
+    picture = face_crop_path.read_bytes()
+    face = client.post("/api/recognize", content=picture).json()["faces"][0]
+    first, second = (guess["label"] for guess in face["top_k"][:2])
+    query = urlencode({"label": first, "versus": second})
+    response = client.post(f"/api/explain?{query}", content=picture, headers={"content-type": "image/jpeg"})
+    assert response.status_code == 200, response.text
+    explained = response.json()["faces"][0]
+    assert (explained["label"], explained["versus"]) == (first, second)
+    assert explained["score"] > 0  # the best guess is more similar than the runner-up
+    reverse = client.post(f"/api/explain?{urlencode({'label': second, 'versus': first})}", content=picture)
+    assert reverse.json()["faces"][0]["score"] == pytest.approx(-explained["score"], abs=2e-4)
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ("label=Nobody", "does not know 'Nobody'"),
+        ("versus=Nobody", "does not know 'Nobody'"),
+        ("label=gura&versus=gura", "against itself"),
+        ("label=", "label: "),
+    ],
+)
+def test_explain_unknown_or_same_characters_get_422(client, query, message):
+    response = client.post(f"/api/explain?{query}", content=EXAMPLE.read_bytes())
+    assert response.status_code == 422 and response.json()["status"] == 422
+    assert message in response.json()["error"]
+
+
+@pytest.mark.parametrize("case", ["truncated png", "random bytes", "text body", "pdf file", "large body", "pixel bomb"])
+def test_explain_bad_input_gets_the_same_4xx_as_recognize(client, case):
+    status, message, request = BAD_REQUESTS[case]
+    response = client.post("/api/explain", **request)
+    assert response.status_code == status and response.json()["status"] == status
+    assert message in response.json()["error"]
+
+
 def test_enroll_by_box_recognize_list_and_forget(client, model):
     picture = png(character_picture())
     before = client.post("/api/recognize", content=picture).json()["faces"]
@@ -249,9 +308,14 @@ def test_page_and_docs_are_served_without_external_assets(client):
     for asset in re.findall(r'(?:src|href)="(/docs-assets/[^"]+)"', docs.text):
         assert client.get(asset).status_code == 200
     paths = client.get("/openapi.json").json()["paths"]
-    assert {"/api/recognize", "/api/detect", "/api/characters", "/api/characters/{name}/images", "/api/health"} <= set(
-        paths
-    )
+    assert {
+        "/api/recognize",
+        "/api/explain",
+        "/api/detect",
+        "/api/characters",
+        "/api/characters/{name}/images",
+        "/api/health",
+    } <= set(paths)
     assert client.get("/no/such/page").json() == {"error": "Not Found", "status": 404}
 
 

@@ -238,6 +238,13 @@ K pictures per character enrolled, the rest queried, mean over {DRAWS} seeded dr
   other franchises or styles may be lower.
 - Look-alikes of a known character (the fuwawa/mococo kind) are the hard case for the unknown
   score: a new character drawn like a known one gets that character's similarity.
+- Training time is wall time on the machine as it was: during the published run it was shared
+  with other jobs (load average 5 to 10); alone, the same 6 epochs take about 20 minutes.
+- Targets not met yet: AUROC >= 0.95, >= 90% top-1 after enrolling 5 pictures, >= 90% at 5 shots.
+  The trained characters win too often against a prototype averaged from 5 pictures. Tried on
+  these embeddings: mirrored copies averaged into each embedding, and the best single enrolled
+  picture instead of the average, gain 3 to 6 points of enrollment top-1 together (0.75 -> 0.80);
+  the larger gain needs a better embedding (more epochs and characters than this run had).
 """
 
 

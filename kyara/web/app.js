@@ -1,10 +1,11 @@
-// The kyara page: send an image to the REST API, draw what comes back, teach new characters.
+// The kyara page: send an image to the REST API, draw what comes back, explain it, teach new characters.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 const percent = (value) => `${Math.round(value * 100)}%`;
 
-const state = { file: null, maxBytes: Infinity, request: 0 };
+// request: the latest recognition; explaining/explained: the recognition whose heat maps are on the way/drawn.
+const state = { file: null, maxBytes: Infinity, request: 0, explaining: 0, explained: 0 };
 
 async function api(method, path, body) {
   const response = await fetch(path, { method, body });
@@ -49,6 +50,8 @@ async function recognize() {
     show(result);
     const found = result.faces.filter((face) => !face.fallback).length;
     say(found ? `${found} face${found > 1 ? "s" : ""} found.` : "");
+    $("explain-bar").hidden = false;
+    if ($("explain").checked) explain();
   } catch (error) {
     if (ticket === state.request) say(error.message, "error");
   }
@@ -56,6 +59,9 @@ async function recognize() {
 
 function clearResults() {
   $("boxes").replaceChildren();
+  $("heat").replaceChildren();
+  showHeat(false);
+  $("explain-bar").hidden = true;
   $("faces").replaceChildren();
   $("fallback").hidden = true;
   $("no-faces").hidden = false;
@@ -68,6 +74,95 @@ function show(result) {
     if (!face.fallback) $("boxes").append(drawBox(face, index + 1, result));
     $("faces").append(faceCard(face, index + 1));
   });
+}
+
+async function explain() {
+  const ticket = state.request;
+  if (state.explained === ticket) return showHeat(true);
+  if (state.explaining === ticket) return; // already asked for: it shows when it comes
+  state.explaining = ticket;
+  say("Explaining… about a second per face.", "busy");
+  try {
+    const result = await api("POST", "api/explain", imageForm(state.file));
+    if (ticket !== state.request) return;
+    $("heat").replaceChildren(...result.faces.flatMap((face) => heatLayer(face, result)));
+    state.explained = ticket;
+    showHeat($("explain").checked);
+    say(`Explained ${result.faces.length} face${result.faces.length > 1 ? "s" : ""}.`);
+  } catch (error) {
+    if (ticket === state.request) say(error.message, "error");
+  } finally {
+    if (state.explaining === ticket) state.explaining = 0;
+  }
+}
+
+function showHeat(on) {
+  $("heat").hidden = !on;
+  $("explain-legend").hidden = !on;
+  $("frame").classList.toggle("explaining", on); // muted colours let the heat colours stand out
+}
+
+// One face's heat map, laid over the crop it explains, and a caption under the face.
+function heatLayer(face, image) {
+  const [x, y, w, h] = face.crop_box;
+  const map = document.createElement("canvas");
+  map.className = "heatmap";
+  paintHeat(map, face.heatmap);
+  Object.assign(map.style, {
+    left: `${(100 * x) / image.width}%`,
+    top: `${(100 * y) / image.height}%`,
+    width: `${(100 * w) / image.width}%`,
+    height: `${(100 * h) / image.height}%`,
+    transform: `rotate(${face.angle}deg)`, // the crop was cut upright: turn the map back onto the face
+  });
+  return [map, heatCaption(face, image)];
+}
+
+// The colours of kyara.explanation's overlay picture: clear near 0, yellow to red for the label,
+// cyan to blue against it; the canvas's own smoothing enlarges the 32 x 32 grid.
+function paintHeat(canvas, heatmap) {
+  const rows = heatmap.length;
+  const columns = heatmap[0].length;
+  const peak = Math.max(...heatmap.flat().map(Math.abs)) || 1;
+  canvas.width = columns;
+  canvas.height = rows;
+  const context = canvas.getContext("2d");
+  const pixels = context.createImageData(columns, rows);
+  heatmap.flat().forEach((value, index) => {
+    const strength = Math.min(1, Math.abs(value) / peak);
+    const colour = value >= 0
+      ? [255, 230 * (1 - strength), 20 * strength]
+      : [40 * strength, 210 - 120 * strength, 255];
+    const alpha = 220 * Math.min(1, Math.max(0, (strength - 0.1) / 0.9));
+    pixels.data.set([...colour, alpha].map(Math.round), 4 * index);
+  });
+  context.putImageData(pixels, 0, 0);
+}
+
+function heatCaption(face, image) {
+  const [x, y, w, h] = face.box;
+  const caption = document.createElement("span");
+  caption.className = "caption";
+  if ((y + h) / image.height > 0.92) caption.classList.add("inside"); // no room under the face
+  if ((x + w) / image.width > 0.8) {
+    caption.classList.add("end");
+    caption.style.right = `${(100 * (image.width - x - w)) / image.width}%`;
+  } else {
+    caption.style.left = `${(100 * x) / image.width}%`;
+  }
+  caption.style.top = `${(100 * (y + h)) / image.height}%`;
+  const name = face.known ? face.label : `${face.label}?`; // ?: the model would not give this name
+  const parts = face.versus === null
+    ? [[name, "for"], [` ${face.score.toFixed(2)}`, ""]]
+    : [[name, "for"], [" vs ", ""], [face.versus, "against"],
+       [` ${face.score >= 0 ? "+" : ""}${face.score.toFixed(2)}`, ""]];
+  for (const [text, kind] of parts) {
+    const part = document.createElement("span");
+    part.className = kind;
+    part.textContent = text;
+    caption.append(part);
+  }
+  return caption;
 }
 
 function title(face) {
@@ -191,6 +286,7 @@ async function loadCharacters() {
 async function start() {
   const drop = $("drop");
   $("file").addEventListener("change", (event) => choose(event.target.files[0]));
+  $("explain").addEventListener("change", (event) => (event.target.checked ? explain() : showHeat(false)));
   drop.addEventListener("keydown", (event) => {
     if (event.key === "Enter" || event.key === " ") {
       event.preventDefault();

@@ -1,0 +1,147 @@
+"""Search speed of the collection index at scale, on synthetic faces. Prints JSON.
+
+    python benchmarks/index_synthetic.py [--faces 1000000] [--data uniform|clustered] [--queries 200]
+
+Writes N random unit vectors of the default model's dimension into the SQLite store of a new
+`.kyaradb` (as `kyara index` stores faces: float16 embeddings, four faces per picture), then
+opens it: the HNSW index is built from SQLite exactly as when its file is missing (`build_s`)
+and saved. Queries go through `CollectionIndex.search_vectors`, one at a time, so they include
+fetching the hits' rows from SQLite.
+
+- `uniform`: vectors uniform on the sphere, the worst case for any approximate index: in 256
+  dimensions every point is almost as far from a query as its nearest neighbours are.
+- `clustered`: one "character" per 50 faces (20,000 for a million), scattered around a centre
+  (cosine about 0.7 to it), closer to real embeddings; queries are new faces of those characters.
+
+Recall@10 compares the top 10 with exact search (every stored vector) on a sample of queries.
+`relabel_s`: every face labelled again from its stored embedding, as after `kyara enroll`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sqlite3
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from kyara.index import DATABASE, VECTORS, CollectionIndex
+from kyara.pipeline import Recognizer
+
+CHUNK = 50_000
+FACES_PER_PICTURE = 4
+
+
+def unit(vectors: np.ndarray) -> np.ndarray:
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def synthetic(count: int, queries: int, dim: int, data: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """`count` stored vectors and `queries` query vectors, float32 unit vectors."""
+    rng = np.random.default_rng(seed)
+    if data == "uniform":
+        return unit(rng.standard_normal((count, dim), np.float32)), unit(
+            rng.standard_normal((queries, dim), np.float32)
+        )
+    centres = unit(rng.standard_normal((max(1, count // 50), dim), np.float32))
+    spread = 1.0 / np.sqrt(dim)  # noise of norm ~1 around a unit centre: cosine ~0.7 to it
+
+    def faces(n: int) -> np.ndarray:
+        owners = rng.integers(0, len(centres), n)
+        return unit(centres[owners] + spread * rng.standard_normal((n, dim), np.float32))
+
+    return faces(count), faces(queries)
+
+
+def fill(db: Path, vectors: np.ndarray, recognizer: Recognizer) -> None:
+    """Faces in SQLite as `kyara index` writes them, with made-up pictures."""
+    CollectionIndex(db, recognizer, create=True).close()
+    with sqlite3.connect(db / DATABASE) as connection:
+        embedder = connection.execute("SELECT value FROM meta WHERE key = 'embedder'").fetchone()[0]
+        pictures = (len(vectors) + FACES_PER_PICTURE - 1) // FACES_PER_PICTURE
+        connection.executemany(
+            "INSERT INTO files (id, path, size, mtime_ns, sha256, width, height, embedder) "
+            "VALUES (?, ?, 0, 0, '', 1024, 768, ?)",
+            ((i + 1, f"synthetic/{i:07d}.jpg", embedder) for i in range(pictures)),
+        )
+        for start in range(0, len(vectors), CHUNK):
+            block = vectors[start : start + CHUNK].astype(np.float16)
+            connection.executemany(
+                "INSERT INTO faces (id, file_id, x, y, w, h, detector_score, angle, fallback, label, confidence, "
+                "similarity, embedding) VALUES (?, ?, 0, 0, 100, 100, 1.0, 0.0, 0, NULL, 0.0, 0.0, ?)",
+                ((start + i + 1, (start + i) // FACES_PER_PICTURE + 1, row.tobytes()) for i, row in enumerate(block)),
+            )
+
+
+def exact_top(stored: np.ndarray, queries: np.ndarray, k: int) -> list[set[int]]:
+    scores = np.concatenate([queries @ stored[s : s + CHUNK].T for s in range(0, len(stored), CHUNK)], axis=1)
+    return [set((np.argpartition(-row, k)[:k] + 1).tolist()) for row in scores]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--faces", type=int, default=1_000_000)
+    parser.add_argument("--data", choices=("uniform", "clustered"), default="uniform")
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--recall-sample", type=int, default=100)
+    parser.add_argument("--top-k", type=int, default=10)
+    args = parser.parse_args()
+    recognizer = Recognizer()
+    stored, queries = synthetic(args.faces, args.queries, recognizer.embedder.dim, args.data)
+    with tempfile.TemporaryDirectory(dir=os.environ.get("KYARA_BENCH_DIR")) as folder:
+        db = Path(folder) / "synthetic.kyaradb"
+        started = time.perf_counter()
+        fill(db, stored, recognizer)
+        fill_s = time.perf_counter() - started
+
+        started = time.perf_counter()
+        collection = CollectionIndex(db, recognizer)
+        build_s = time.perf_counter() - started
+        collection.save_vectors()
+        collection.close()
+
+        started = time.perf_counter()
+        collection = CollectionIndex(db, recognizer)
+        open_s = time.perf_counter() - started
+
+        times, answers = [], []
+        for query in queries:
+            started = time.perf_counter()
+            (hits,) = collection.search_vectors(query[None], args.top_k)
+            times.append(time.perf_counter() - started)
+            answers.append({hit.face.face_id for hit in hits})
+        started = time.perf_counter()
+        collection.relabel()
+        relabel_s = time.perf_counter() - started
+        sample = slice(0, args.recall_sample)
+        as_stored = unit(stored.astype(np.float16).astype(np.float32))
+        truth = exact_top(as_stored, queries[sample], args.top_k)
+        recall = statistics.mean(len(a & t) / args.top_k for a, t in zip(answers[sample], truth))
+        report = {
+            "faces": args.faces,
+            "dim": int(stored.shape[1]),
+            "data": args.data,
+            "cpu_count": os.cpu_count(),
+            "sqlite_fill_s": round(fill_s, 1),
+            "build_s": round(build_s, 1),
+            "open_s": round(open_s, 2),
+            "query_ms_median": round(1000 * statistics.median(times), 3),
+            "query_ms_p95": round(1000 * float(np.percentile(times, 95)), 3),
+            f"recall_at_{args.top_k}": round(recall, 4),
+            "relabel_s": round(relabel_s, 1),
+            "size_mb": {
+                "sqlite": round((db / DATABASE).stat().st_size / 2**20, 1),
+                "vectors": round((db / VECTORS).stat().st_size / 2**20, 1),
+            },
+        }
+        collection.close()
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,249 @@
+"""Group the faces of unlabelled pictures by character, ready to be named into a training set.
+
+A picture that is already a face crop is one face (as for training and enrollment); otherwise each
+face the detector finds is one. Faces are embedded with the model and grouped by average-linkage
+agglomerative clustering on cosine distance, cut at a distance threshold: no number of characters
+to guess, and a face joins a group only when it is close to the group as a whole, not to a single
+look-alike. Groups smaller than `min_size` are noise. `write_clusters` writes one folder per group
+(largest first) plus `noise/`, and `clusters.json` with where every face came from and the model's
+guess for each group.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import tempfile
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from kyara.crop import faces_in, looks_like_face_crop
+from kyara.detection import Detector
+from kyara.errors import ImageError, KyaraError
+from kyara.imageio import load_image
+from kyara.pipeline import Recognizer
+
+DEFAULT_THRESHOLD = 0.5
+"""Cosine distance at which groups stop merging (measured in docs/collection.md)."""
+DEFAULT_MIN_SIZE = 3
+MAX_FACES = 20_000
+"""Agglomerative clustering keeps every pairwise distance: 20,000 faces take 1.6 GB."""
+SUMMARY = "clusters.json"
+NOISE = "noise"
+EMBED_BATCH = 64
+
+
+@dataclass(frozen=True)
+class FaceRef:
+    """One face: the picture itself (`number` 0, a face crop) or its `number`-th face, most
+    confident first. `guess` is the model's label for it (None: unknown)."""
+
+    source: Path
+    number: int
+    guess: str | None
+
+
+@dataclass
+class FaceSet:
+    faces: list[FaceRef]
+    embeddings: np.ndarray
+    unreadable: list[str] = field(default_factory=list)
+    without_face: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ClusterSummary:
+    target: str
+    faces: int
+    clusters: list[dict]
+    """One entry per folder: name, size, the model's most frequent guess, and the members."""
+    noise: int
+    unreadable: list[str]
+    without_face: list[str]
+
+    def to_dict(self) -> dict:
+        """The summary without the member lists (those are in clusters.json)."""
+        return {**asdict(self), "clusters": [{k: v for k, v in c.items() if k != "members"} for c in self.clusters]}
+
+
+def embed_faces(recognizer: Recognizer, paths: Sequence[Path], progress: bool = True) -> FaceSet:
+    """Every face of every picture, embedded (detections are cached per file content)."""
+    face_set = FaceSet([], np.zeros((0, recognizer.embedder.dim), np.float32))
+    chunks = [face_set.embeddings]
+    pending: list[tuple[Path, int, Image.Image]] = []
+
+    def flush() -> None:
+        vectors = recognizer.embedder.embed([crop for _, _, crop in pending])
+        predictions = recognizer.classifier.predict(vectors, top_k=1)
+        face_set.faces += [FaceRef(path, number, p.label) for (path, number, _), p in zip(pending, predictions)]
+        chunks.append(vectors)
+        pending.clear()
+
+    for path in tqdm(paths, desc="embedding faces", unit="picture", disable=not progress):
+        try:
+            picture = recognizer.load(path)
+        except ImageError as exc:
+            face_set.unreadable.append(str(exc))
+            continue
+        if looks_like_face_crop(picture):
+            pending.append((Path(path), 0, picture))
+        else:
+            crops = faces_in(Path(path), picture, recognizer.detector)
+            if not crops:
+                face_set.without_face.append(str(path))
+            pending += [(Path(path), number, crop) for number, crop in enumerate(crops, 1)]
+        if len(pending) >= EMBED_BATCH:
+            flush()
+    flush()
+    face_set.embeddings = np.concatenate(chunks)
+    return face_set
+
+
+def cluster_faces(
+    embeddings: np.ndarray, threshold: float = DEFAULT_THRESHOLD, min_size: int = DEFAULT_MIN_SIZE
+) -> np.ndarray:
+    """A group number per face (0 = the largest group, ...), -1 for noise (groups under `min_size`)."""
+    try:
+        from scipy.cluster.hierarchy import fcluster, linkage
+    except ImportError as exc:
+        raise KyaraError(f"clustering needs the index extra: pip install 'kyara[index]' ({exc})") from exc
+    count = len(embeddings)
+    if count > MAX_FACES:
+        raise KyaraError(f"{count} faces is more than agglomerative clustering handles here ({MAX_FACES}); split them")
+    if count < 2:
+        return np.full(count, 0 if count >= min_size else -1)
+    tree = linkage(np.asarray(embeddings, np.float64), method="average", metric="cosine")
+    groups = fcluster(tree, t=threshold, criterion="distance")
+    sizes = Counter(groups.tolist())
+    kept = [group for group, size in sorted(sizes.items(), key=lambda item: (-item[1], item[0])) if size >= min_size]
+    number = {group: n for n, group in enumerate(kept)}
+    return np.array([number.get(group, -1) for group in groups.tolist()])
+
+
+def write_clusters(
+    face_set: FaceSet, assignment: np.ndarray, target: Path, detector: Detector, force: bool = False
+) -> ClusterSummary:
+    """Write `cluster-001/`, ... and `noise/` under `target`, plus `clusters.json`. Face crops are
+    copied as they are; faces of illustrations are cut again (cached detections) and saved as PNG.
+    Everything is written beside `target` first and moved in at the end."""
+    check_target(target, force)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        clusters, noise = _write_faces(face_set, assignment, staging, detector)
+        summary = ClusterSummary(
+            str(target), len(face_set.faces), clusters, len(noise), face_set.unreadable, face_set.without_face
+        )
+        document = {**summary.to_dict(), "clusters": clusters, "noise": noise}
+        (staging / SUMMARY).write_text(json.dumps(document, ensure_ascii=False, indent=2), encoding="utf-8")
+        _publish(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return summary
+
+
+def check_target(target: Path, force: bool) -> None:
+    """Refuse a target that is a file, or a non-empty folder without `force`."""
+    if target.exists() and not target.is_dir():
+        raise KyaraError(f"{target}: exists and is not a folder")
+    if target.is_dir() and any(target.iterdir()) and not force:
+        raise KyaraError(f"{target}: not empty; pass --force to replace its clusters")
+
+
+def _write_faces(
+    face_set: FaceSet, assignment: np.ndarray, staging: Path, detector: Detector
+) -> tuple[list[dict], list[dict]]:
+    folders = [f"cluster-{n + 1:03d}" for n in range(int(assignment.max(initial=-1)) + 1)]
+    members: dict[str, list[dict]] = {folder: [] for folder in [*folders, NOISE]}
+    source, crops = None, []
+    for index, (face, group) in enumerate(zip(face_set.faces, assignment.tolist())):
+        folder = folders[group] if group >= 0 else NOISE
+        (staging / folder).mkdir(exist_ok=True)
+        # The index keeps names unique when two folders hold pictures of the same name.
+        name = f"{index:05d}-{face.source.stem[:80]}"
+        if face.number == 0:
+            name += face.source.suffix.lower()
+            shutil.copyfile(face.source, staging / folder / name)
+        else:
+            name += f"-{face.number}.png"
+            if face.source != source:  # a picture's faces come one after another
+                source, crops = face.source, faces_in(face.source, load_image(face.source), detector)
+            if face.number > len(crops):
+                raise KyaraError(f"{face.source}: changed while its faces were being grouped; run again")
+            buffer = io.BytesIO()
+            crops[face.number - 1].save(buffer, "PNG")
+            (staging / folder / name).write_bytes(buffer.getvalue())
+        members[folder].append(
+            {"file": f"{folder}/{name}", "source": str(face.source), "face": face.number, "guess": face.guess}
+        )
+    return [_describe(folder, members[folder]) for folder in folders], members[NOISE]
+
+
+def _describe(folder: str, members: list[dict]) -> dict:
+    """A group with the model's most frequent guess, a hint for naming the folder."""
+    guesses = Counter(m["guess"] for m in members)
+    guess, votes = guesses.most_common(1)[0]
+    return {
+        "folder": folder,
+        "size": len(members),
+        "model_guess": guess,
+        "guess_share": round(votes / len(members), 3),
+        "members": members,
+    }
+
+
+def _publish(staging: Path, target: Path) -> None:
+    """Move the finished output into `target`, replacing what an earlier run wrote there."""
+    if not target.exists() or not any(target.iterdir()):
+        if target.exists():
+            target.rmdir()
+        staging.rename(target)
+        return
+    for old in target.iterdir():
+        if old.name in (SUMMARY, NOISE) or old.name.startswith("cluster-"):
+            shutil.rmtree(old) if old.is_dir() else old.unlink()
+    for new in sorted(staging.iterdir(), key=lambda p: p.name == SUMMARY):  # the summary last
+        new.rename(target / new.name)
+
+
+def clustering_scores(truth: Sequence[str], assignment: np.ndarray) -> dict:
+    """Purity (share of clustered faces in their group's majority character), adjusted Rand index
+    (each noise face counted as a group of its own), noise share and number of groups."""
+    assignment = np.asarray(assignment)
+    clustered = assignment >= 0
+    majority = sum(
+        Counter(t for t, keep in zip(truth, assignment == group) if keep).most_common(1)[0][1]
+        for group in np.unique(assignment[clustered])
+    )
+    singletons = np.where(clustered, assignment, -1 - np.arange(len(assignment)))
+    return {
+        "faces": len(assignment),
+        "groups": len(np.unique(assignment[clustered])),
+        "characters": len(set(truth)),
+        "purity": round(majority / max(1, int(clustered.sum())), 4),
+        "ari": round(adjusted_rand_index(list(truth), singletons.tolist()), 4),
+        "noise_share": round(1 - float(clustered.mean()), 4) if len(assignment) else 0.0,
+    }
+
+
+def adjusted_rand_index(truth: Sequence, predicted: Sequence) -> float:
+    """Agreement of two partitions, 1 = identical, about 0 = chance (Hubert and Arabie, 1985)."""
+    _, rows = np.unique([str(t) for t in truth], return_inverse=True)
+    _, columns = np.unique([str(p) for p in predicted], return_inverse=True)
+    table = np.zeros((rows.max(initial=-1) + 1, columns.max(initial=-1) + 1), np.int64)
+    np.add.at(table, (rows, columns), 1)
+
+    def pairs(counts: np.ndarray) -> float:
+        return float((counts * (counts - 1) // 2).sum())
+
+    together, by_truth, by_prediction = pairs(table), pairs(table.sum(axis=1)), pairs(table.sum(axis=0))
+    expected = by_truth * by_prediction / max(1.0, pairs(np.array([len(rows)])))
+    best = (by_truth + by_prediction) / 2
+    return 1.0 if best == expected else (together - expected) / (best - expected)

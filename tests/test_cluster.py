@@ -1,0 +1,122 @@
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from kyara.cli import app
+from kyara.cluster import (
+    SUMMARY,
+    adjusted_rand_index,
+    cluster_faces,
+    clustering_scores,
+    embed_faces,
+    write_clusters,
+)
+from kyara.detection import AnimeFaceDetector
+from kyara.errors import KyaraError
+from kyara.pipeline import Recognizer
+from tests.conftest import data_path
+
+runner = CliRunner()
+CHARACTERS = ("gura", "calli", "kiara")
+
+
+@pytest.fixture(scope="module")
+def crops(held_out_files):
+    """15 held-out face crops (never trained on) of each of three characters, with their names."""
+    chosen = [path for name in CHARACTERS for path in [f for f in held_out_files if f.parent.name == name][:15]]
+    assert len(chosen) == 45
+    return chosen
+
+
+@pytest.fixture(scope="module")
+def embedded(crops, recognizer):
+    return embed_faces(recognizer, crops, progress=False)
+
+
+def test_adjusted_rand_index_matches_known_values():
+    assert adjusted_rand_index([0, 0, 1, 1], [5, 5, 7, 7]) == 1.0
+    assert adjusted_rand_index([0, 0, 0, 1, 1, 1], [0, 0, 1, 1, 2, 2]) == pytest.approx(0.242424, abs=1e-6)
+    assert adjusted_rand_index(list("aabbcc"), list("abcabc")) < 0
+    scores = clustering_scores(list("aaabbb"), np.array([0, 0, 1, 1, 1, -1]))
+    assert scores["purity"] == 0.8 and scores["noise_share"] == pytest.approx(1 / 6, abs=1e-4)
+
+
+def test_faces_of_three_characters_fall_into_pure_groups(crops, embedded):
+    truth = [path.parent.name for path in crops]
+    assert [face.source for face in embedded.faces] == crops  # face crops are used as they are
+    assignment = cluster_faces(embedded.embeddings)
+    scores = clustering_scores(truth, assignment)
+    assert scores["purity"] >= 0.95 and scores["ari"] >= 0.85 and scores["noise_share"] <= 0.1, scores
+    assert 3 <= scores["groups"] <= 5
+    sizes = np.bincount(assignment[assignment >= 0])
+    assert list(sizes) == sorted(sizes, reverse=True)  # the largest group first
+    everything_apart = cluster_faces(embedded.embeddings, threshold=0.01)
+    assert (everything_apart == -1).all()  # no group reaches three faces
+
+
+def test_write_clusters_and_refuse_to_overwrite(crops, embedded, recognizer, tmp_path):
+    assignment = cluster_faces(embedded.embeddings)
+    target = tmp_path / "clusters"
+    summary = write_clusters(embedded, assignment, target, recognizer.detector)
+    document = json.loads((target / SUMMARY).read_text())
+    assert len(summary.clusters) == assignment.max() + 1 == len(document["clusters"])
+    written = sorted(p for p in target.rglob("*.jpg"))
+    assert len(written) == len(crops)
+    for cluster in document["clusters"]:
+        files = sorted((target / cluster["folder"]).iterdir())
+        assert len(files) == cluster["size"] == len(cluster["members"])
+        assert cluster["model_guess"] in CHARACTERS and cluster["guess_share"] > 0.8
+        member = cluster["members"][0]
+        assert (target / member["file"]).read_bytes() == Path(member["source"]).read_bytes()
+
+    with pytest.raises(KyaraError, match="--force"):
+        write_clusters(embedded, assignment, target, recognizer.detector)
+    (target / "my notes.txt").write_text("kept")
+    apart = np.full(len(crops), -1)
+    summary = write_clusters(embedded, apart, target, recognizer.detector, force=True)
+    assert summary.clusters == [] and summary.noise == len(crops)
+    assert sorted(p.name for p in target.iterdir()) == [SUMMARY, "my notes.txt", "noise"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left
+
+
+def test_illustrations_are_cut_into_faces(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    pictures = [data_path("newgame-illustrations", "yagami_kou", name) for name in ("1.jpg", "3.jpg")]
+    blank, broken = tmp_path / "blank.png", tmp_path / "broken.jpg"
+    Image.new("RGB", (900, 600), "white").save(blank)
+    broken.write_bytes(b"\xff\xd8\xff broken")
+    recognizer = Recognizer(detector=AnimeFaceDetector(angles=(0.0,)))
+    face_set = embed_faces(recognizer, [*pictures, blank, broken], progress=False)
+    found = [len(recognizer.detector.detect(Image.open(p).convert("RGB"))) for p in pictures]
+    assert [face.number for face in face_set.faces] == [n for count in found for n in range(1, count + 1)]
+    assert face_set.without_face == [str(blank)] and "broken.jpg" in face_set.unreadable[0]
+    summary = write_clusters(face_set, np.zeros(len(face_set.faces), int), tmp_path / "out", recognizer.detector)
+    (cluster,) = summary.clusters
+    crops = sorted((tmp_path / "out" / cluster["folder"]).iterdir())
+    assert len(crops) == sum(found) and all(p.suffix == ".png" for p in crops)
+    assert all(Image.open(p).size[0] == Image.open(p).size[1] for p in crops)  # upright square crops
+
+
+def test_cli_cluster(crops, tmp_path):
+    source = tmp_path / "unlabelled pictures"
+    source.mkdir()
+    for number, path in enumerate(crops):
+        shutil.copyfile(path, source / f"{number:02d}.jpg")
+    target = tmp_path / "clusters"
+    result = runner.invoke(app, ["cluster", str(source), "-o", str(target), "--json"])
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert document["faces"] == len(crops) and len(document["clusters"]) >= 3
+    assert "members" not in document["clusters"][0] and (target / "cluster-001").is_dir()
+    result = runner.invoke(app, ["cluster", str(source), "-o", str(target)])
+    assert result.exit_code == 2 and "--force" in result.stderr
+    result = runner.invoke(app, ["cluster", str(source), "-o", str(target), "--force", "--min-size", "100"])
+    assert result.exit_code == 0 and "0 groups" in result.stdout
+    assert len(list((target / "noise").iterdir())) == len(crops)
