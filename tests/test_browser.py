@@ -13,6 +13,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -33,6 +34,10 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 EXAMPLE = ROOT / "docs" / "example.png"
+# How many cells of a heat-map canvas are painted (alpha above 0).
+OPAQUE_CELLS = (
+    "c => c.getContext('2d').getImageData(0, 0, c.width, c.height).data.filter((v, i) => i % 4 == 3 && v).length"
+)
 SLOW = 90_000  # ms: recognition of a picture takes seconds on a busy 2-core machine
 
 
@@ -158,3 +163,38 @@ def test_phone_drop_paste_fallback_and_errors(browser, site, tmp_path):
     note.write_text("not a picture")
     page.set_input_files("#file", note)
     playwright.expect(page.locator("#status.error")).to_contain_text("unsupported type 'text/plain'", timeout=SLOW)
+
+
+def test_explain_switch_lays_a_heat_map_over_each_face(browser, site):
+    import httpx
+
+    expected = httpx.post(f"{site}api/explain", content=EXAMPLE.read_bytes(), timeout=SLOW / 1000).json()
+    page = open_page(browser, site, viewport={"width": 1280, "height": 760})
+    assert page.locator("#explain-bar").is_hidden()  # nothing to explain before a picture
+    page.set_input_files("#file", EXAMPLE)
+    playwright.expect(page.locator(".box")).to_have_count(3, timeout=SLOW)
+    page.locator("#explain").check()
+    maps = page.locator("#heat canvas.heatmap")
+    playwright.expect(maps).to_have_count(3, timeout=SLOW)
+    playwright.expect(page.locator("#explain-legend")).to_be_visible()
+    playwright.expect(page.locator("#status")).to_have_text("Explained 3 faces.")
+
+    shown = page.locator("#picture").bounding_box()
+    scale = shown["width"] / expected["width"]
+    for number, face in enumerate(expected["faces"]):
+        caption = page.locator("#heat .caption").nth(number)
+        playwright.expect(caption.locator(".for")).to_have_text(face["label"] + ("" if face["known"] else "?"))
+        painted = maps.nth(number).evaluate(OPAQUE_CELLS)
+        strength = np.abs(face["heatmap"]) / np.abs(face["heatmap"]).max()
+        assert (strength > 0.11).sum() <= painted <= (strength > 0.1).sum()  # weak cells stay clear
+        if face["angle"] == 0:  # an unrotated map covers exactly the crop it explains
+            drawn, (x, y, w, h) = maps.nth(number).bounding_box(), face["crop_box"]
+            assert abs(drawn["x"] - (shown["x"] + x * scale)) < 2 and abs(drawn["width"] - w * scale) < 2
+            assert abs(drawn["y"] - (shown["y"] + y * scale)) < 2 and abs(drawn["height"] - h * scale) < 2
+
+    page.locator("#explain").uncheck()
+    playwright.expect(page.locator("#heat")).to_be_hidden()
+    playwright.expect(page.locator("#explain-legend")).to_be_hidden()
+    page.locator("#explain").check()  # the maps already made come back without another request
+    playwright.expect(maps).to_have_count(3)
+    playwright.expect(page.locator("#heat")).to_be_visible()
