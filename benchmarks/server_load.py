@@ -25,12 +25,10 @@ import os
 import random
 import socket
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
 import time
-import zlib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,18 +60,6 @@ def png(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def png_claiming(width: int, height: int) -> bytes:
-    """A tiny PNG whose header claims `width` x `height` pixels."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(bytes(64))) + chunk(b"IEND", b"")
-    )
-
-
 def good_cases(count: int) -> list[Case]:
     """Real illustrations (several faces, rotated retries: the slow path) and face crops."""
     draw = random.Random(0)
@@ -95,7 +81,7 @@ def bad_cases() -> list[Case]:
         Case("empty", 400, b"", "image/png"),
         Case("text", 415, b"not a picture", "text/plain"),
         Case("pdf", 415, b"%PDF-1.4\n%...", "application/pdf", multipart=True),
-        Case("pixel bomb", 413, png_claiming(30_000, 30_000), "image/png"),
+        Case("pixel bomb", 413, png(Image.new("1", (12_000, 12_000))), "image/png"),  # 144 Mpx in 20 kB
         Case("too many pixels", 413, png(Image.new("RGB", (5000, 4500), (30, 30, 30))), "image/png"),
         Case("large body", 413, bytes(LARGE_BODY)),
         Case("large chunked body", 413, bytes(LARGE_BODY), chunked=True),

@@ -93,3 +93,23 @@ def test_at_most_per_class_is_seeded_and_bounded():
     kept = at_most_per_class(labels, np.arange(13), 4, seed=1)
     assert np.bincount(labels[kept]).tolist() == [4, 3]
     assert kept.tolist() == at_most_per_class(labels, np.arange(13), 4, seed=1).tolist()
+
+
+def test_answers_compare_settings_that_differ_in_one_factor_only():
+    from kyara.train.compare import answers
+
+    def row(backbone: str, mode: str, size: int, top1: float) -> dict:
+        setting = {"backbone": backbone, "mode": mode, "input_size": size, "grayscale_augmentation": False}
+        return {**setting, "top1": top1, "grayscale_top1": top1 - 0.2}
+
+    rows = [
+        row("mobilenetv2", "linear", 96, 0.70),
+        row("mobilenetv2", "finetune", 96, 0.90),
+        row("efficientnet_lite0", "linear", 96, 0.60),
+        row("efficientnet_lite0", "finetune", 96, 0.90),
+        row("efficientnet_lite0", "finetune", 128, 0.85),  # no linear partner at 128: not a pair
+    ]
+    text = answers(rows)
+    assert "Fine-tuning vs last layer only (MoeFlow): mean +25.0 points (from +20.0 to +30.0); ahead in 2 of 2" in text
+    assert "Input 128 px vs 96 px: mean -5.0 points (from -5.0 to -5.0); ahead in 0 of 1 pairs." in text
+    assert "without grayscale augmentation: mean -20.0 points" in text and "with grayscale augmentation" not in text

@@ -202,29 +202,43 @@ Best top-1: {best["backbone"]} {best["mode"]} at {best["input_size"]} px, gray a
 
 
 def answers(rows: list[dict]) -> str:
-    """The three questions of the study, answered from the rows."""
-
-    def mean(key: str, **where) -> float:
-        chosen = [r[key] for r in rows if all(r[k] == v for k, v in where.items())]
-        return float(np.mean(chosen)) if chosen else float("nan")
-
-    lines = ["## Answers", "", "Means over the other factors of the grid:", ""]
-    modes = sorted({r["mode"] for r in rows})
-    lines.append(
-        "- Last layer only (linear) vs fine-tuning, top-1: "
-        + ", ".join(f"{m} {mean('top1', mode=m):.4f}" for m in modes)
-        + "."
-    )
+    """The three questions of the study, answered from the rows: each factor is compared between
+    settings that differ in that factor alone, so the other factors cannot blur the difference."""
+    lines = [_paired(rows, "mode", "finetune", "linear", "top1", "Fine-tuning vs last layer only (MoeFlow)")]
     sizes = sorted({r["input_size"] for r in rows})
-    lines.append("- Input size, top-1: " + ", ".join(f"{s} px {mean('top1', input_size=s):.4f}" for s in sizes) + ".")
+    for smaller, larger in itertools.pairwise(sizes):
+        lines.append(_paired(rows, "input_size", larger, smaller, "top1", f"Input {larger} px vs {smaller} px"))
     for flag, name in ((False, "without"), (True, "with")):
-        colour, gray = mean("top1", grayscale_augmentation=flag), mean("grayscale_top1", grayscale_augmentation=flag)
-        if not np.isnan(colour):
+        chosen = [r for r in rows if r["grayscale_augmentation"] == flag]
+        if chosen:
+            drops = [100 * (r["grayscale_top1"] - r["top1"]) for r in chosen]
             lines.append(
-                f"- Colour vs grayscale test images, {name} grayscale augmentation: top-1 {colour:.4f} -> "
-                f"{gray:.4f} ({100 * (gray - colour):+.1f} points)."
+                f"- Grayscale vs colour test images, {name} grayscale augmentation: {_spread(drops)} "
+                f"over {len(drops)} settings."
             )
-    return "\n".join(lines)
+    lines.append(_paired(rows, "grayscale_augmentation", True, False, "grayscale_top1", "Gray augmentation, gray test"))
+    lines.append(_paired(rows, "grayscale_augmentation", True, False, "top1", "Gray augmentation, colour test"))
+    header = "## Answers\n\nEach line compares settings that differ only in the factor named, in points.\n\n"
+    return header + "\n".join(line for line in lines if line)
+
+
+def _paired(rows: list[dict], factor: str, first: object, second: object, metric: str, title: str) -> str:
+    """`first` minus `second` in `metric`, over every pair of rows equal in all other settings."""
+    others = [k for k in asdict(Setting("", "", 0, False)) if k != factor]
+    by_rest = {tuple(r[k] for k in others): r for r in rows if r[factor] == second}
+    differences = []
+    for r in rows:
+        partner = by_rest.get(tuple(r[k] for k in others))
+        if r[factor] == first and partner is not None:
+            differences.append(100 * (r[metric] - partner[metric]))
+    if not differences:
+        return ""
+    wins = sum(d > 0 for d in differences)
+    return f"- {title}: {_spread(differences)}; ahead in {wins} of {len(differences)} pairs."
+
+
+def _spread(points: list[float]) -> str:
+    return f"mean {np.mean(points):+.1f} points (from {min(points):+.1f} to {max(points):+.1f})"
 
 
 def plot(rows: list[dict]) -> bytes:
