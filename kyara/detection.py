@@ -181,12 +181,12 @@ def non_max_suppression(faces: Sequence[DetectedFace], threshold: float = 0.3) -
     """
     kept: list[DetectedFace] = []
     for face in sorted(faces, key=lambda f: f.score, reverse=True):
-        if all(iou(face.box, k.box) <= threshold and _inside(face.box, k.box) < 0.7 for k in kept):
+        if all(iou(face.box, k.box) <= threshold and containment(face.box, k.box) < 0.7 for k in kept):
             kept.append(face)
     return kept
 
 
-def _inside(a: Sequence[float], b: Sequence[float]) -> float:
+def containment(a: Sequence[float], b: Sequence[float]) -> float:
     """Share of box `a`'s area that lies inside box `b`."""
     return _intersection(a, b) / (a[2] * a[3]) if a[2] * a[3] > 0 else 0.0
 

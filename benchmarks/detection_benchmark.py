@@ -1,0 +1,187 @@
+"""Hand-checked detection benchmark: recall, precision and images with a face found, per detector backend.
+
+    python benchmarks/detection_benchmark.py [--boxes benchmarks/detection_boxes.json] [--data ../shared/data]
+        [--backends animeface animeface+rotations] [--iou 0.4] [--details]
+
+Prints JSON. The boxes were drawn by hand (see the file's "about" and docs/detection.md). Detections are matched to
+hand boxes greedily, best score first, each to the unmatched box it overlaps most with IoU >= --iou; a detection that
+matches no face but lies on an "ignore" box is dropped, any other is a false positive. Because the matching goes best
+score first, raising a score threshold only removes detections, so one pass gives the whole threshold sweep.
+"animeface" is animeface-2009 on the upright picture only, "animeface+rotations" the default detector (DEFAULT_ANGLES);
+any other name is built with kyara.detection.get_detector, so a backend added to DETECTORS plugs in by name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from kyara.detection import DEFAULT_ANGLES, AnimeFaceDetector, DetectedFace, Detector, containment, get_detector, iou
+from kyara.errors import KyaraError
+from kyara.imageio import load_image
+
+HERE = Path(__file__).parent
+THRESHOLDS = (0.0, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.99, 1.0)
+PRESETS: dict[str, Callable[[], Detector]] = {
+    "animeface": lambda: AnimeFaceDetector(angles=(0.0,)),
+    "animeface+rotations": lambda: AnimeFaceDetector(angles=DEFAULT_ANGLES),
+}
+IGNORE_INSIDE = 0.5
+"""A detection with at least this share of its area on an ignore box is dropped (neither found nor false)."""
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One detection after matching: its score, the face it found (index into the image's faces) or None."""
+
+    score: float
+    face: int | None
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    path: str
+    faces: list[dict]
+    detections: list[Scored]
+    seconds: float
+
+
+def make_detector(name: str) -> Detector:
+    return PRESETS[name]() if name in PRESETS else get_detector(name)
+
+
+def match(found: list[DetectedFace], faces: list[dict], ignore: list[list[int]], min_iou: float) -> list[Scored]:
+    """Greedy matching, best score first; detections on ignore boxes are left out of the result."""
+    taken: set[int] = set()
+    scored = []
+    for det in sorted(found, key=lambda d: d.score, reverse=True):
+        overlaps = [(iou(det.box, face["box"]), i) for i, face in enumerate(faces) if i not in taken]
+        best, index = max(overlaps, default=(0.0, -1))
+        if best >= min_iou:
+            taken.add(index)
+            scored.append(Scored(det.score, index))
+        elif not any(iou(det.box, box) >= min_iou or containment(det.box, box) >= IGNORE_INSIDE for box in ignore):
+            scored.append(Scored(det.score, None))
+    return scored
+
+
+def run_backend(detector: Detector, images: list[dict], data: Path, min_iou: float, label: str) -> list[ImageResult]:
+    results = []
+    for entry in tqdm(images, desc=label):
+        image = load_image(data / entry["path"])
+        started = time.perf_counter()
+        found = detector.detect(image)
+        seconds = time.perf_counter() - started
+        scored = match(found, entry["faces"], entry.get("ignore", []), min_iou)
+        results.append(ImageResult(entry["path"], entry["faces"], scored, seconds))
+    return results
+
+
+def _ratio(numerator: int, denominator: int) -> float | None:
+    return round(numerator / denominator, 4) if denominator else None
+
+
+def counts(results: list[ImageResult], min_score: float) -> dict:
+    """Recall, precision and images with a face found, keeping detections scoring at least `min_score`."""
+    kept = [[d for d in r.detections if d.score >= min_score] for r in results]
+    hits = sum(d.face is not None for dets in kept for d in dets)
+    detections = sum(len(dets) for dets in kept)
+    faces = sum(len(r.faces) for r in results)
+    with_faces = [dets for dets, r in zip(kept, results, strict=True) if r.faces]
+    found_images = sum(any(d.face is not None for d in dets) for dets in with_faces)
+    return {
+        "min_score": min_score,
+        "recall": _ratio(hits, faces),
+        "precision": _ratio(hits, detections),
+        "images_with_face_found": _ratio(found_images, len(with_faces)),
+        "detections": detections,
+    }
+
+
+def recall_by_kind(results: list[ImageResult], kinds: Sequence[str], grayscale: set[str]) -> dict:
+    """Recall of the faces carrying each kind tag; "grayscale" means every face of a monochrome picture."""
+    table = {}
+    for kind in [*kinds, "grayscale"]:
+        total = hit = 0
+        for r in results:
+            matched = {d.face for d in r.detections}
+            for i, face in enumerate(r.faces):
+                if kind in face["kinds"] or (kind == "grayscale" and r.path in grayscale):
+                    total += 1
+                    hit += i in matched
+        table[kind] = {"faces": total, "recall": _ratio(hit, total)}
+    return table
+
+
+def details(results: list[ImageResult]) -> list[dict]:
+    """Per picture: boxes missed and the scores of false positives (for failure analysis)."""
+    rows = []
+    for r in results:
+        matched = {d.face for d in r.detections}
+        missed = [face for i, face in enumerate(r.faces) if i not in matched]
+        false = [round(d.score, 3) for d in r.detections if d.face is None]
+        if missed or false:
+            rows.append({"path": r.path, "missed": missed, "false_positive_scores": false})
+    return rows
+
+
+def report(results: list[ImageResult], kinds: Sequence[str], grayscale: set[str], with_details: bool) -> dict:
+    summary = counts(results, 0.0)
+    out = {
+        "recall": summary["recall"],
+        "precision": summary["precision"],
+        "images_with_face_found": summary["images_with_face_found"],
+        "faces": sum(len(r.faces) for r in results),
+        "detections": summary["detections"],
+        "median_ms": round(1000 * statistics.median(r.seconds for r in results), 1),
+        "recall_by_kind": recall_by_kind(results, kinds, grayscale),
+        "threshold_sweep": [counts(results, t) for t in THRESHOLDS],
+    }
+    if with_details:
+        out["details"] = details(results)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--boxes", type=Path, default=HERE / "detection_boxes.json")
+    parser.add_argument("--data", type=Path, default=HERE.parent / "../shared/data")
+    parser.add_argument("--backends", nargs="+", default=list(PRESETS), help="presets or DETECTORS names")
+    parser.add_argument("--iou", type=float, default=None, help="match IoU (default: the file's match_iou)")
+    parser.add_argument("--details", action="store_true", help="also list missed faces and false positives per picture")
+    args = parser.parse_args()
+    benchmark = json.loads(args.boxes.read_text())
+    images = benchmark["images"]
+    missing = [entry["path"] for entry in images if not (args.data / entry["path"]).is_file()]
+    if missing:
+        print(f"skipped: {len(missing)} pictures missing under {args.data}, e.g. {missing[0]}", file=sys.stderr)
+        return
+    min_iou = args.iou if args.iou is not None else benchmark["match_iou"]
+    grayscale = {entry["path"] for entry in images if "grayscale" in entry["tags"]}
+    try:
+        detectors = {name: make_detector(name) for name in args.backends}
+    except KyaraError as exc:
+        parser.error(f"{exc} (or a preset: {', '.join(PRESETS)})")
+    backends = {}
+    for name, detector in detectors.items():
+        results = run_backend(detector, images, args.data, min_iou, name)
+        backends[name] = report(results, benchmark["kinds"], grayscale, args.details)
+    summary = {
+        "images": len(images),
+        "faces": sum(len(entry["faces"]) for entry in images),
+        "iou": min_iou,
+        "backends": backends,
+    }
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
