@@ -244,7 +244,7 @@ def _spread(points: list[float]) -> str:
 def plot(rows: list[dict]) -> bytes:
     """Top-1 (colour and grayscale) against input size, one line per backbone, mode and augmentation."""
     plt = pyplot()
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    figure, axes = plt.subplots(1, 2, figsize=(13, 4.2), sharey=True)
     series: dict[tuple, list[dict]] = {}
     for r in rows:
         series.setdefault((r["backbone"], r["mode"], r["grayscale_augmentation"]), []).append(r)
@@ -260,6 +260,6 @@ def plot(rows: list[dict]) -> bytes:
         axis.set_xlabel("input size (px)")
         axis.grid(alpha=0.3)
     axes[0].set_ylabel("top-1")
-    axes[1].legend(fontsize=7, loc="lower right")
+    axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))  # outside: no line hidden
     figure.tight_layout()
     return png(figure)
