@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
 import shutil
+import sqlite3
 
 import pytest
 from typer.testing import CliRunner
@@ -15,7 +17,7 @@ from kyara.detection import AnimeFaceDetector, DetectedFace
 from kyara.errors import KyaraError
 from kyara.gallery import enroll, forget
 from kyara.imageio import load_image
-from kyara.index import VECTORS, CollectionIndex
+from kyara.index import DATABASE, VECTORS, CollectionIndex
 from kyara.pipeline import Recognizer, face_crop
 from tests.conftest import data_path
 
@@ -85,6 +87,16 @@ def save_crop(root, face, destination):
     picture = load_image(root / face.path)
     face_crop(picture, DetectedFace(face.box, face.detector_score, face.angle)).resize((160, 160)).save(destination)
     return destination
+
+
+def contents(db) -> list[tuple]:
+    """Every file and face of an index as stored, without row ids or file times."""
+    with contextlib.closing(sqlite3.connect(db / DATABASE)) as connection:
+        return connection.execute(
+            "SELECT files.path, sha256, width, height, embedder, x, y, w, h, detector_score, angle, fallback,"
+            " label, confidence, similarity, embedding FROM faces JOIN files ON files.id = faces.file_id"
+            " ORDER BY files.path, x, y"
+        ).fetchall()
 
 
 def consistent(collection: CollectionIndex) -> dict:
@@ -179,6 +191,7 @@ def test_a_killed_run_goes_on_where_it_stopped(base, tmp_path, upright, monkeypa
         summary = collection.update(root, progress=False)
         assert (summary.added, summary.unchanged, collection.recognizer.detector.calls) == (2, 4, 2)
         complete = consistent(collection)
+    assert contents(db) == contents(base[1])  # the same database as one run that was never killed
 
     # A kill between the SQLite commit and the vector file: an old, a damaged or no vector file.
     for damage in ("old", "garbage", "missing"):
