@@ -88,7 +88,11 @@ def embed_faces(recognizer: Recognizer, paths: Sequence[Path], progress: bool = 
 
     for path in tqdm(paths, desc="embedding faces", unit="picture", disable=not progress):
         try:
+            str(path).encode("utf-8")  # clusters.json names every source: it must be writable as UTF-8
             picture = recognizer.load(path)
+        except UnicodeError as exc:
+            face_set.unreadable.append(f"{str(path)!r}: the name is not valid UTF-8 ({exc.reason})")
+            continue
         except ImageError as exc:
             face_set.unreadable.append(str(exc))
             continue
@@ -167,7 +171,7 @@ def _write_faces(
         folder = folders[group] if group >= 0 else NOISE
         (staging / folder).mkdir(exist_ok=True)
         # The index keeps names unique when two folders hold pictures of the same name.
-        name = f"{index:05d}-{face.source.stem[:80]}"
+        name = f"{index:05d}-{_shortened(face.source.stem)}"
         if face.number == 0:
             name += face.source.suffix.lower()
             shutil.copyfile(face.source, staging / folder / name)
@@ -184,6 +188,11 @@ def _write_faces(
             {"file": f"{folder}/{name}", "source": str(face.source), "face": face.number, "guess": face.guess}
         )
     return [_describe(folder, members[folder]) for folder in folders], members[NOISE]
+
+
+def _shortened(stem: str, limit: int = 150) -> str:
+    """At most `limit` bytes of UTF-8: file systems cap names at 255 bytes, not characters."""
+    return stem.encode("utf-8")[:limit].decode("utf-8", errors="ignore")
 
 
 def _describe(folder: str, members: list[dict]) -> dict:
@@ -206,10 +215,15 @@ def _publish(staging: Path, target: Path) -> None:
             target.rmdir()
         staging.rename(target)
         return
-    for old in target.iterdir():
-        if old.name in (SUMMARY, NOISE) or old.name.startswith("cluster-"):
-            shutil.rmtree(old) if old.is_dir() else old.unlink()
-    for new in sorted(staging.iterdir(), key=lambda p: p.name == SUMMARY):  # the summary last
+    # The old summary goes first and the new one comes last: a run stopped in between leaves a
+    # folder without clusters.json, never a summary that describes other folders.
+    earlier = sorted(
+        (old for old in target.iterdir() if old.name in (SUMMARY, NOISE) or old.name.startswith("cluster-")),
+        key=lambda old: old.name != SUMMARY,
+    )
+    for old in earlier:
+        shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
+    for new in sorted(staging.iterdir(), key=lambda p: p.name == SUMMARY):
         new.rename(target / new.name)
 
 

@@ -223,11 +223,15 @@ class CollectionIndex:
         self.classifier_id = _classifier_id(recognizer)
         self.dim = recognizer.embedder.dim
         self._connection = self._connect(create)
-        self._check_format()
-        self._vectors = _empty_vectors(self.dim)
-        self._vectors_changed = False
-        if self._meta("embedder") == self.embedder_id:
-            self._load_vectors()
+        try:
+            self._check_format()
+            self._vectors = _empty_vectors(self.dim)
+            self._vectors_changed = False
+            if self._meta("embedder") == self.embedder_id:
+                self._load_vectors()
+        except BaseException:
+            self.close()
+            raise
 
     @classmethod
     def open(
@@ -262,17 +266,20 @@ class CollectionIndex:
             self.path.mkdir(parents=True, exist_ok=True)
         try:
             connection = sqlite3.connect(database, timeout=60)
+        except sqlite3.DatabaseError as exc:
+            raise KyaraError(f"{database}: not a usable collection database ({exc})") from exc
+        try:
             connection.execute("PRAGMA foreign_keys = ON")
             connection.execute("PRAGMA journal_mode = WAL")  # readers (find, search) never wait for `index`
             connection.executescript(_SCHEMA)
         except sqlite3.DatabaseError as exc:
+            connection.close()
             raise KyaraError(f"{database}: not a usable collection database ({exc})") from exc
         return connection
 
     def _check_format(self) -> None:
         version = self._meta("format_version")
         if version is not None and not (version.isdigit() and int(version) <= FORMAT_VERSION):
-            self.close()
             raise KyaraError(f"{self.path}: made by a newer kyara (index format {version}); upgrade kyara to use it")
         if self._meta("embedder") is None:
             self._set_meta(
@@ -358,6 +365,9 @@ class CollectionIndex:
         with locked(self.path / DATABASE):
             if reembed and self._meta("embedder") != self.embedder_id:
                 self._set_meta(embedder=self.embedder_id, model=self.recognizer.bundle.name)
+            if self._meta("embedder") == self.embedder_id:
+                # Another writer may have run since this index was opened: start from its vectors,
+                # or the save at the end would put back a stale file.
                 self._load_vectors()
             self._require_same_embedder()
             self._adopt_root(root, moved)
@@ -626,8 +636,9 @@ class CollectionIndex:
         return [QueryFace(box, fallback, face_hits) for box, face_hits in zip(boxes, hits)]
 
     def search_vectors(self, vectors: np.ndarray, top_k: int = 10) -> list[list[SearchHit]]:
-        """For each embedding, the `top_k` most similar faces of the collection, best first."""
-        self._require_same_embedder()
+        """For each embedding, the `top_k` most similar faces of the collection, best first (with
+        labels from this model's current gallery)."""
+        self._refresh_labels()
         if len(self._vectors) == 0 or len(vectors) == 0:
             return [[] for _ in vectors]
         queries = np.asarray(vectors, np.float32).reshape(len(vectors), -1)

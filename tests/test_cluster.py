@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -120,3 +121,26 @@ def test_cli_cluster(crops, tmp_path):
     result = runner.invoke(app, ["cluster", str(source), "-o", str(target), "--force", "--min-size", "100"])
     assert result.exit_code == 0 and "0 groups" in result.stdout
     assert len(list((target / "noise").iterdir())) == len(crops)
+
+
+def test_hostile_names_and_a_symlinked_old_cluster(crops, recognizer, tmp_path):
+    source = tmp_path / "pictures"
+    source.mkdir()
+    long_name = source / ("🦈" * 62 + ".jpg")  # 248 bytes of name: fine alone, too long with a prefix
+    shutil.copyfile(crops[0], long_name)
+    shutil.copyfile(crops[1], source / "plain.jpg")
+    not_utf8 = Path(os.fsdecode(bytes(source) + b"/b\xff\xfe.jpg"))
+    shutil.copyfile(crops[2], not_utf8)
+    face_set = embed_faces(recognizer, [long_name, source / "plain.jpg", not_utf8], progress=False)
+    assert [face.source for face in face_set.faces] == [long_name, source / "plain.jpg"]
+    assert len(face_set.unreadable) == 1 and "not valid UTF-8" in face_set.unreadable[0]
+
+    target, elsewhere = tmp_path / "clusters", tmp_path / "keep me"
+    elsewhere.mkdir()
+    (elsewhere / "precious.txt").write_text("not ours")
+    target.mkdir()
+    (target / "cluster-001").symlink_to(elsewhere, target_is_directory=True)
+    summary = write_clusters(face_set, np.array([0, 0]), target, recognizer.detector, force=True)
+    assert summary.clusters[0]["size"] == 2 and len(list((target / "cluster-001").iterdir())) == 2
+    assert (elsewhere / "precious.txt").read_text() == "not ours"  # the link went, not what it pointed to
+    assert all(len(p.name.encode()) <= 255 for p in (target / "cluster-001").iterdir())

@@ -216,6 +216,9 @@ def test_relabel_after_a_gallery_change_without_detecting(indexed, tmp_path, upr
     forget("takimoto_hifumi", model)
     enroll("Hifumi (mine)", [save_crop(root, hifumi[0], tmp_path / "mine.png")], model)
     relabelled = CollectionIndex(collection.path, with_detector(Recognizer(model), fail_after=0))
+    query = relabelled.recognizer.embedder.embed([load_image(tmp_path / "mine.png")])
+    (best, *_), *_ = relabelled.search_vectors(query, top_k=3)  # search relabels first, too
+    assert (best.face.face_id, best.face.label) == (hifumi[0].face_id, "Hifumi (mine)")
     assert relabelled.find("takimoto_hifumi") == []
     assert hifumi[0].face_id in {face.face_id for face in relabelled.find("Hifumi (mine)")}
     assert relabelled.relabel() == relabelled.stats()["faces"]
