@@ -440,7 +440,9 @@ def cluster(
 
     _or_exit(lambda: check_target(output, force))
     recognizer = _or_exit(lambda: Recognizer(model))
-    face_set = embed_faces(recognizer, [Path(p) for p in expand_paths(paths)])
+    written = output.resolve()  # an earlier run's clusters inside the input are not input
+    pictures = [Path(p) for p in expand_paths(paths) if not Path(p).resolve().is_relative_to(written)]
+    face_set = _or_exit(lambda: embed_faces(recognizer, pictures))
     if not face_set.faces:
         _summarise(face_set.unreadable, None, "no face found: nothing to group")
         raise typer.Exit(1)

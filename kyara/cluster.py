@@ -85,6 +85,8 @@ def embed_faces(recognizer: Recognizer, paths: Sequence[Path], progress: bool = 
         face_set.faces += [FaceRef(path, number, p.label) for (path, number, _), p in zip(pending, predictions)]
         chunks.append(vectors)
         pending.clear()
+        if len(face_set.faces) > MAX_FACES:  # said now, not after hours of detection
+            raise KyaraError(f"more than {MAX_FACES} faces: more than clustering handles here; split the pictures")
 
     for path in tqdm(paths, desc="embedding faces", unit="picture", disable=not progress):
         try:

@@ -144,3 +144,21 @@ def test_hostile_names_and_a_symlinked_old_cluster(crops, recognizer, tmp_path):
     assert summary.clusters[0]["size"] == 2 and len(list((target / "cluster-001").iterdir())) == 2
     assert (elsewhere / "precious.txt").read_text() == "not ours"  # the link went, not what it pointed to
     assert all(len(p.name.encode()) <= 255 for p in (target / "cluster-001").iterdir())
+
+
+def test_too_many_faces_and_output_inside_the_input(crops, recognizer, tmp_path, monkeypatch):
+    import kyara.cluster
+
+    monkeypatch.setattr(kyara.cluster, "MAX_FACES", 10)
+    with pytest.raises(KyaraError, match="more than 10 faces"):
+        embed_faces(recognizer, crops[:12], progress=False)
+    monkeypatch.undo()
+
+    source = tmp_path / "pictures"
+    source.mkdir()
+    for number, path in enumerate(crops[:6]):
+        shutil.copyfile(path, source / f"{number}.jpg")
+    for _ in range(2):  # the second run must not group the first run's output again
+        result = runner.invoke(app, ["cluster", str(source), "-o", str(source / "clusters"), "--force", "--json"])
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout)["faces"] == 6
