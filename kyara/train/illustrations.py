@@ -39,8 +39,9 @@ def split_files(root: Path, seed: int) -> tuple[list[LabelledFile], list[Labelle
 
 def enroll_faces(bundle: ModelBundle, files: list[LabelledFile]) -> int:
     """Add the best matching face of each picture to `bundle`'s gallery; returns how many."""
-    # Upright detection only: enrollment needs faces that are surely right, not every face.
-    recognizer = Recognizer(bundle, detector=AnimeFaceDetector(angles=(0.0,)))
+    # Upright detection only: enrollment needs faces that are surely right, not every face. No
+    # score threshold, as when the shipped model was built, so that the build stays reproducible.
+    recognizer = Recognizer(bundle, detector=AnimeFaceDetector(angles=(0.0,), min_score=0.0))
     labels = recognizer.classifier.labels
     vectors, names = [], []
     for file in tqdm(files, desc="illustration faces"):
