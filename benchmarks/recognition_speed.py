@@ -1,8 +1,9 @@
 """Speed and memory of the default pipeline on this machine. Prints JSON.
 
-    python benchmarks/recognition_speed.py [--images 30] [--threads N]
+    python benchmarks/recognition_speed.py [--images 30] [--threads N] [--detector cnn|animeface]
 
-- detect_ms: median time to detect faces in one illustration (animeface, with rotated retries);
+- detect_ms: median time to detect faces in one illustration (as stored: about 768 px);
+- detect_ms_1024: the same with each illustration scaled so that its longer side is 1024 px;
 - face_ms: median time to embed and classify one face crop (target <= 15 ms on 2 cores);
 - peak_rss_mb: the process's peak resident memory.
 """
@@ -17,6 +18,7 @@ import statistics
 import time
 from pathlib import Path
 
+from kyara.detection import DEFAULT_DETECTOR, DETECTORS
 from kyara.imageio import list_images, load_image
 from kyara.pipeline import Recognizer, face_crop
 
@@ -31,17 +33,23 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--images", type=int, default=30)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--detector", default=DEFAULT_DETECTOR, choices=sorted(DETECTORS))
     args = parser.parse_args()
-    recognizer = Recognizer(threads=args.threads)
+    recognizer = Recognizer(detector=args.detector, threads=args.threads)
     paths = list_images(DATA / "newgame-illustrations")
     paths = paths[:: max(1, len(paths) // args.images)][: args.images]
-    detect_s, face_s, crops = [], [], []
+    detect_s, detect_1024_s, face_s, crops = [], [], [], []
     for path in paths:
         image = load_image(path)
         started = time.perf_counter()
         faces = recognizer.detector.detect(image)
         detect_s.append(time.perf_counter() - started)
         crops += [face_crop(image, face) for face in faces]
+        scale = 1024 / max(image.size)
+        large = image.resize((round(image.width * scale), round(image.height * scale)))
+        started = time.perf_counter()
+        recognizer.detector.detect(large)
+        detect_1024_s.append(time.perf_counter() - started)
     for crop in crops[:200] or [load_image(paths[0])]:
         started = time.perf_counter()
         recognizer.classifier.predict(recognizer.embedder.embed([crop]))
@@ -54,7 +62,9 @@ def main() -> None:
         "images": len(paths),
         "faces": len(crops),
         "cpu_count": os.cpu_count(),
+        "detector": recognizer.detector.name,
         "detect_ms": median_ms(detect_s),
+        "detect_ms_1024": median_ms(detect_1024_s),
         "face_ms": median_ms(face_s),
         "face_ms_batched_64": round(1000 * batched, 2),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),

@@ -1,18 +1,24 @@
-"""Anime face detection behind one small interface, with rotated retries and box merging.
+"""Anime face detection behind one small interface, with box merging shared by every backend.
 
-A `Detector` takes an RGB image and returns `DetectedFace`s in original image pixels. The first
-backend wraps nagadomi's animeface-2009 (the `animeface` package). It only sees roughly upright
-faces, so `AnimeFaceDetector` also looks at rotated copies of the picture and maps what it finds
-back; duplicates found at several angles are merged by non-maximum suppression.
+A `Detector` takes an RGB image and returns `DetectedFace`s in original image pixels. Two backends:
+- `CnnDetector` ("cnn"): kyara's own CNN (a MobileNetV2 CenterNet trained by `kyara.train.detector`,
+  shipped as ONNX). It finds tilted, side and monochrome faces itself and estimates each face's tilt.
+- `AnimeFaceDetector` ("animeface"): nagadomi's animeface-2009 (the `animeface` package). It only
+  sees roughly upright faces, so it also looks at rotated copies of the picture and maps what it
+  finds back. It alone gives landmarks and hair/eye colours.
+Duplicates (the same face found at several angles or cells) are merged by `non_max_suppression`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
+import numpy as np
 import PIL
 from PIL import Image
 
@@ -197,10 +203,87 @@ def containment(a: Sequence[float], b: Sequence[float]) -> float:
     return _intersection(a, b) / (a[2] * a[3]) if a[2] * a[3] > 0 else 0.0
 
 
-DETECTORS = {"animeface": AnimeFaceDetector}
+CNN_MODEL = Path(__file__).parent / "models" / "detector.onnx"
+CNN_STRIDE = 8
+CNN_INPUT_SIDE = 384
+"""Longer side the picture is scaled to. On the benchmark 384 px finds as many faces as 448 or 512 px with
+fewer false ones (docs/detection.md), at half the time of 512 px."""
+CNN_MIN_SCORE = 0.46
+"""Lowest heat-map peak kept as a face: the lowest threshold with precision >= 0.90 on the hand-checked
+benchmark (benchmarks/detection_boxes.json), the same when chosen on either half of it (docs/detection.md)."""
 
 
-def get_detector(name: str = "animeface", **options) -> Detector:
+class CnnDetector:
+    """kyara's own CNN face detector (`kyara.train.detector`), run with ONNX Runtime.
+
+    The picture is scaled so that its longer side is `input_side` pixels; the network marks face
+    centres on a grid of 8 px cells with each face's side and tilt; peaks above `min_score` become
+    faces (in original pixels), and overlapping ones are merged as for every backend.
+    """
+
+    name = "cnn"
+
+    def __init__(
+        self,
+        input_side: int = CNN_INPUT_SIDE,
+        min_score: float = CNN_MIN_SCORE,
+        threads: int = 2,
+        model: Path | bytes = CNN_MODEL,
+    ) -> None:
+        import onnxruntime as ort
+
+        if isinstance(model, Path) and not model.is_file():
+            raise KyaraError(f"the detector model {model} is missing: reinstall kyara")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        weights = model.read_bytes() if isinstance(model, Path) else model
+        self.session = ort.InferenceSession(weights, options, providers=["CPUExecutionProvider"])
+        self.model_digest = hashlib.sha1(weights).hexdigest()[:12]
+        self.input_side = input_side
+        self.min_score = min_score
+
+    @property
+    def settings(self) -> dict:
+        # The digest makes caches of detections (kyara.crop) forget them when the weights change.
+        return {"input_side": self.input_side, "min_score": self.min_score, "model": self.model_digest}
+
+    def detect(self, image: Image.Image) -> list[DetectedFace]:
+        scale = self.input_side / max(image.size)
+        width, height = max(1, round(image.width * scale)), max(1, round(image.height * scale))
+        small = np.asarray(image.convert("RGB").resize((width, height), Image.Resampling.BILINEAR), np.float32) / 255
+        # Edge pixels continue the picture into the padding: a border would be new to the network.
+        pixels = np.pad(small, ((0, _round_up(height, 32) - height), (0, _round_up(width, 32) - width), (0, 0)), "edge")
+        (maps,) = self.session.run(None, {"image": pixels.transpose(2, 0, 1)[None]})
+        faces = _decode(maps[0], self.min_score, CNN_STRIDE / scale)
+        return non_max_suppression([f for f in faces if f.center[0] < image.width and f.center[1] < image.height])
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def _decode(maps: np.ndarray, min_score: float, cell: float) -> Iterator[DetectedFace]:
+    """Faces from the network's output maps: local maxima (3 x 3) of the centre heat map."""
+    heat = 1 / (1 + np.exp(-np.clip(maps[0], -30, 30)))
+    padded = np.pad(heat, 1, constant_values=0)
+    rows, columns = heat.shape
+    neighbours = np.max([padded[dy : dy + rows, dx : dx + columns] for dy in range(3) for dx in range(3)], axis=0)
+    for y, x in zip(*np.nonzero((heat >= neighbours) & (heat >= min_score)), strict=True):
+        side = math.exp(maps[3, y, x]) * cell
+        cx, cy = (x + maps[1, y, x]) * cell, (y + maps[2, y, x]) * cell
+        angle = round(math.degrees(math.atan2(maps[5, y, x], maps[4, y, x])))
+        yield DetectedFace(
+            box=(round(cx - side / 2), round(cy - side / 2), round(side), round(side)),
+            score=float(heat[y, x]),
+            angle=float(angle),
+        )
+
+
+DETECTORS = {"animeface": AnimeFaceDetector, "cnn": CnnDetector}
+DEFAULT_DETECTOR = "cnn"
+
+
+def get_detector(name: str = DEFAULT_DETECTOR, **options) -> Detector:
     try:
         return DETECTORS[name](**options)
     except KeyError:

@@ -100,14 +100,16 @@ def explain(
     model: str | os.PathLike | Recognizer | None = None,
     label: str | None = None,
     versus: str | None = None,
+    max_faces: int | None = None,
 ) -> list[Explanation]:
     """A heat map for every face in `image` (the whole picture if none is found), explaining
     `label` (default: each face's best guess), or "`label` and not `versus`". A face whose label
-    is `versus` itself is explained against its runner-up."""
+    is `versus` itself is explained against its runner-up. `max_faces`: only the most face-like
+    ones (each map takes about 0.4 s on 2 cores)."""
     recognizer = _recognizer(model)
     _check_labels(recognizer.classifier, label, versus)
     picture = recognizer.load(image)
-    faces = recognizer.detector.detect(picture)
+    faces = recognizer.detector.detect(picture)[:max_faces]
     crops = input_crops(picture, faces)
     if not faces:
         side = crops[0].width  # square_on_white pads the picture to a square, centred as here
@@ -309,18 +311,22 @@ def caption_font(size: tuple[int, int]) -> ImageFont.FreeTypeFont:
 
 def caption_boxes(explanations: Sequence[Explanation], size: tuple[int, int]) -> list[tuple[int, int, int, int]]:
     """Where each caption goes (left, top, right, bottom): above its crop, else below, else just
-    inside its top edge, the first place that overlaps no earlier caption; always in the picture."""
+    inside its top edge; the first place that covers no earlier caption and no other face, else
+    the first that covers no earlier caption; always in the picture."""
     font = caption_font(size)
     placed: list[tuple[int, int, int, int]] = []
     pad = _padding(font)
-    for explanation in explanations:
+    faces = [(x, y, x + w, y + h) for x, y, w, h in (e.box for e in explanations)]
+    for i, explanation in enumerate(explanations):
+        others = faces[:i] + faces[i + 1 :]
         width, height = round(font.getlength(explanation.caption)) + 2 * pad, font.size + 2 * pad
         xs, ys = zip(*_corners(explanation))
         left = _clamp(round(min(xs)), size[0] - width)
         tops = [_clamp(top, size[1] - height) for top in (round(min(ys)) - height, round(max(ys)), round(min(ys)))]
         candidates = [(left, top, left + width, top + height) for top in tops]
         free = [box for box in candidates if not any(_overlap(box, other) for other in placed)]
-        placed.append((free or candidates)[0])
+        clear = [box for box in free if not any(_overlap(box, face) for face in others)]
+        placed.append((clear or free or candidates)[0])
     return placed
 
 

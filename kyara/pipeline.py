@@ -17,7 +17,7 @@ from PIL import Image, ImageOps
 
 from kyara.bundle import ModelBundle, load_bundle, resolve_model_path
 from kyara.classify import Classifier, Guess
-from kyara.detection import DetectedFace, Detector, get_detector
+from kyara.detection import DEFAULT_DETECTOR, DetectedFace, Detector, get_detector
 from kyara.embedding import Embedder
 from kyara.errors import ModelError
 from kyara.imageio import DEFAULT_MAX_PIXELS, ImageSource, load_image
@@ -65,7 +65,7 @@ class Recognizer:
     def __init__(
         self,
         model: str | os.PathLike | ModelBundle | None = None,
-        detector: Detector | str = "animeface",
+        detector: Detector | str = DEFAULT_DETECTOR,
         threads: int | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:

@@ -46,8 +46,16 @@ def test_detect_json(tmp_path):
     image = data_path("newgame-illustrations", "yagami_kou") / "1.jpg"
     result = runner.invoke(app, ["detect", str(image), "--json"])
     assert result.exit_code == 0
+    document = json.loads(result.stdout)
+    faces = document["images"][0]["faces"]
+    assert document["detector"] == "cnn"
+    assert faces and all(len(face["box"]) == 4 and face["score"] > 0 for face in faces)
+    # animeface, on request, adds landmarks and colours.
+    result = runner.invoke(app, ["detect", str(image), "--json", "--detector", "animeface"])
     faces = json.loads(result.stdout)["images"][0]["faces"]
-    assert faces and all(len(face["box"]) == 4 and face["score"] > 0 and face["landmarks"] for face in faces)
+    assert result.exit_code == 0 and faces and all(face["landmarks"] and face["colors"] for face in faces)
+    unknown = runner.invoke(app, ["detect", str(image), "--detector", "yolo"])
+    assert unknown.exit_code == 2 and "unknown detector 'yolo'" in unknown.output
 
 
 def test_missing_file_and_bad_model_exit_non_zero(tmp_path):

@@ -1,13 +1,15 @@
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
+from PIL import Image
 
-from kyara.detection import AnimeFaceDetector, DetectedFace, non_max_suppression
+from kyara.detection import AnimeFaceDetector, CnnDetector, DetectedFace, iou, non_max_suppression
 from kyara.errors import KyaraError
 from kyara.imageio import list_images, load_image
-from tests.conftest import data_path
+from tests.conftest import ROOT, data_path
 
 
 @pytest.fixture(scope="module")
@@ -63,3 +65,46 @@ def test_new_pillow_is_refused_rather_than_silently_blind(monkeypatch):
     monkeypatch.setattr("kyara.detection.PIL.__version__", "12.0.0")
     with pytest.raises(KyaraError, match="pillow<12"):
         AnimeFaceDetector()
+
+
+@pytest.fixture(scope="module")
+def benchmark_pictures():
+    """Hand-checked benchmark pictures (never trained on) with their boxes."""
+    boxes = json.loads((ROOT / "benchmarks" / "detection_boxes.json").read_text())
+    entries = [e for e in boxes["images"] if e["faces"]][::4]
+    return [(load_image(data_path(e["path"])), e["faces"]) for e in entries]
+
+
+def test_cnn_detector_finds_hand_checked_faces(benchmark_pictures):
+    detector = CnnDetector()
+    faces = hits = detections = 0
+    for image, truth in benchmark_pictures:
+        found = detector.detect(image)
+        detections += len(found)
+        faces += len(truth)
+        hits += sum(any(iou(f.box, t["box"]) >= 0.4 for f in found) for t in truth)
+    assert hits / faces >= 0.75, f"recall {hits}/{faces}"
+    assert hits / detections >= 0.75, f"precision {hits}/{detections}"
+
+
+def test_cnn_detector_reports_tilt_and_original_pixels(face_crop_path):
+    face = load_image(face_crop_path).resize((160, 160))
+    canvas = Image.new("RGB", (640, 480), "white")
+    canvas.paste(face.rotate(40, expand=True, fillcolor=(255, 255, 255)), (300, 150))
+    found = CnnDetector().detect(canvas)
+    assert len(found) == 1
+    (cx, cy), side = found[0].center, found[0].box[2]
+    assert abs(cx - (300 + 0.5 * 224)) < 30 and abs(cy - (150 + 0.5 * 224)) < 30
+    assert 80 < side < 200
+    assert -65 <= found[0].angle <= -20  # turning it 40 degrees clockwise stands it upright
+    twice = CnnDetector().detect(canvas.resize((1280, 960)))
+    assert len(twice) == 1 and math.dist(twice[0].center, (2 * cx, 2 * cy)) < 20
+
+
+def test_cnn_detector_finds_nothing_without_faces():
+    patches = list_images(data_path("face-patches", "not-face"))[::10][:64]  # kept out of training
+    mosaic = Image.new("RGB", (512, 512))
+    for i, path in enumerate(patches):
+        mosaic.paste(load_image(path), ((i % 8) * 64, (i // 8) * 64))
+    assert CnnDetector().detect(mosaic) == []
+    assert CnnDetector().detect(Image.new("RGB", (300, 200), "white")) == []

@@ -159,6 +159,13 @@ def test_every_face_of_a_multi_face_illustration_gets_a_readable_overlay(recogni
         assert not any(left < b[2] and b[0] < right and top < b[3] and b[1] < bottom for b in boxes[i + 1 :])
 
 
+def test_max_faces_explains_only_the_most_face_like(recognizer):
+    picture = kyara.load_image(EXAMPLE)  # three drawn faces
+    faces = recognizer.detect(picture)
+    explanations = kyara.explain(picture, recognizer, max_faces=2)
+    assert len(faces) == 3 and [e.box for e in explanations] == [f.box for f in faces[:2]]
+
+
 def test_cli_explain_writes_the_overlay_and_json(tmp_path):
     output = tmp_path / "out" / "explained.png"
     result = runner.invoke(app, ["explain", str(EXAMPLE), "-o", str(output), "--json"])

@@ -103,7 +103,7 @@ def test_detect_gives_the_detector_boxes(client):
     response = client.post("/api/detect", content=EXAMPLE.read_bytes())
     assert response.status_code == 200
     body = response.json()
-    assert body["detector"] == "animeface" and (body["width"], body["height"]) == (1300, 620)
+    assert body["detector"] == "cnn" and (body["width"], body["height"]) == (1300, 620)
     assert (
         without_colours(body)["faces"]
         == without_colours({"faces": [f.to_dict() for f in kyara.detect(EXAMPLE)]})["faces"]
@@ -114,7 +114,12 @@ def test_health_names_the_model_and_its_characters(client, model):
     body = client.get("/api/health").json()
     bundle = load_bundle(model)
     assert body["model"] == bundle.describe() and body["characters"] == bundle.all_labels()
-    assert body["limits"] == {"max_body_bytes": 3 * 1024 * 1024, "max_pixels": 4_000_000, "concurrency": 2}
+    assert body["limits"] == {
+        "max_body_bytes": 3 * 1024 * 1024,
+        "max_pixels": 4_000_000,
+        "concurrency": 2,
+        "max_explained_faces": 8,
+    }
 
 
 def chunks(data: bytes, size: int = 256 * 1024):
@@ -205,6 +210,13 @@ def test_explain_unknown_or_same_characters_get_422(client, query, message):
     response = client.post(f"/api/explain?{query}", content=EXAMPLE.read_bytes())
     assert response.status_code == 422 and response.json()["status"] == 422
     assert message in response.json()["error"]
+
+
+def test_explain_maps_at_most_the_configured_number_of_faces(model):
+    capped = TestClient(create_app(model, Limits(max_explained_faces=1)))
+    found = capped.post("/api/detect", content=EXAMPLE.read_bytes()).json()["faces"]
+    explained = capped.post("/api/explain", content=EXAMPLE.read_bytes()).json()["faces"]
+    assert len(found) == 3 and [face["box"] for face in explained] == [found[0]["box"]]
 
 
 @pytest.mark.parametrize("case", ["truncated png", "random bytes", "text body", "pdf file", "large body", "pixel bomb"])
@@ -330,6 +342,11 @@ def test_serve_command_passes_limits_and_address(model, monkeypatch):
     ((application, options),) = calls
     assert options == {"host": "127.0.0.1", "port": 8123}
     limits = TestClient(application).get("/api/health").json()["limits"]
-    assert limits == {"max_body_bytes": 1024 * 1024, "max_pixels": Limits().max_pixels, "concurrency": 3}
+    assert limits == {
+        "max_body_bytes": 1024 * 1024,
+        "max_pixels": Limits().max_pixels,
+        "concurrency": 3,
+        "max_explained_faces": Limits().max_explained_faces,
+    }
     missing = runner.invoke(cli, ["serve", "--model", str(model.with_name("missing.kyara"))])
     assert missing.exit_code == 2 and "no such model" in missing.output

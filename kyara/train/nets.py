@@ -157,3 +157,36 @@ class EfficientNetLite0(nn.Module):
 
 
 BACKBONES: dict[str, Callable[[], nn.Module]] = {"mobilenetv2": MobileNetV2, "efficientnet_lite0": EfficientNetLite0}
+
+
+class FaceCenterNet(nn.Module):
+    """CenterNet-style anime face detector on MobileNetV2 (Zhou et al., "Objects as Points", 2019).
+
+    Input: RGB in [0, 1], sides a multiple of 32. Output, one map at stride 8 with six channels:
+    face-centre logit, the centre's offset inside its cell (x, y), the log of the face side in
+    cells, and the (cos, sin) of the angle that stands the face upright.
+    """
+
+    stride = 8
+    outputs = 6
+
+    def __init__(self, width: int = 64) -> None:
+        super().__init__()
+        self.backbone = MobileNetV2()
+        self.register_buffer("mean", torch.tensor(MobileNetV2.input_mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(MobileNetV2.input_std).view(1, 3, 1, 1))
+        self.lateral = nn.ModuleList(nn.Conv2d(channels, width, 1) for channels in (32, 96, 320))
+        self.smooth = nn.Sequential(_conv_bn_relu6(width, width, groups=width), _conv_bn_relu6(width, width, kernel=1))
+        self.head = nn.Sequential(_conv_bn_relu6(width, width, groups=width), nn.Conv2d(width, self.outputs, 1))
+        with torch.no_grad():
+            self.head[-1].bias.zero_()
+            self.head[-1].bias[0] = -2.19  # CenterNet's prior: a face probability of 0.1 everywhere
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        stages = self.backbone.features
+        c3 = stages[:7]((x - self.mean) / self.std)
+        c4 = stages[7:14](c3)
+        c5 = stages[14:18](c4)
+        p = self.lateral[1](c4) + F.interpolate(self.lateral[2](c5), size=c4.shape[-2:], mode="nearest")
+        p = self.lateral[0](c3) + F.interpolate(p, size=c3.shape[-2:], mode="nearest")
+        return self.head(self.smooth(p))

@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from kyara.detection import _decode
+
+pytest.importorskip("torch")
+from kyara.train.detector import Face, Label, Sample, _paste_oval, merged, targets
+
+
+def test_training_targets_decode_back_to_the_same_faces():
+    """What the network is taught (targets) and how kyara reads its output (_decode) must agree."""
+    faces = [Face(101.3, 60.7, 48.0, -30.0), Face(30.2, 200.9, 20.0, 75.0), Face(250.0, 5.0, 120.0, 0.0)]
+    maps, weights = targets(Sample(Image.new("RGB", (256, 256)), faces), canvas=256, stride=8)
+    output = maps.copy()
+    output[0] = np.where(maps[0] == 1, 6.0, -6.0)  # a network that is sure of the centres, and only them
+    found = sorted(_decode(output, 0.5, cell=8.0), key=lambda f: f.center[0])
+    assert len(found) == 3 and weights[1].sum() == 3
+    for face, truth in zip(found, sorted(faces, key=lambda f: f.cx), strict=True):
+        assert math.dist(face.center, (truth.cx, truth.cy)) < 1.0
+        assert abs(face.box[2] - truth.side) <= 1
+        assert face.angle == truth.angle
+
+
+def test_cut_off_and_unsure_faces_are_left_out_of_the_loss():
+    sample = Sample(Image.new("RGB", (256, 256)), [Face(-10.0, 100.0, 60.0)], ignore=[(150.0, 150.0, 200.0, 200.0)])
+    maps, weights = targets(sample, canvas=256, stride=8)
+    assert maps[0].max() == 0  # no centre to learn
+    assert weights[0, 12, 0] == 0 and weights[0, 12, 2] == 0 and weights[0, 12, 3] == 1  # visible part (x < 20)
+    assert weights[0, 20, 20] == 0 and weights[0, 30, 30] == 1 and weights[0, 5, 20] == 1
+
+
+def test_pseudo_labels_keep_one_label_per_face_preferring_sure_ones():
+    labels = [
+        Label((100, 100, 50, 50), sure=False),
+        Label((102, 98, 50, 50), sure=True),
+        Label((110, 110, 25, 25), sure=True),  # inside the first sure face: the same face
+        Label((300, 100, 40, 40), sure=False),
+    ]
+    assert merged(labels) == [Label((102, 98, 50, 50), sure=True), Label((300, 100, 40, 40), sure=False)]
+
+
+def test_pasted_picture_is_centred_and_turned():
+    canvas = Image.new("RGB", (200, 200), "white")
+    marker = Image.new("RGB", (60, 60), "white")
+    marker.paste((255, 0, 0), (25, 0, 35, 20))  # a red bar at the top middle
+    _paste_oval(canvas, marker, 100, 100, 90)  # turned a quarter counter-clockwise: the bar goes left
+    red = np.argwhere(np.asarray(canvas)[:, :, 1] < 128)
+    assert red.size and red[:, 1].mean() < 90 and abs(red[:, 0].mean() - 100) < 5
