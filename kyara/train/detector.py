@@ -44,8 +44,11 @@ SURE_SCORE = 0.9
 """animeface likelihood from which a pseudo-label counts as a face (precision >= 0.90 on the
 benchmark); weaker detections are left out of the loss, neither face nor background."""
 TEACHER_SURE_SCORE = 0.5
-"""The same for the detector's own faces in self-training; any face it reports above its
-threshold (CNN_MIN_SCORE) and below this one is left out of the loss."""
+"""The same for the detector's own faces in self-training; the faces it reports from
+TEACHER_MIN_SCORE up to this score are left out of the loss."""
+TEACHER_MIN_SCORE, TEACHER_INPUT_SIDE = 0.3, 512
+"""How the detector of the round before looks for faces in self-training: the shipped detector was
+built with these (CnnDetector's defaults were chosen afterwards, on the benchmark)."""
 FACE_IN_CROP = 0.75
 """Side of the face box (hairline to chin) as a share of a face crop's side, judged by eye."""
 
@@ -380,7 +383,7 @@ def train_detector(data: Path, config: DetectorConfig, checkpoints: Path, log: P
             f"{len(labels) - sure} unsure faces, {len(maker.crops)} face crops, {len(maker.patches)} non-face patches"
         )
         net = _train_round(net, maker, checkpoints / f"round-{round_}.pt", log, round_)
-        teacher = CnnDetector(model=export_detector(net))
+        teacher = CnnDetector(TEACHER_INPUT_SIDE, TEACHER_MIN_SCORE, model=export_detector(net))
     return net
 
 
