@@ -1,7 +1,7 @@
 """Hand-checked detection benchmark: recall, precision and images with a face found, per detector backend.
 
     python benchmarks/detection_benchmark.py [--boxes benchmarks/detection_boxes.json] [--data ../shared/data]
-        [--backends animeface animeface+rotations] [--iou 0.4] [--details]
+        [--backends animeface animeface+rotations cnn] [--iou 0.4] [--details]
 
 Prints JSON. The boxes were drawn by hand (see the file's "about" and docs/detection.md). Detections are matched to
 hand boxes greedily, best score first, each to the unmatched box it overlaps most with IoU >= --iou; a detection that

@@ -308,7 +308,8 @@ def create_app(model: str | os.PathLike | None = None, limits: Limits | None = N
 
     @app.post("/api/detect", responses=ERRORS, openapi_extra={"requestBody": IMAGE_BODY})
     async def detect_faces(request: Request) -> dict:
-        """Faces only: boxes, landmarks, hair and eye colours (as `kyara detect --json`)."""
+        """Faces only: boxes, scores and tilt (as `kyara detect --json`; landmarks and hair/eye
+        colours come only from the animeface detector)."""
         upload = (await read_uploads(request))[0]
         return await service.run(service.detect, upload)
 

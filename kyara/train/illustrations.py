@@ -66,7 +66,8 @@ def enroll_faces(bundle: ModelBundle, files: list[LabelledFile]) -> int:
 
 def measure(before: ModelBundle, after: ModelBundle, files: list[LabelledFile]) -> dict:
     """Top-1/top-5 of the most confident face on held-out illustrations, without and with them."""
-    images, _ = embed_files(Recognizer(after), files)
+    # The detector the shipped model was measured with: its figures stay reproducible.
+    images, _ = embed_files(Recognizer(after, detector=AnimeFaceDetector(min_score=0.0)), files)
     models = {"before": before, "after": after}
     reports = {name: report_for(Classifier.from_bundle(model), images) for name, model in models.items()}
     return {

@@ -81,7 +81,7 @@ async function explain() {
   if (state.explained === ticket) return showHeat(true);
   if (state.explaining === ticket) return; // already asked for: it shows when it comes
   state.explaining = ticket;
-  say("Explaining… about a second per face.", "busy");
+  say("Explaining… about half a second per face.", "busy");
   try {
     const result = await api("POST", "api/explain", imageForm(state.file));
     if (ticket !== state.request) return;
