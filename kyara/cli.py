@@ -484,6 +484,7 @@ def serve(
     concurrency: Annotated[
         int | None, typer.Option("--concurrency", min=1, help="Images processed at once (default 2).")
     ] = None,
+    detector: DetectorOption = None,
 ) -> None:
     """Serve the web page and the REST API (docs at /docs); needs the serve extra."""
     try:
@@ -499,7 +500,10 @@ def serve(
         "concurrency": concurrency,
     }
     limits = Limits(**{name: value for name, value in given.items() if value is not None})
-    uvicorn.run(_or_exit(lambda: create_app(model, limits)), host=host, port=port)
+    from kyara.detection import DEFAULT_DETECTOR
+
+    application = _or_exit(lambda: create_app(model, limits, detector or DEFAULT_DETECTOR))
+    uvicorn.run(application, host=host, port=port)
 
 
 @app.command()

@@ -31,7 +31,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kyara import __version__
-from kyara.detection import DetectedFace
+from kyara.detection import DEFAULT_DETECTOR, DetectedFace
 from kyara.errors import ImageError, ImageTooLargeError, KyaraError, ModelError
 from kyara.explanation import explain
 from kyara.gallery import characters, clean_name, enroll, forget
@@ -92,10 +92,10 @@ class Service:
     """The model every request shares. Reads use whichever model is current when they start;
     enroll and forget are serialized and replace it once the bundle on disk has changed."""
 
-    def __init__(self, model: str | os.PathLike | None, limits: Limits) -> None:
+    def __init__(self, model: str | os.PathLike | None, limits: Limits, detector: str = DEFAULT_DETECTOR) -> None:
         self.model = model
         self.limits = limits
-        self.recognizer = Recognizer(model, max_pixels=limits.max_pixels)
+        self.recognizer = Recognizer(model, detector, max_pixels=limits.max_pixels)
         self.workers = anyio.CapacityLimiter(limits.concurrency)
         self.writing = threading.Lock()
 
@@ -273,10 +273,13 @@ Coordinate = Annotated[int | None, Query(ge=-(10**6), le=10**6)]
 Side = Annotated[int | None, Query(ge=1, le=10**6)]
 
 
-def create_app(model: str | os.PathLike | None = None, limits: Limits | None = None) -> FastAPI:
-    """The web page and the REST API over `model` (default: the user's copy or the built-in one)."""
+def create_app(
+    model: str | os.PathLike | None = None, limits: Limits | None = None, detector: str = DEFAULT_DETECTOR
+) -> FastAPI:
+    """The web page and the REST API over `model` (default: the user's copy or the built-in one),
+    finding faces with `detector` (a `kyara.detection.DETECTORS` name)."""
     limits = limits or Limits()
-    service = Service(model, limits)
+    service = Service(model, limits, detector)
     app = FastAPI(
         title="kyara",
         version=__version__,

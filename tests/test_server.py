@@ -348,5 +348,10 @@ def test_serve_command_passes_limits_and_address(model, monkeypatch):
         "concurrency": 3,
         "max_explained_faces": Limits().max_explained_faces,
     }
+    calls.clear()
+    result = runner.invoke(cli, ["serve", "--model", str(model), "--detector", "animeface"])
+    ((application, options),) = calls
+    faces = TestClient(application).post("/api/detect", content=EXAMPLE.read_bytes()).json()["faces"]
+    assert result.exit_code == 0 and len(faces) == 3 and all(face["landmarks"] for face in faces)
     missing = runner.invoke(cli, ["serve", "--model", str(model.with_name("missing.kyara"))])
     assert missing.exit_code == 2 and "no such model" in missing.output
