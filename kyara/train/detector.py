@@ -20,7 +20,6 @@ import io
 import json
 import math
 import time
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -35,7 +34,7 @@ from kyara.crop import detect_cached
 from kyara.detection import AnimeFaceDetector, CnnDetector, Detector, containment, iou
 from kyara.imageio import list_images, load_image
 from kyara.train.nets import FaceCenterNet
-from kyara.train.trainer import arrays_to_state
+from kyara.train.trainer import arrays_to_state, onnx_bytes
 
 BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "detection_boxes.json"
 FACE_FOLDERS = ("holoen-faces", "danbooru6-faces", "newgame-faces")
@@ -446,21 +445,8 @@ def _save_checkpoint(path: Path, net, optimizer, rng: np.random.Generator, step:
 
 def export_detector(net: FaceCenterNet) -> bytes:
     """The detector as ONNX: input `image` float32 1 x 3 x H x W in [0, 1] (sides multiples of 32)."""
-    net.eval()
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter needs no onnxscript
-        torch.onnx.export(
-            net,
-            torch.zeros(1, 3, 512, 512),
-            buffer,
-            input_names=["image"],
-            output_names=["maps"],
-            dynamic_axes={"image": {2: "height", 3: "width"}, "maps": {2: "rows", 3: "columns"}},
-            opset_version=17,
-            dynamo=False,
-        )
-    return buffer.getvalue()
+    dynamic_axes = {"image": {2: "height", 3: "width"}, "maps": {2: "rows", 3: "columns"}}
+    return onnx_bytes(net, torch.zeros(1, 3, 512, 512), "maps", dynamic_axes)
 
 
 def main() -> None:

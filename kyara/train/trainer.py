@@ -353,6 +353,12 @@ def accuracy_of(net: EmbeddingNet, head: torch.Tensor, data: LabelledImages, siz
 
 def export_onnx(net: EmbeddingNet, size: int) -> bytes:
     """The embedder as ONNX: input `image` float32 N x 3 x size x size in [0, 1], RGB."""
+    dynamic_axes = {"image": {0: "batch"}, "embedding": {0: "batch"}}
+    return onnx_bytes(net, torch.zeros(1, 3, size, size), "embedding", dynamic_axes)
+
+
+def onnx_bytes(net: nn.Module, example: torch.Tensor, output: str, dynamic_axes: dict) -> bytes:
+    """`net` in eval mode as ONNX (opset 17), with one input named `image` shaped like `example`."""
     net.eval()
     buffer = io.BytesIO()
     with warnings.catch_warnings():
@@ -360,11 +366,11 @@ def export_onnx(net: EmbeddingNet, size: int) -> bytes:
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
             net,
-            torch.zeros(1, 3, size, size),
+            example,
             buffer,
             input_names=["image"],
-            output_names=["embedding"],
-            dynamic_axes={"image": {0: "batch"}, "embedding": {0: "batch"}},
+            output_names=[output],
+            dynamic_axes=dynamic_axes,
             opset_version=17,
             dynamo=False,
         )
