@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 
 
-def measure(mode: str, epochs: int) -> dict:
+def measure(mode: str, epochs: int, grayscale_p: float) -> dict:
     import numpy as np
     from PIL import Image
 
@@ -40,7 +40,7 @@ def measure(mode: str, epochs: int) -> dict:
     data = load_folders([DATA / "holoen-faces"])
     is_test = np.array([p.relative_to(DATA).as_posix() in set(held_out) for p in data.paths])
     loaded = time.perf_counter()
-    config = TrainConfig(mode=mode, epochs=epochs, ood_weight=0.0)
+    config = TrainConfig(mode=mode, epochs=epochs, ood_weight=0.0, grayscale_p=grayscale_p)
     bundle = fit_folders(data.subset(np.flatnonzero(~is_test)), config, start=load_bundle(default_model_path()))
     trained = time.perf_counter()
     test = data.subset(np.flatnonzero(is_test))
@@ -50,6 +50,7 @@ def measure(mode: str, epochs: int) -> dict:
     gray = classifier.similarities(embedder.embed([c.convert("L").convert("RGB") for c in crops]))
     return {
         "mode": mode,
+        "grayscale_p": grayscale_p,
         "epochs_run": len(bundle.metadata["training"]["history"]),
         "train_images": int((~is_test).sum()),
         "test_images": int(is_test.sum()),
@@ -63,16 +64,30 @@ def measure(mode: str, epochs: int) -> dict:
 
 
 def main() -> None:
+    from kyara.train.trainer import TrainConfig
+
     parser = argparse.ArgumentParser()
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--mode", choices=["finetune", "linear", "both"], default="both")
+    parser.add_argument(
+        "--grayscale-p", type=float, default=TrainConfig.grayscale_p, help="Share of pictures turned gray."
+    )
     args = parser.parse_args()
     if args.mode != "both":
-        print(json.dumps(measure(args.mode, args.epochs)))
+        print(json.dumps(measure(args.mode, args.epochs, args.grayscale_p)))
         return
     results = []
     for mode in ("linear", "finetune"):
-        command = [sys.executable, __file__, "--mode", mode, "--epochs", str(args.epochs)]
+        command = [
+            sys.executable,
+            __file__,
+            "--mode",
+            mode,
+            "--epochs",
+            str(args.epochs),
+            "--grayscale-p",
+            str(args.grayscale_p),
+        ]
         output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
         results.append(json.loads(output.strip().splitlines()[-1]))
     print(json.dumps({"characters": 20, "cpu_cores": 2, "results": results}, indent=2))

@@ -43,6 +43,9 @@ class ModelBundle:
     unknown_threshold: float
     temperature: float
     input_size: int
+    concentration: float = 1.0
+    """Typical length of the mean of a trained character's unit embeddings (1.0: unknown).
+    Scores characters enrolled from a single picture (`kyara.classify.gallery_prototype`)."""
     gallery: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
     gallery_labels: list[str] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)
@@ -57,10 +60,15 @@ class ModelBundle:
         self.gallery = np.asarray(self.gallery, np.float32)
         if self.gallery.shape != (len(self.gallery_labels), self.embedding_dim):
             raise ModelError(f"gallery has shape {self.gallery.shape} for {len(self.gallery_labels)} labels")
-        if not (self.temperature > 0 and 8 <= self.input_size <= 1024 and -1 <= self.unknown_threshold <= 1):
+        if not (
+            self.temperature > 0
+            and 8 <= self.input_size <= 1024
+            and -1 <= self.unknown_threshold <= 1
+            and 0 < self.concentration <= 1
+        ):
             raise ModelError(
                 f"implausible settings: temperature {self.temperature}, input size {self.input_size}, "
-                f"unknown threshold {self.unknown_threshold}"
+                f"unknown threshold {self.unknown_threshold}, concentration {self.concentration}"
             )
 
     @property
@@ -103,6 +111,7 @@ def save_bundle(bundle: ModelBundle, path: str | os.PathLike) -> None:
         "unknown_threshold": bundle.unknown_threshold,
         "temperature": bundle.temperature,
         "input_size": bundle.input_size,
+        "concentration": bundle.concentration,
         "metadata": bundle.metadata,
     }
     buffer = io.BytesIO()
@@ -163,6 +172,7 @@ def load_bundle(path: str | os.PathLike) -> ModelBundle:
                 unknown_threshold=float(header["unknown_threshold"]),
                 temperature=float(header["temperature"]),
                 input_size=int(header["input_size"]),
+                concentration=float(header.get("concentration", 1.0)),
                 metadata=dict(header.get("metadata", {})),
                 weights=_load_weights(archive),
             )

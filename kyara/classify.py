@@ -1,8 +1,9 @@
 """Embeddings -> ranked character guesses, with calibrated confidence and an unknown threshold.
 
-Every character has one or two unit vectors: its row of the head if it was trained, and the mean
-of its gallery images if pictures of it were enrolled. A face's score for a character is the best
-cosine similarity with its vectors.
+Every character has one or two prototypes: its row of the head if it was trained, and one made from
+its gallery images if pictures of it were enrolled (`gallery_prototype`). A face's score for a
+character is its best similarity with them: a cosine, or for an enrolled character an estimate of
+the cosine to that character's centre (capped at 1).
 Confidence is the softmax of the scores at a temperature fitted on validation data; a face whose
 best similarity is below the bundle's `unknown_threshold` gets no label.
 """
@@ -35,6 +36,28 @@ class Prediction:
     top_k: list[Guess]
 
 
+MIN_CONCENTRATION = 0.3
+"""Floor of an enrolled character's estimated concentration: a few wildly different pictures
+must not inflate its scores without bound."""
+
+
+def gallery_prototype(vectors: np.ndarray, prior: float) -> np.ndarray:
+    """The prototype of a character enrolled from unit `vectors`: their mean, divided by the
+    estimated length r of the character's true mean, so that its dot product with a face
+    estimates the cosine to the character's centre.
+
+    The plain cosine to the mean of n pictures is biased low when n is small (the mean of n unit
+    vectors has expected squared length r^2 + (1 - r^2) / n), so characters enrolled from five
+    pictures lost to trained ones. r^2 is estimated from the pictures themselves; from one
+    picture it cannot be, and `prior` (the model's typical r) is used instead.
+    """
+    count, mean = len(vectors), vectors.mean(axis=0)
+    if count == 1:
+        return mean / prior
+    squared = (count * float(mean @ mean) - 1) / (count - 1)
+    return mean / np.sqrt(max(squared, MIN_CONCENTRATION**2))
+
+
 class Classifier:
     def __init__(
         self,
@@ -62,15 +85,14 @@ class Classifier:
                 owners.append(index)
             members = [i for i, g in enumerate(bundle.gallery_labels) if g == name]
             if members:
-                rows.append(bundle.gallery[members].mean(axis=0))
+                rows.append(gallery_prototype(bundle.gallery[members], bundle.concentration))
                 owners.append(index)
         prototypes = np.asarray(rows, np.float32).reshape(len(rows), bundle.embedding_dim)
-        prototypes /= np.maximum(np.linalg.norm(prototypes, axis=1, keepdims=True), 1e-12)
         return cls(labels, prototypes, bundle.temperature, bundle.unknown_threshold, np.asarray(owners, np.int64))
 
     def similarities(self, embeddings: np.ndarray) -> np.ndarray:
         """Best cosine similarity of each embedding with each label's vectors (N x labels)."""
-        every = embeddings @ self.prototypes.T
+        every = np.minimum(embeddings @ self.prototypes.T, 1.0)
         if len(self._starts) == every.shape[1]:
             return every
         return np.maximum.reduceat(every, self._starts, axis=1)

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from kyara.errors import KyaraError
 from kyara.imageio import IMAGE_SUFFIXES, list_images
+from kyara.train.data import DEFAULT_GRAYSCALE_P
 
 app = typer.Typer(help="Which anime character is in this picture?", no_args_is_help=True, add_completion=False)
 err = Console(stderr=True, soft_wrap=True)  # never break a path across lines
@@ -199,6 +200,10 @@ def train(
         int, typer.Option("--epochs", min=1, help="Fine-tuning epochs at most (linear: 30 quick passes).")
     ] = 10,
     input_size: Annotated[int, typer.Option("--input-size", min=32, max=512)] = 128,
+    grayscale: Annotated[
+        float,
+        typer.Option("--grayscale", min=0.0, max=1.0, help="Share of training pictures turned gray (manga pages)."),
+    ] = DEFAULT_GRAYSCALE_P,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     checkpoint: Annotated[
         Path | None, typer.Option("--checkpoint", help="Save progress here each epoch; resume from it if present.")
@@ -213,7 +218,13 @@ def train(
         raise typer.Exit(2) from None
     try:
         config = TrainConfig(
-            backbone=backbone, mode=mode, epochs=epochs, input_size=input_size, seed=seed, ood_weight=0.0
+            backbone=backbone,
+            mode=mode,
+            epochs=epochs,
+            input_size=input_size,
+            grayscale_p=grayscale,
+            seed=seed,
+            ood_weight=0.0,
         )
         train_command(folder, output, start, config, checkpoint, err)
     except KyaraError as exc:
@@ -436,7 +447,7 @@ def cluster(
     output: Annotated[Path, typer.Option("-o", "--output", help="Where the cluster folders go.")],
     threshold: Annotated[
         float | None,
-        typer.Option("--threshold", min=0.01, max=2.0, help="Cosine distance where groups stop merging (0.5)."),
+        typer.Option("--threshold", min=0.01, max=2.0, help="Cosine distance where groups stop merging (0.75)."),
     ] = None,
     min_size: Annotated[int | None, typer.Option("--min-size", min=1, help="Smaller groups go to noise/ (3).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace the clusters of a non-empty output.")] = False,

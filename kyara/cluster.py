@@ -30,8 +30,9 @@ from kyara.errors import ImageError, KyaraError
 from kyara.imageio import load_image
 from kyara.pipeline import Recognizer
 
-DEFAULT_THRESHOLD = 0.5
-"""Cosine distance at which groups stop merging (measured in docs/collection.md)."""
+DEFAULT_THRESHOLD = 0.75
+"""Cosine distance at which groups stop merging, measured in docs/collection.md for fine-tuned
+models (whitened features); a `linear` model's trained layer packs faces tighter (0.5 suits it)."""
 DEFAULT_MIN_SIZE = 3
 MAX_FACES = 20_000
 """Agglomerative clustering keeps every pairwise distance: 20,000 faces take 1.6 GB."""

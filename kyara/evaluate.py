@@ -18,7 +18,7 @@ from PIL import ImageOps
 from tqdm import tqdm
 
 from kyara.bundle import atomic_write_bytes, atomic_write_text
-from kyara.classify import Classifier
+from kyara.classify import Classifier, gallery_prototype
 from kyara.dataset import LabelledFile, labelled_files
 from kyara.errors import ImageError, KyaraError
 from kyara.metrics import expected_calibration_error
@@ -210,12 +210,11 @@ def _few_shot_draw(
         # Enroll the most face-like face of each picture, as a user enrolling a picture would.
         enrolled = np.stack([images[i].colour[int(images[i].detector_scores.argmax())] for i in chosen])
         labels.append(label)
-        prototypes.append(enrolled.mean(axis=0))
+        prototypes.append(gallery_prototype(enrolled, recognizer.bundle.concentration))
         queries += [images[i] for i in members if i not in chosen]
     if not labels:
         raise KyaraError(f"every character has {shots} images or fewer: nothing left to query")
     vectors = np.asarray(prototypes, np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     classifier = Classifier(labels, vectors, recognizer.classifier.temperature, recognizer.classifier.unknown_threshold)
     return _report(classifier, queries, shots, skipped)
 

@@ -60,6 +60,9 @@ class Study:
     seed: int
     store_side: int
     images: dict[str, int]
+    finetuned_embedding: str = "whitened features"
+    """What fine-tuned settings export (kyara/train/readout.py). Studies run before kyara shipped
+    that readout exported the trained layer; their results are not mixed with these."""
 
 
 def grid(
@@ -144,7 +147,7 @@ def run_setting(
     started = time.perf_counter()
     result = train(train_set, val, config)
     seconds = time.perf_counter() - started
-    bundle = package(result.net, result.head, train_set.classes, val, config)
+    bundle = package(result.net, result.head, train_set.classes, train_set, val, config)
     embedder, classifier = Embedder(bundle.onnx, bundle.input_size), Classifier.from_bundle(bundle)
     crops = [Image.fromarray(p) for p in tqdm(test.pixels, desc="test", leave=False)]
     colour = classifier.similarities(embedder.embed(crops))

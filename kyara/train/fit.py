@@ -10,11 +10,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+from torch import nn
 
 import kyara
 from kyara.bundle import ModelBundle
 from kyara.metrics import fit_temperature, threshold_at_acceptance
 from kyara.train.data import LabelledImages, split_by_group
+from kyara.train.readout import fit_readout
 from kyara.train.trainer import (
     EmbeddingNet,
     TrainConfig,
@@ -32,24 +34,51 @@ MIN_IMAGES_PER_CHARACTER = 5
 
 
 def package(
-    net: EmbeddingNet, head: np.ndarray, classes: list[str], val: LabelledImages, config: TrainConfig
+    net: EmbeddingNet,
+    head: np.ndarray,
+    classes: list[str],
+    train_set: LabelledImages,
+    val: LabelledImages,
+    config: TrainConfig,
+    readout: str | None = None,
 ) -> ModelBundle:
-    """Calibrate confidence and the unknown threshold on `val`, export ONNX, bundle it all."""
+    """Export the embedder, calibrate confidence and the unknown threshold on `val`, bundle it all.
+
+    `readout` "layer": the trained layer and head are exported (what a `linear` model does:
+    MoeFlow's method, kept as the baseline). "features": whitened backbone features, each
+    character being the mean of its training faces (kyara/train/readout.py); the default for a
+    fine-tuned network.
+    """
+    readout = readout or ("features" if config.mode == "finetune" else "layer")
+    embedder: nn.Module = net
+    concentration = 1.0
+    if readout == "features":
+        embedder = fit_readout(net, train_set.pixels, config.input_size)
+        head, concentration = class_means(embed_pixels(embedder, train_set.pixels, config.input_size), train_set)
     if len(val.labels):
-        similarities = embed_pixels(net, val.pixels, config.input_size) @ head.T
+        similarities = embed_pixels(embedder, val.pixels, config.input_size) @ head.T
         temperature = fit_temperature(similarities, val.labels)
         threshold = threshold_at_acceptance(similarities.max(axis=1), KNOWN_ACCEPTANCE)
     else:
         temperature, threshold = DEFAULT_TEMPERATURE, 0.0
     return ModelBundle(
-        onnx=export_onnx(net, config.input_size),
+        onnx=export_onnx(embedder, config.input_size),
         labels=classes,
         head=head,
         unknown_threshold=threshold,
         temperature=temperature,
         input_size=config.input_size,
+        concentration=concentration,
         weights=state_to_arrays(net),
     )
+
+
+def class_means(embeddings: np.ndarray, data: LabelledImages) -> tuple[np.ndarray, float]:
+    """Each character's normalised mean embedding, and the median length of those means before
+    normalising (how tightly a character's faces cluster; used for one-picture enrollments)."""
+    means = np.stack([embeddings[data.labels == label].mean(axis=0) for label in range(len(data.classes))])
+    lengths = np.linalg.norm(means, axis=1, keepdims=True)
+    return (means / np.maximum(lengths, 1e-12)).astype(np.float32), float(np.median(lengths))
 
 
 def fit_folders(
@@ -72,7 +101,7 @@ def fit_folders(
         config = replace(config, backbone=backbone, embedding_dim=start.embedding_dim)
     initial = arrays_to_state(start.weights) if start is not None else None
     result = train(data.subset(train_idx), data.subset(val_idx), config, start=initial, checkpoint=checkpoint)
-    bundle = package(result.net, result.head, data.classes, data.subset(val_idx), config)
+    bundle = package(result.net, result.head, data.classes, data.subset(train_idx), data.subset(val_idx), config)
     bundle.metadata = {
         "name": name,
         "version": "1",

@@ -23,7 +23,7 @@ from torch import nn
 from tqdm import tqdm
 
 from kyara.bundle import atomic_write_bytes
-from kyara.train.data import LabelledImages
+from kyara.train.data import DEFAULT_GRAYSCALE_P, LabelledImages
 from kyara.train.nets import BACKBONES
 
 LINEAR_EPOCHS = 30
@@ -46,7 +46,7 @@ class TrainConfig:
     scale: float = 30.0
     ood_batch_size: int = 16
     ood_weight: float = 0.5
-    grayscale_p: float = 0.15
+    grayscale_p: float = DEFAULT_GRAYSCALE_P
     seed: int = 0
     threads: int = 2
 
