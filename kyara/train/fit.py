@@ -53,8 +53,8 @@ def package(
     embedder: nn.Module = net
     concentration = 1.0
     if readout == "features":
-        embedder = fit_readout(net, train_set.pixels, config.input_size)
-        head, concentration = class_means(embed_pixels(embedder, train_set.pixels, config.input_size), train_set)
+        embedder, embeddings = fit_readout(net, train_set.pixels, config.input_size)
+        head, concentration = class_means(embeddings, train_set)
     if len(val.labels):
         similarities = embed_pixels(embedder, val.pixels, config.input_size) @ head.T
         temperature = fit_temperature(similarities, val.labels)

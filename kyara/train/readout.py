@@ -4,7 +4,8 @@ Training shapes the backbone with a cosine-margin head (trainer.py). That head a
 it are fitted to the training characters only, and squeeze every other character towards them:
 with five characters held out of training (docs/heldout-characters.md), the backbone's pooled
 features told the new characters apart far better than the trained 256-d layer (5-shot top-1
-0.92 against 0.88). So the exported embedder is:
+0.93 against 0.87; after enrolling five pictures, 0.90 against 0.75 with every known character
+competing). So the exported embedder is:
 - the unit-length pooled features of the face plus those of its mirror image (a drawing and its
   mirror show the same character);
 - centred, and projected on the top principal axes of the training faces' features, each axis
@@ -51,8 +52,11 @@ def mirrored_features(net: EmbeddingNet, images: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def fit_readout(net: EmbeddingNet, pixels: np.ndarray, size: int, batch_size: int = 128) -> FeatureEmbedder:
-    """The whitening of `net`'s features fitted on the training faces `pixels` (uint8 NHWC)."""
+def fit_readout(
+    net: EmbeddingNet, pixels: np.ndarray, size: int, batch_size: int = 128
+) -> tuple[FeatureEmbedder, np.ndarray]:
+    """The whitening of `net`'s features fitted on the training faces `pixels` (uint8 NHWC), and
+    those faces' embeddings (computed here once, as the features are at hand)."""
     net.eval()
     starts = range(0, len(pixels), batch_size)
     features = torch.cat([mirrored_features(net, preprocess(pixels[i : i + batch_size], size)) for i in starts])
@@ -67,4 +71,6 @@ def fit_readout(net: EmbeddingNet, pixels: np.ndarray, size: int, batch_size: in
     basis = axes / variances.clamp_min(1e-12) ** WHITENING_POWER
     # An eigenvector's sign is arbitrary; fix it so the same data always gives the same model.
     basis = basis * torch.where(basis[basis.abs().argmax(0), torch.arange(keep)] < 0, -1.0, 1.0)
-    return FeatureEmbedder(net, centre.float(), basis.float()).eval()
+    embedder = FeatureEmbedder(net, centre.float(), basis.float()).eval()
+    embeddings = F.normalize((features.float() - embedder.centre) @ embedder.basis, dim=1)
+    return embedder, embeddings.numpy()

@@ -338,10 +338,11 @@ def preprocess(batch: np.ndarray, size: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def embed_pixels(net: EmbeddingNet, pixels: np.ndarray, size: int, batch_size: int = 128) -> np.ndarray:
+def embed_pixels(net: nn.Module, pixels: np.ndarray, size: int, batch_size: int = 128) -> np.ndarray:
+    """Embeddings of uint8 NHWC pixels by an embedder (`EmbeddingNet` or an exported readout)."""
     net.eval()
-    chunks = [net(preprocess(pixels[i : i + batch_size], size)).numpy() for i in range(0, len(pixels), batch_size)]
-    return np.concatenate(chunks) if chunks else np.zeros((0, net.project.out_features), np.float32)
+    starts = range(0, max(1, len(pixels)), batch_size)  # an empty input still yields the dimension
+    return np.concatenate([net(preprocess(pixels[i : i + batch_size], size)).numpy() for i in starts])
 
 
 def accuracy_of(net: EmbeddingNet, head: torch.Tensor, data: LabelledImages, size: int) -> float:
@@ -351,7 +352,7 @@ def accuracy_of(net: EmbeddingNet, head: torch.Tensor, data: LabelledImages, siz
     return float((predictions == data.labels).mean())
 
 
-def export_onnx(net: EmbeddingNet, size: int) -> bytes:
+def export_onnx(net: nn.Module, size: int) -> bytes:
     """The embedder as ONNX: input `image` float32 N x 3 x size x size in [0, 1], RGB."""
     dynamic_axes = {"image": {0: "batch"}, "embedding": {0: "batch"}}
     return onnx_bytes(net, torch.zeros(1, 3, size, size), "embedding", dynamic_axes)
