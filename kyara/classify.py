@@ -3,7 +3,7 @@
 Every character has one or two prototypes: its row of the head if it was trained, and one made from
 its gallery images if pictures of it were enrolled (`gallery_prototype`). A face's score for a
 character is its best similarity with them: a cosine, or for an enrolled character an estimate of
-the cosine to that character's centre (capped at 1).
+the cosine to that character's centre, which can exceed 1 slightly (reported capped at 1).
 Confidence is the softmax of the scores at a temperature fitted on validation data; a face whose
 best similarity is below the bundle's `unknown_threshold` gets no label.
 """
@@ -53,7 +53,7 @@ def gallery_prototype(vectors: np.ndarray, prior: float) -> np.ndarray:
     """
     count, mean = len(vectors), vectors.mean(axis=0)
     if count == 1:
-        return mean / prior
+        return mean / max(prior, MIN_CONCENTRATION)
     squared = (count * float(mean @ mean) - 1) / (count - 1)
     return mean / np.sqrt(max(squared, MIN_CONCENTRATION**2))
 
@@ -91,8 +91,10 @@ class Classifier:
         return cls(labels, prototypes, bundle.temperature, bundle.unknown_threshold, np.asarray(owners, np.int64))
 
     def similarities(self, embeddings: np.ndarray) -> np.ndarray:
-        """Best cosine similarity of each embedding with each label's vectors (N x labels)."""
-        every = np.minimum(embeddings @ self.prototypes.T, 1.0)
+        """Best similarity of each embedding with each label's prototypes (N x labels): a cosine,
+        or for an enrolled character the estimated cosine to its centre (uncapped, so that
+        explanations and rankings keep their differences)."""
+        every = embeddings @ self.prototypes.T
         if len(self._starts) == every.shape[1]:
             return every
         return np.maximum.reduceat(every, self._starts, axis=1)
@@ -117,7 +119,7 @@ class Classifier:
                 Prediction(
                     label=self.labels[best] if known else None,
                     confidence=float(probs[best]),
-                    similarity=float(sims[best]),
+                    similarity=min(float(sims[best]), 1.0),
                     top_k=[Guess(self.labels[i], float(probs[i])) for i in order],
                 )
             )

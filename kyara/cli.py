@@ -202,7 +202,7 @@ def train(
     input_size: Annotated[int, typer.Option("--input-size", min=32, max=512)] = 128,
     grayscale: Annotated[
         float,
-        typer.Option("--grayscale", min=0.0, max=1.0, help="Share of training pictures turned gray (manga pages)."),
+        typer.Option("--grayscale-p", min=0.0, max=1.0, help="Share of training pictures turned gray (manga pages)."),
     ] = DEFAULT_GRAYSCALE_P,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     checkpoint: Annotated[

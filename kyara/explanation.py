@@ -4,8 +4,9 @@ The face crop is shown to the embedder many times with random cells of an 8 x 8 
 under flat grey (with soft edges); a ridge regression of the explained score on which cells were
 visible gives each cell its share of the score. This is RISE (Petsiuk et al., 2018) with the
 average over masks replaced by a regression, which is less noisy for the same number of masks.
-The score is the cosine similarity of the face to a character or, for "why A and not B", the
-similarity to A minus the similarity to B.
+The score is the face's similarity to a character (`Classifier.similarities`: a cosine, or the
+estimated cosine to an enrolled character's centre) or, for "why A and not B", the similarity to
+A minus the similarity to B.
 
 The checks that a map is honest (after Adebayo et al., 2018, "Sanity Checks for Saliency Maps")
 are here too: a deletion curve, and a copy of the model with randomized weights.

@@ -36,6 +36,7 @@ def test_prototype_of_identical_pictures_is_the_picture_and_one_picture_uses_the
     vector = unit(np.arange(1.0, 9.0)[None])[0]
     np.testing.assert_allclose(gallery_prototype(np.stack([vector] * 3), prior=0.5), vector, atol=1e-6)
     np.testing.assert_allclose(gallery_prototype(vector[None], prior=0.5), vector / 0.5)
+    np.testing.assert_allclose(gallery_prototype(vector[None], prior=0.01), vector / MIN_CONCENTRATION)
 
 
 def test_scattered_pictures_cannot_inflate_scores_without_bound():
@@ -43,8 +44,10 @@ def test_scattered_pictures_cannot_inflate_scores_without_bound():
     np.testing.assert_allclose(gallery_prototype(pictures, prior=1.0), pictures.mean(axis=0) / MIN_CONCENTRATION)
 
 
-def test_similarities_are_capped_at_one_and_take_each_labels_best_prototype():
+def test_similarities_take_each_labels_best_prototype_and_predictions_report_at_most_one():
     prototypes = np.array([[2.0, 0.0], [0.0, 1.0], [0.6, 0.8]], np.float32)
     classifier = Classifier(["a", "b"], prototypes, 0.05, 0.5, owners=np.array([0, 1, 1]))
-    similarities = classifier.similarities(np.array([[1.0, 0.0], [0.6, 0.8]], np.float32))
-    np.testing.assert_allclose(similarities, [[1.0, 0.6], [1.0, 1.0]], atol=1e-6)
+    faces = np.array([[1.0, 0.0], [0.6, 0.8]], np.float32)
+    np.testing.assert_allclose(classifier.similarities(faces), [[2.0, 0.6], [1.2, 1.0]], atol=1e-6)
+    first, second = classifier.predict(faces)
+    assert (first.label, first.similarity, second.label, second.similarity) == ("a", 1.0, "a", 1.0)

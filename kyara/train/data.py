@@ -19,9 +19,9 @@ from kyara.errors import ImageError
 from kyara.imageio import list_images, load_image
 
 STORE_SIDE = 144
+"""Pixels are kept at this side so random crops to the model's input size still have room."""
 DEFAULT_GRAYSCALE_P = 0.15
 """Share of training pictures turned gray by default, so manga pages are not wholly foreign."""
-"""Pixels are kept at this side so random crops to the model's input size still have room."""
 
 
 @dataclass

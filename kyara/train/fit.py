@@ -14,6 +14,7 @@ from torch import nn
 
 import kyara
 from kyara.bundle import ModelBundle
+from kyara.classify import MIN_CONCENTRATION
 from kyara.metrics import fit_temperature, threshold_at_acceptance
 from kyara.train.data import LabelledImages, split_by_group
 from kyara.train.readout import fit_readout
@@ -74,11 +75,20 @@ def package(
 
 
 def class_means(embeddings: np.ndarray, data: LabelledImages) -> tuple[np.ndarray, float]:
-    """Each character's normalised mean embedding, and the median length of those means before
-    normalising (how tightly a character's faces cluster; used for one-picture enrollments)."""
-    means = np.stack([embeddings[data.labels == label].mean(axis=0) for label in range(len(data.classes))])
-    lengths = np.linalg.norm(means, axis=1, keepdims=True)
-    return (means / np.maximum(lengths, 1e-12)).astype(np.float32), float(np.median(lengths))
+    """Each character's normalised mean embedding, and the median estimated length of its true
+    mean (how tightly a character's faces cluster; used for one-picture enrollments)."""
+    means, lengths = [], []
+    for label, name in enumerate(data.classes):
+        members = embeddings[data.labels == label]
+        if len(members) == 0:
+            raise kyara.KyaraError(f"{name}: no training picture left after the validation split; add pictures")
+        mean = members.mean(axis=0)
+        means.append(mean / max(float(np.linalg.norm(mean)), 1e-12))
+        # The length of a mean of n unit vectors runs high by (1 - r^2) / n (classify.gallery_prototype).
+        count = len(members)
+        squared = (count * float(mean @ mean) - 1) / (count - 1) if count > 1 else float(mean @ mean)
+        lengths.append(float(np.sqrt(min(max(squared, MIN_CONCENTRATION**2), 1.0))))
+    return np.asarray(means, np.float32), float(np.median(lengths))
 
 
 def fit_folders(

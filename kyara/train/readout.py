@@ -69,6 +69,9 @@ def fit_readout(
     keep = min(READOUT_DIM, len(variances))
     variances, axes = variances.flip(0)[:keep], axes.flip(1)[:, :keep]
     basis = axes / variances.clamp_min(1e-12) ** WHITENING_POWER
+    # With fewer faces than dimensions, the last axes only span the shrinkage: they are arbitrary
+    # and whitening would inflate them, so they get no weight (the embedding keeps its size).
+    basis[:, variances <= 1.5 * SHRINKAGE * spread] = 0.0
     # An eigenvector's sign is arbitrary; fix it so the same data always gives the same model.
     basis = basis * torch.where(basis[basis.abs().argmax(0), torch.arange(keep)] < 0, -1.0, 1.0)
     embedder = FeatureEmbedder(net, centre.float(), basis.float()).eval()

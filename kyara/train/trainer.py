@@ -1,7 +1,8 @@
 """Fine-tune a backbone into an anime-face embedder with a cosine-margin head (CosFace).
 
-The head's rows are unit vectors in the embedding space, so trained characters and characters
-enrolled later from a few images are compared the same way: by cosine similarity. Optional outlier
+The head's rows are unit vectors in the embedding space of the trained layer. A `linear` model
+ships that layer and head; a fine-tuned one ships whitened backbone features instead
+(readout.py). Optional outlier
 exposure (faces of other characters pushed towards a uniform prediction) teaches the model to give
 low similarity to characters it does not know.
 """
