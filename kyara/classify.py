@@ -41,21 +41,24 @@ MIN_CONCENTRATION = 0.3
 must not inflate its scores without bound."""
 
 
-def gallery_prototype(vectors: np.ndarray, prior: float) -> np.ndarray:
-    """The prototype of a character enrolled from unit `vectors`: their mean, divided by the
-    estimated length r of the character's true mean, so that its dot product with a face
-    estimates the cosine to the character's centre.
+def estimated_concentration(vectors: np.ndarray, prior: float) -> float:
+    """The length r of the true mean of the unit `vectors`' distribution, estimated from them.
 
-    The plain cosine to the mean of n pictures is biased low when n is small (the mean of n unit
-    vectors has expected squared length r^2 + (1 - r^2) / n), so characters enrolled from five
-    pictures lost to trained ones. r^2 is estimated from the pictures themselves; from one
-    picture it cannot be, and `prior` (the model's typical r) is used instead.
+    The mean of n unit vectors has expected squared length r^2 + (1 - r^2) / n, so its own
+    length runs high when n is small. From one vector r cannot be estimated: `prior` is used.
     """
     count, mean = len(vectors), vectors.mean(axis=0)
-    if count == 1:
-        return mean / max(prior, MIN_CONCENTRATION)
-    squared = (count * float(mean @ mean) - 1) / (count - 1)
-    return mean / np.sqrt(max(squared, MIN_CONCENTRATION**2))
+    squared = (count * float(mean @ mean) - 1) / (count - 1) if count > 1 else prior**2
+    return float(np.sqrt(min(max(squared, MIN_CONCENTRATION**2), 1.0)))
+
+
+def gallery_prototype(vectors: np.ndarray, prior: float) -> np.ndarray:
+    """The prototype of a character enrolled from unit `vectors`: their mean, divided by the
+    estimated length of the character's true mean, so that its dot product with a face
+    estimates the cosine to the character's centre. The plain cosine to the mean of n pictures
+    is biased low when n is small, so characters enrolled from five pictures lost to trained
+    ones. `prior` is the model's typical concentration, for a single picture."""
+    return vectors.mean(axis=0) / estimated_concentration(vectors, prior)
 
 
 class Classifier:

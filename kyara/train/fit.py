@@ -14,7 +14,7 @@ from torch import nn
 
 import kyara
 from kyara.bundle import ModelBundle
-from kyara.classify import MIN_CONCENTRATION
+from kyara.classify import estimated_concentration
 from kyara.metrics import fit_temperature, threshold_at_acceptance
 from kyara.train.data import LabelledImages, split_by_group
 from kyara.train.readout import fit_readout
@@ -84,10 +84,7 @@ def class_means(embeddings: np.ndarray, data: LabelledImages) -> tuple[np.ndarra
             raise kyara.KyaraError(f"{name}: no training picture left after the validation split; add pictures")
         mean = members.mean(axis=0)
         means.append(mean / max(float(np.linalg.norm(mean)), 1e-12))
-        # The length of a mean of n unit vectors runs high by (1 - r^2) / n (classify.gallery_prototype).
-        count = len(members)
-        squared = (count * float(mean @ mean) - 1) / (count - 1) if count > 1 else float(mean @ mean)
-        lengths.append(float(np.sqrt(min(max(squared, MIN_CONCENTRATION**2), 1.0))))
+        lengths.append(estimated_concentration(members, prior=1.0))
     return np.asarray(means, np.float32), float(np.median(lengths))
 
 

@@ -40,7 +40,11 @@ class FeatureEmbedder(nn.Module):
         self.register_buffer("basis", basis)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return F.normalize((mirrored_features(self.net, images) - self.centre) @ self.basis, dim=1)
+        return self.whiten(mirrored_features(self.net, images))
+
+    def whiten(self, features: torch.Tensor) -> torch.Tensor:
+        """Mirrored pooled features -> the unit-length embedding."""
+        return F.normalize((features - self.centre) @ self.basis, dim=1)
 
 
 def mirrored_features(net: EmbeddingNet, images: torch.Tensor) -> torch.Tensor:
@@ -75,5 +79,4 @@ def fit_readout(
     # An eigenvector's sign is arbitrary; fix it so the same data always gives the same model.
     basis = basis * torch.where(basis[basis.abs().argmax(0), torch.arange(keep)] < 0, -1.0, 1.0)
     embedder = FeatureEmbedder(net, centre.float(), basis.float()).eval()
-    embeddings = F.normalize((features.float() - embedder.centre) @ embedder.basis, dim=1)
-    return embedder, embeddings.numpy()
+    return embedder, embedder.whiten(features.float()).numpy()
