@@ -162,21 +162,23 @@ def evaluate(
     as_json: JsonFlag = False,
 ) -> None:
     """Measure a model on labelled folders: top-1/top-5, macro-F1, per character, grayscale, calibration."""
+    from kyara.evaluate import check_report_folder, evaluate_few_shot, write_report
     from kyara.evaluate import evaluate as run_evaluation
-    from kyara.evaluate import evaluate_few_shot, write_report
     from kyara.pipeline import Recognizer
 
     try:
+        if report:
+            check_report_folder(report)
         recognizer = Recognizer(model)
         if shots:
             result = evaluate_few_shot(recognizer, folder, shots, repeats, seed)
         else:
             result = run_evaluation(recognizer, folder)
+        if report:
+            write_report(result, report, title=f"{recognizer.bundle.name} on {', '.join(map(str, folder))}")
     except KyaraError as exc:
         err.print(f"[red]error[/red] {exc}", highlight=False)
         raise typer.Exit(2) from None
-    if report:
-        write_report(result, report, title=f"{recognizer.bundle.name} on {', '.join(map(str, folder))}")
     _summarise(
         [s["error"] for s in result.skipped],
         result.to_dict() if as_json else None,
@@ -189,7 +191,14 @@ def evaluate(
 def train(
     folder: Annotated[list[Path], typer.Argument(help="One folder per character: face crops or full illustrations.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the .kyara model.")],
-    mode: Annotated[str, typer.Option("--mode", help="finetune (default) or linear (frozen backbone).")] = "finetune",
+    mode: Annotated[
+        str,
+        typer.Option(
+            "--mode",
+            help="finetune (default) or linear: frozen backbone; a new layer and softmax head learn on its "
+            "cached features (the MoeFlow baseline).",
+        ),
+    ] = "finetune",
     start: Annotated[
         str, typer.Option("--from", help="'default' (the built-in anime model), 'imagenet', or a .kyara path.")
     ] = "default",
@@ -259,14 +268,24 @@ def compare(
     try:
         chosen_backbones, chosen_modes = _choices(backbones, BACKBONES), _choices(modes, ("linear", "finetune"))
         chosen_sizes = [int(size) for size in sizes.split(",")]
+        if not all(32 <= size <= 512 for size in chosen_sizes):
+            raise ValueError(f"input sizes must be 32 to 512 px, got {sizes}")
         gray = {"off": [False], "on": [True], "both": [False, True]}[grayscale]
     except (ValueError, KeyError) as exc:
         err.print(f"[red]error[/red] bad grid option: {exc}", highlight=False)
         raise typer.Exit(2) from None
     settings = grid(chosen_backbones, chosen_modes, chosen_sizes, gray)
-    rows = _or_exit(lambda: run_comparison(folder, report, settings, epochs, per_character, seed, get_detector()))
+    rows = _or_exit(
+        lambda: run_comparison(
+            folder, report, settings, epochs, per_character, seed, get_detector(), warn=_warn_on_stderr
+        )
+    )
     best = max(rows, key=lambda r: r["top1"])
     print(f"{len(rows)} settings measured; best top-1 {best['top1']:.4f}; see {report / 'experiments.md'}")
+
+
+def _warn_on_stderr(message: str) -> None:
+    err.print(f"[yellow]warning[/yellow] {message}", highlight=False)
 
 
 def _choices(listed: str, allowed) -> list[str]:
@@ -293,7 +312,8 @@ def crop(
     if not source.is_dir():
         err.print(f"[red]error[/red] {source}: not a folder", highlight=False)
         raise typer.Exit(2)
-    summary = crop_folder(source, target, _or_exit(get_detector), margin, size, dedupe)
+    detector = _or_exit(get_detector)
+    summary = _or_exit(lambda: crop_folder(source, target, detector, margin, size, dedupe))
     _summarise(
         summary.unreadable,
         summary.to_dict() if as_json else None,

@@ -22,7 +22,7 @@ from kyara import __version__ as kyara_version
 from kyara.bundle import atomic_write_bytes
 from kyara.dedupe import NEAR_DUPLICATE_BITS, phash
 from kyara.detection import DetectedFace, Detector
-from kyara.errors import ImageError
+from kyara.errors import ImageError, KyaraError
 from kyara.imageio import list_images, load_image
 from kyara.pipeline import CROP_MARGIN, face_crop
 
@@ -106,7 +106,9 @@ def crop_folder(
     (one per character), as `size` px PNGs; near-duplicate faces within a folder are dropped."""
     summary = CropSummary()
     seen: dict[Path, list[np.ndarray]] = {}
-    for path in tqdm(list_images(source), desc="cropping"):
+    written = target.resolve()  # a target inside the source: earlier crops are not input
+    pictures = [path for path in list_images(source) if not path.resolve().is_relative_to(written)]
+    for path in tqdm(pictures, desc="cropping"):
         summary.images += 1
         try:
             image = load_image(path)
@@ -130,6 +132,9 @@ def crop_folder(
             folder_hashes.append(bits)
             buffer = io.BytesIO()
             crop.save(buffer, "PNG")
-            atomic_write_bytes(destination, buffer.getvalue())
+            try:
+                atomic_write_bytes(destination, buffer.getvalue())
+            except OSError as exc:
+                raise KyaraError(f"cannot write {destination}: {exc}") from exc
             summary.written += 1
     return summary

@@ -17,9 +17,9 @@ import numpy as np
 from PIL import ImageOps
 from tqdm import tqdm
 
-from kyara.bundle import atomic_write_bytes, atomic_write_text
+from kyara.bundle import atomic_write_bytes
 from kyara.classify import Classifier, gallery_prototype
-from kyara.dataset import LabelledFile, labelled_files
+from kyara.dataset import LabelledFile, character_folders, labelled_files
 from kyara.errors import ImageError, KyaraError
 from kyara.metrics import expected_calibration_error
 from kyara.pipeline import Recognizer, input_crops
@@ -50,6 +50,8 @@ class Report:
     ece: float
     confusion: dict[str, dict[str, int]] = field(default_factory=dict)
     reliability: list[dict[str, float]] = field(default_factory=list)
+    grayscale_confusion: dict[str, dict[str, int]] = field(default_factory=dict)
+    grayscale_reliability: list[dict[str, float]] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -123,8 +125,45 @@ def _report(classifier: Classifier, images: Sequence[EmbeddedImage], shots: int 
     if not images:
         raise KyaraError("no readable images to evaluate")
     probabilities, truth = _score(classifier, images, gray=False)
-    gray_probabilities, _ = _score(classifier, images, gray=True)
-    predicted = [classifier.labels[i] for i in probabilities.argmax(axis=1)]
+    colour = _figures(probabilities, truth, classifier.labels)
+    gray = _figures(_score(classifier, images, gray=True)[0], truth, classifier.labels)
+    return Report(
+        n=len(images),
+        top1=colour.top1,
+        top5=colour.top5,
+        macro_f1=colour.macro_f1,
+        per_class=colour.per_class,
+        grayscale={
+            "top1": gray.top1,
+            "top5": gray.top5,
+            "macro_f1": gray.macro_f1,
+            "ece": gray.ece,
+            "per_class": gray.per_class,
+        },
+        shots=shots,
+        coverage=float(np.mean([image.face_found for image in images])),
+        ece=colour.ece,
+        confusion=colour.confusion,
+        reliability=colour.reliability,
+        grayscale_confusion=gray.confusion,
+        grayscale_reliability=gray.reliability,
+        skipped=skipped,
+    )
+
+
+@dataclass
+class _Figures:
+    top1: float
+    top5: float
+    macro_f1: float
+    per_class: dict[str, float]
+    ece: float
+    confusion: dict[str, dict[str, int]]
+    reliability: list[dict[str, float]]
+
+
+def _figures(probabilities: np.ndarray, truth: list[str], labels: Sequence[str]) -> _Figures:
+    predicted = [labels[i] for i in probabilities.argmax(axis=1)]
     classes = sorted(set(truth))
     correct = np.array([p == t for p, t in zip(predicted, truth)])
     confidence = probabilities.max(axis=1)
@@ -143,22 +182,14 @@ def _report(classifier: Classifier, images: Sequence[EmbeddedImage], shots: int 
         for lo, hi in itertools.pairwise(edges)
         if (m := (confidence >= lo) & (confidence < hi if hi < 1 else confidence <= hi)).any()
     ]
-    return Report(
-        n=len(images),
-        top1=_accuracy(probabilities, truth, classifier.labels, 1),
-        top5=_accuracy(probabilities, truth, classifier.labels, 5),
+    return _Figures(
+        top1=_accuracy(probabilities, truth, labels, 1),
+        top5=_accuracy(probabilities, truth, labels, 5),
         macro_f1=macro_f1(truth, predicted, classes),
         per_class={name: float(correct[[t == name for t in truth]].mean()) for name in classes},
-        grayscale={
-            "top1": _accuracy(gray_probabilities, truth, classifier.labels, 1),
-            "top5": _accuracy(gray_probabilities, truth, classifier.labels, 5),
-        },
-        shots=shots,
-        coverage=float(np.mean([image.face_found for image in images])),
         ece=expected_calibration_error(confidence, correct),
         confusion=confusion,
         reliability=reliability,
-        skipped=skipped,
     )
 
 
@@ -168,8 +199,16 @@ def report_for(classifier: Classifier, images: Sequence[EmbeddedImage]) -> Repor
 
 
 def _embed_folders(recognizer: Recognizer, folder: Path | Sequence[Path]) -> tuple[list[EmbeddedImage], list[dict]]:
-    roots = [folder] if isinstance(folder, Path | str) else list(folder)
-    return embed_files(recognizer, labelled_files([Path(r) for r in roots]))
+    roots = [Path(r) for r in ([folder] if isinstance(folder, Path | str) else folder)]
+    files = labelled_files(roots)
+    present = {file.label for file in files}
+    empty = [
+        {"path": str(character), "error": f"{character}: no images, character left out"}
+        for character in character_folders(roots)
+        if character.name not in present
+    ]
+    images, skipped = embed_files(recognizer, files)
+    return images, empty + skipped
 
 
 def evaluate(recognizer: Recognizer, folder: Path | Sequence[Path]) -> Report:
@@ -187,12 +226,26 @@ def evaluate_few_shot(
     Figures are averaged over `repeats` draws; per-class figures and plots come from the first.
     """
     images, skipped = _embed_folders(recognizer, folder)
+    skipped += _too_few_to_query(images, shots)
     reports = [_few_shot_draw(recognizer, images, shots, seed + r, skipped) for r in range(repeats)]
     first = reports[0]
     for name in ("top1", "top5", "macro_f1", "ece"):
         setattr(first, name, float(np.mean([getattr(r, name) for r in reports])))
-    first.grayscale = {k: float(np.mean([r.grayscale[k] for r in reports])) for k in first.grayscale}
+    for name in ("top1", "top5", "macro_f1", "ece"):
+        first.grayscale[name] = float(np.mean([r.grayscale[name] for r in reports]))
     return first
+
+
+def _too_few_to_query(images: list[EmbeddedImage], shots: int) -> list[dict[str, str]]:
+    """Characters left out of a few-shot draw: enrolling `shots` pictures would leave none to query."""
+    folders: dict[str, list[Path]] = {}
+    for image in images:
+        folders.setdefault(image.file.label, []).append(image.file.path.parent)
+    return [
+        {"path": str(paths[0]), "error": f"{label}: {len(paths)} image(s), none left to query after {shots} shots"}
+        for label, paths in sorted(folders.items())
+        if len(paths) <= shots
+    ]
 
 
 def _few_shot_draw(
@@ -220,40 +273,68 @@ def _few_shot_draw(
 
 
 def write_report(report: Report, folder: Path, title: str = "kyara evaluation") -> list[Path]:
-    """report.json, report.md, confusion.png and reliability.png in `folder`."""
-    written = [folder / "report.json", folder / "report.md", folder / "confusion.png", folder / "reliability.png"]
-    atomic_write_text(written[0], json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n")
-    atomic_write_text(written[1], _markdown(report, title))
-    atomic_write_bytes(written[2], _plot_confusion(report))
-    atomic_write_bytes(written[3], _plot_reliability(report))
-    return written
+    """report.json, report.md, and confusion and reliability plots, in colour and on grayscale
+    copies (`-gray.png`), in `folder`."""
+    check_report_folder(folder)
+    gray = report.grayscale
+    files = {
+        "report.json": (json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n").encode(),
+        "report.md": _markdown(report, title).encode(),
+        "confusion.png": _plot_confusion(report.confusion, f"top-1 {report.top1:.3f}"),
+        "reliability.png": _plot_reliability(report.reliability, f"ECE {report.ece:.3f}"),
+        "confusion-gray.png": _plot_confusion(
+            report.grayscale_confusion, f"grayscale copies, top-1 {gray['top1']:.3f}"
+        ),
+        "reliability-gray.png": _plot_reliability(report.grayscale_reliability, f"grayscale, ECE {gray['ece']:.3f}"),
+    }
+    try:
+        for name, data in files.items():
+            atomic_write_bytes(folder / name, data)
+    except OSError as exc:
+        raise KyaraError(f"cannot write the report in {folder}: {exc}") from exc
+    return [folder / name for name in files]
+
+
+def check_report_folder(folder: Path) -> None:
+    """Fail before a long evaluation, not after it: plots need matplotlib, files a folder."""
+    try:
+        pyplot()
+    except ImportError as exc:
+        raise KyaraError(f"report plots need the report extra: pip install 'kyara[report]' ({exc})") from exc
+    if folder.exists() and not folder.is_dir():
+        raise KyaraError(f"{folder} is a file; give a folder for the report")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise KyaraError(f"cannot create the report folder {folder}: {exc}") from exc
 
 
 def _markdown(report: Report, title: str) -> str:
+    gray = report.grayscale
     lines = [
         f"# {title}",
         "",
         f"- images: {report.n} (faces found in {report.coverage:.1%})"
         + (f", {report.shots} shots" if report.shots else ""),
         f"- top-1 {report.top1:.4f}, top-5 {report.top5:.4f}, macro-F1 {report.macro_f1:.4f}, ECE {report.ece:.4f}",
-        f"- grayscale: top-1 {report.grayscale['top1']:.4f}, top-5 {report.grayscale['top5']:.4f}",
+        f"- grayscale copies: top-1 {gray['top1']:.4f}, top-5 {gray['top5']:.4f}, macro-F1 {gray['macro_f1']:.4f}",
         "",
-        "| character | accuracy | most often mistaken for |",
-        "| --- | --- | --- |",
+        "| character | accuracy | grayscale | most often mistaken for |",
+        "| --- | --- | --- | --- |",
     ]
     for name, accuracy in sorted(report.per_class.items(), key=lambda item: item[1]):
         wrong = {p: c for p, c in report.confusion.get(name, {}).items() if p != name}
         mistaken = ", ".join(f"{p} ({c})" for p, c in sorted(wrong.items(), key=lambda x: -x[1])[:2]) or "-"
-        lines.append(f"| {name} | {accuracy:.3f} | {mistaken} |")
+        lines.append(f"| {name} | {accuracy:.3f} | {gray['per_class'][name]:.3f} | {mistaken} |")
     return "\n".join(lines) + "\n"
 
 
-def _plot_confusion(report: Report) -> bytes:
+def _plot_confusion(confusion: dict[str, dict[str, int]], caption: str) -> bytes:
     plt = pyplot()
 
-    classes = sorted(report.per_class)
-    columns = classes + sorted({p for row in report.confusion.values() for p in row} - set(classes))
-    matrix = np.array([[report.confusion[t].get(p, 0) for p in columns] for t in classes], float)
+    classes = sorted(confusion)
+    columns = classes + sorted({p for row in confusion.values() for p in row} - set(classes))
+    matrix = np.array([[confusion[t].get(p, 0) for p in columns] for t in classes], float)
     matrix /= np.maximum(matrix.sum(axis=1, keepdims=True), 1)
     size = max(6, 0.32 * len(columns))
     figure, axes = plt.subplots(figsize=(size, size * len(classes) / len(columns) + 1))
@@ -262,22 +343,20 @@ def _plot_confusion(report: Report) -> bytes:
     axes.set_yticks(range(len(classes)), classes, fontsize=7)
     axes.set_xlabel("predicted")
     axes.set_ylabel("true")
-    axes.set_title(f"confusion (row-normalised), top-1 {report.top1:.3f}")
+    axes.set_title(f"confusion (row-normalised), {caption}")
     figure.tight_layout()
     return png(figure)
 
 
-def _plot_reliability(report: Report) -> bytes:
+def _plot_reliability(reliability: list[dict[str, float]], caption: str) -> bytes:
     plt = pyplot()
 
     figure, axes = plt.subplots(figsize=(4.5, 4.5))
     axes.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
-    axes.plot(
-        [b["confidence"] for b in report.reliability], [b["accuracy"] for b in report.reliability], "o-", label="kyara"
-    )
+    axes.plot([b["confidence"] for b in reliability], [b["accuracy"] for b in reliability], "o-", label="kyara")
     axes.set_xlabel("confidence")
     axes.set_ylabel("accuracy")
-    axes.set_title(f"reliability (ECE {report.ece:.3f})")
+    axes.set_title(f"reliability ({caption})")
     axes.legend()
     figure.tight_layout()
     return png(figure)

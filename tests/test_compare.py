@@ -22,6 +22,7 @@ def two_characters(tmp_path_factory) -> Path:
         (root / name).mkdir()
         for path in sorted(data_path("holoen-faces", name).iterdir())[:40]:
             shutil.copy(path, root / name / path.name)
+    (root / "ina" / "broken.png").write_bytes(b"not a picture")
     return root
 
 
@@ -48,6 +49,7 @@ def test_compare_measures_each_setting_and_resumes(two_characters, tmp_path):
     report = tmp_path / "report"
     first = runner.invoke(app, compare_args(two_characters, report))
     assert first.exit_code == 0, first.output
+    assert "broken.png" in first.stderr
     document = json.loads((report / "experiments.json").read_text())
     assert document["study"]["images"]["characters"] == 2
     rows = document["results"]
@@ -69,6 +71,9 @@ def test_compare_measures_each_setting_and_resumes(two_characters, tmp_path):
 def test_compare_rejects_unknown_grid_values(two_characters, tmp_path):
     result = runner.invoke(app, [*compare_args(two_characters, tmp_path / "r"), "--modes", "magic"])
     assert result.exit_code == 2 and "magic" in result.stderr
+    result = runner.invoke(app, [*compare_args(two_characters, tmp_path / "r"), "--sizes", "96,0"])
+    assert result.exit_code == 2 and "32 to 512" in result.stderr
+    assert not (tmp_path / "r").exists()
 
 
 def test_with_classes_relabels_in_the_given_order():

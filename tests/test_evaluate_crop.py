@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import pytest
 from typer.testing import CliRunner
 
 from kyara.cli import app
@@ -31,8 +32,13 @@ def test_evaluate_json_and_report(tmp_path, held_out_files):
     assert report["top1"] >= 0.7 and report["top5"] >= report["top1"]
     assert set(report["per_class"]) == {"gura", "fuwawa", "mococo"}
     assert "truncated.jpg" in result.stderr
-    for name in ("report.json", "report.md", "confusion.png", "reliability.png"):
-        assert (tmp_path / "report" / name).stat().st_size > 100
+    gray = report["grayscale"]
+    assert 0.2 <= gray["top1"] <= gray["top5"] <= 1 and set(gray["per_class"]) == set(report["per_class"])
+    assert gray["top1"] == pytest.approx(sum(gray["per_class"].values()) / 3)  # six pictures each
+    for name in ("confusion.png", "reliability.png", "confusion-gray.png", "reliability-gray.png"):
+        assert (tmp_path / "report" / name).read_bytes().startswith(b"\x89PNG")
+    assert json.loads((tmp_path / "report" / "report.json").read_text())["grayscale"] == gray
+    assert "| grayscale |" in (tmp_path / "report" / "report.md").read_text()
 
 
 def test_few_shot_on_unseen_characters(tmp_path):
@@ -65,3 +71,27 @@ def test_crop_writes_faces_and_drops_duplicates(tmp_path, monkeypatch):
     written = sorted((tmp_path / "faces" / "Yagami Kou (八神)").iterdir())
     assert len(written) == summary["written"] and written[0].suffix == ".png"
     assert not list((tmp_path / "faces").rglob("*.tmp"))
+
+
+def test_crop_margin_sets_the_context_and_a_target_inside_the_source_is_not_input(tmp_path, monkeypatch):
+    import numpy as np
+    from PIL import Image
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    crops = {}
+    for margin in ("1.0", "2.0"):
+        raw = tmp_path / f"raw-{margin}"
+        (raw / "kou").mkdir(parents=True)
+        shutil.copy(data_path("newgame-illustrations", "yagami_kou") / "1.jpg", raw / "kou" / "a.jpg")
+        target = raw / "faces"  # inside the source, on purpose
+        for _ in range(2):  # the second run must not crop the first run's crops
+            result = runner.invoke(app, ["crop", str(raw), str(target), "--margin", margin, "--json"])
+            assert result.exit_code == 0, result.output
+            assert json.loads(result.stdout)["images"] == 1
+        crops[margin] = np.asarray(Image.open(target / "kou" / "a.jpg-1.png").convert("L"), float)
+    tight, wide = crops["1.0"], crops["2.0"]
+    side = wide.shape[0]
+    centre = Image.fromarray(wide[side // 4 : 3 * side // 4, side // 4 : 3 * side // 4].astype(np.uint8))
+    centre = np.asarray(centre.resize(tight.shape[::-1]), float)
+    # Twice the margin: the face fills the middle half of the wide crop.
+    assert np.abs(centre - tight).mean() < 0.5 * np.abs(wide - tight).mean()

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
@@ -32,33 +33,56 @@ def odd_dataset(tmp_path_factory):
     return root
 
 
-def test_train_linear_on_odd_folders(odd_dataset, tmp_path):
-    output = tmp_path / "out" / "mine.kyara"
-    result = runner.invoke(
-        app,
-        [
-            "train",
-            str(odd_dataset),
-            "-o",
-            str(output),
-            "--mode",
-            "linear",
-            "--from",
-            "imagenet",
-            "--epochs",
-            "2",
-            "--input-size",
-            "64",
-        ],
-    )
+@pytest.fixture(scope="module")
+def odd_model(odd_dataset, tmp_path_factory):
+    """A linear model trained by the CLI on the odd folders, with its command's result."""
+    output = tmp_path_factory.mktemp("model") / "new folder" / "mine.kyara"
+    arguments = [str(odd_dataset), "-o", str(output), "--mode", "linear", "--from", "imagenet", "--input-size", "64"]
+    return output, runner.invoke(app, ["train", *arguments])
+
+
+def test_train_linear_on_odd_folders(odd_model, odd_dataset):
+    output, result = odd_model
     assert result.exit_code == 0, result.output
     assert "broken.jpg" in result.stderr and "empty" in result.stderr and "only 1 image" in result.stderr
     model = load_bundle(output)
     assert model.labels == ["Ninomae Ina'nis (イナ)", "gura [shark] ü", "lonely one"]
     assert model.input_size == 64 and model.weights
     recognizer = Recognizer(output)
-    ina = sorted((odd_dataset / "Ninomae Ina'nis (イナ)").glob("*.jpg"))[0]
-    assert recognizer.recognize_crop(ina).top_k[0].label in model.labels
+    unseen = {"Ninomae Ina'nis (イナ)": "ina", "gura [shark] ü": "gura"}
+    right = [
+        recognizer.recognize_crop(path).top_k[0].label == folder
+        for folder, source in unseen.items()
+        for path in sorted(data_path("holoen-faces", source).iterdir())[100:120]
+    ]
+    assert np.mean(right) >= 0.8
+
+
+def test_evaluate_reports_odd_folders_one_image_and_empty(odd_model, odd_dataset, tmp_path):
+    output, _ = odd_model
+    result = runner.invoke(app, ["evaluate", str(odd_dataset), "--model", str(output), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert set(report["per_class"]) == {"Ninomae Ina'nis (イナ)", "gura [shark] ü", "lonely one"}
+    assert set(report["grayscale"]["per_class"]) == set(report["per_class"])
+    assert report["n"] == 24 + 24 + 1
+    assert "broken.jpg" in result.stderr and "empty: no images" in result.stderr
+
+
+def test_train_refuses_bad_settings_before_reading_pictures(odd_dataset, tmp_path):
+    a_folder = tmp_path / "taken"
+    a_folder.mkdir()
+    cases = [
+        (["-o", str(a_folder)], "is a folder"),
+        (["-o", str(tmp_path / "m.kyara"), "--mode", "linear", "--checkpoint", str(tmp_path / "c.pt")], "finetune"),
+        (["-o", str(tmp_path / "m.kyara"), "--mode", "fast"], "unknown mode"),
+        (["-o", str(tmp_path / "m.kyara"), "--from", str(tmp_path / "missing.kyara")], "missing.kyara"),
+    ]
+    for options, message in cases:
+        result = runner.invoke(app, ["train", str(odd_dataset), *options])
+        assert result.exit_code == 2 and message in result.stderr, (options, result.output)
+        assert "ina" not in result.stderr.lower()  # refused before any folder was read
+    assert not (tmp_path / "m.kyara").exists()
 
 
 def test_train_refuses_a_single_character(tmp_path):
@@ -98,3 +122,69 @@ def test_finetuned_model_exports_mirror_invariant_whitened_features(tmp_path):
     np.testing.assert_allclose(vectors, mirrored, atol=1e-4)
     predicted = Classifier.from_bundle(bundle).similarities(vectors).argmax(axis=1)
     assert (predicted == data.labels[np.arange(0, len(data.labels), 4)]).mean() >= 0.9
+
+
+def test_an_interrupted_finetune_resumes_to_the_same_network(tmp_path, monkeypatch):
+    import torch
+
+    from kyara.errors import KyaraError
+    from kyara.train import trainer
+    from kyara.train.data import load_folders
+    from kyara.train.trainer import TrainConfig, train
+
+    for name in ("ina", "gura"):
+        (tmp_path / "faces" / name).mkdir(parents=True)
+        for path in sorted(data_path("holoen-faces", name).iterdir())[:12]:
+            shutil.copy(path, tmp_path / "faces" / name / path.name)
+    data = load_folders([tmp_path / "faces"])
+    config = TrainConfig(epochs=2, input_size=64, batch_size=8, ood_weight=0.0)
+    checkpoint = tmp_path / "run.pt"
+    no_validation = data.subset(np.arange(0))  # so the last epoch is kept, not the best
+    whole = train(data, no_validation, config)
+
+    save = trainer._save_checkpoint
+
+    def save_then_stop(*args):
+        save(*args)
+        raise KeyboardInterrupt  # killed once the first epoch is saved
+
+    monkeypatch.setattr(trainer, "_save_checkpoint", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        train(data, no_validation, config, checkpoint=checkpoint)
+    monkeypatch.setattr(trainer, "_save_checkpoint", save)
+    resumed = train(data, no_validation, config, checkpoint=checkpoint)
+    assert [h["epoch"] for h in resumed.history] == [1, 2]
+    for name, value in whole.net.state_dict().items():
+        torch.testing.assert_close(resumed.net.state_dict()[name], value, msg=name)
+
+    with pytest.raises(KyaraError, match="other settings, characters or pictures"):
+        train(data.subset(np.arange(len(data.labels) - 1)), data, config, checkpoint=checkpoint)
+    checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
+    with pytest.raises(KyaraError, match="not a readable kyara checkpoint"):
+        train(data, data, config, checkpoint=checkpoint)
+
+
+def test_illustrations_are_reduced_to_faces_once_then_from_the_cache(tmp_path, monkeypatch):
+    from kyara.detection import get_detector
+    from kyara.train.data import load_folders
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    for name in ("yagami_kou", "suzukaze_aoba"):
+        (tmp_path / "raw" / name).mkdir(parents=True)
+        for path in sorted(data_path("newgame-illustrations", name).iterdir())[:3]:
+            shutil.copy(path, tmp_path / "raw" / name / path.name)
+    detector = get_detector()
+    calls = []
+    detect = detector.detect
+    monkeypatch.setattr(detector, "detect", lambda image: calls.append(1) or detect(image))
+    first = load_folders([tmp_path / "raw"], detector=detector)
+    assert len(calls) == 6  # full illustrations, not taken for face crops
+    assert len(first.labels) + len(first.skipped) == 6 and len(first.labels) >= 4
+    assert first.pixels.shape[1:] == (144, 144, 3)
+
+    def no_detection(image):
+        raise AssertionError("detected again despite the cache")
+
+    monkeypatch.setattr(detector, "detect", no_detection)
+    second = load_folders([tmp_path / "raw"], detector=detector)
+    np.testing.assert_array_equal(second.pixels, first.pixels)

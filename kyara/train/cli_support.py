@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from rich.console import Console
@@ -12,7 +13,7 @@ from kyara.errors import KyaraError
 from kyara.train.data import load_folders
 from kyara.train.fit import fit_folders, too_few
 from kyara.train.nets import BACKBONES
-from kyara.train.trainer import TrainConfig
+from kyara.train.trainer import TrainConfig, check_checkpoint_use
 
 
 def starting_model(start: str) -> ModelBundle | None:
@@ -24,6 +25,8 @@ def starting_model(start: str) -> ModelBundle | None:
 def train_command(
     folders: list[Path], output: Path, start: str, config: TrainConfig, checkpoint: Path | None, console: Console
 ) -> ModelBundle:
+    check_settings(config, output, checkpoint)
+    starting = starting_model(start)
     data = load_folders(folders, detector=get_detector())
     for _, reason in data.skipped:
         console.print(f"[yellow]skipped[/yellow] {reason}", highlight=False)
@@ -31,13 +34,31 @@ def train_command(
         raise KyaraError(f"need at least two character folders with images, found {len(data.classes)}")
     for name, count in too_few(data).items():
         console.print(f"[yellow]warning[/yellow] only {count} image(s) of {name}: expect weak results", highlight=False)
+    bundle = fit_folders(data, config, start=starting, checkpoint=checkpoint, name=output.stem)
+    try:
+        save_bundle(bundle, output)
+    except OSError as exc:
+        raise KyaraError(f"cannot write {output}: {exc}") from exc
+    val_top1 = bundle.metadata["metrics"]["val_top1"]
+    console.print(
+        f"wrote {output}: {len(bundle.labels)} characters, validation top-1 "
+        f"{'n/a (no validation pictures)' if val_top1 is None else f'{val_top1:.4f}'}"
+    )
+    return bundle
+
+
+def check_settings(config: TrainConfig, output: Path, checkpoint: Path | None) -> None:
+    """Refuse what would fail only after reading every picture and training."""
     if config.mode not in ("finetune", "linear"):
         raise KyaraError(f"unknown mode {config.mode!r}: use finetune or linear")
     if config.backbone not in BACKBONES:
         raise KyaraError(f"unknown backbone {config.backbone!r}: use {', '.join(BACKBONES)}")
-    bundle = fit_folders(data, config, start=starting_model(start), checkpoint=checkpoint, name=output.stem)
-    save_bundle(bundle, output)
-    console.print(
-        f"wrote {output}: {len(bundle.labels)} characters, validation top-1 {bundle.metadata['metrics']['val_top1']}"
-    )
-    return bundle
+    check_checkpoint_use(config, checkpoint)
+    if output.is_dir():
+        raise KyaraError(f"{output} is a folder; give the path of the .kyara file to write")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise KyaraError(f"cannot create the folder for {output}: {exc}") from exc
+    if not os.access(output.parent, os.W_OK):
+        raise KyaraError(f"{output.parent} is not writable")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -28,7 +28,7 @@ from kyara.errors import KyaraError
 from kyara.metrics import top_k_accuracy
 from kyara.plots import png, pyplot
 from kyara.train.data import LabelledImages, load_folders, split_by_group
-from kyara.train.fit import package
+from kyara.train.fit import package, too_few
 from kyara.train.trainer import TrainConfig, train
 
 SPLIT = (0.75, 0.10, 0.15)
@@ -79,15 +79,25 @@ def compare(
     train_per_character: int | None = 60,
     seed: int = 0,
     detector: Detector | None = None,
+    warn: Callable[[str], None] = print,
 ) -> list[dict]:
-    """Run every setting not yet in `report`/experiments.json; write the table and plot."""
+    """Run every setting not yet in `report`/experiments.json; write the table and plot.
+
+    Skipped files and characters with few pictures are passed to `warn` before training starts.
+    """
     # Pixels are kept a little larger than the biggest input, so random crops keep their resolution,
     # and at one side for every grid up to 224 px, so a study can be resumed with more sizes.
     side = max(STORE_SIDE, round(max(s.input_size for s in settings) * 1.125))
     data = load_folders(folders, side=side, detector=detector)
     if len(data.classes) < 2:
         raise KyaraError(f"need at least two character folders with images, found {len(data.classes)}")
+    for _, reason in data.skipped:
+        warn(f"skipped {reason}")
+    for name, count in too_few(data).items():
+        warn(f"only {count} image(s) of {name}: it may have no test picture")
     train_idx, val_idx, test_idx = split_by_group(data.labels, data.groups, SPLIT, seed)
+    if len(test_idx) == 0:
+        raise KyaraError("the split left no test pictures: add pictures (about 15% of each character are tested)")
     train_idx = at_most_per_class(data.labels, train_idx, train_per_character, seed)
     study = Study(
         [str(f) for f in folders],

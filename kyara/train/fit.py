@@ -56,10 +56,12 @@ def package(
     if readout == "features":
         embedder, embeddings = fit_readout(net, train_set.pixels, config.input_size)
         head, concentration = class_means(embeddings, train_set)
+    val_top1 = None
     if len(val.labels):
         similarities = embed_pixels(embedder, val.pixels, config.input_size) @ head.T
         temperature = fit_temperature(similarities, val.labels)
         threshold = threshold_at_acceptance(similarities.max(axis=1), KNOWN_ACCEPTANCE)
+        val_top1 = float((similarities.argmax(axis=1) == val.labels).mean())
     else:
         temperature, threshold = DEFAULT_TEMPERATURE, 0.0
     return ModelBundle(
@@ -71,6 +73,9 @@ def package(
         input_size=config.input_size,
         concentration=concentration,
         weights=state_to_arrays(net),
+        # The exported readout's own score: a fine-tuned model's features are not the trained layer
+        # that early stopping watched.
+        metadata={"metrics": {"val_top1": val_top1}},
     )
 
 
@@ -105,7 +110,8 @@ def fit_folders(
         if not start.weights:
             raise kyara.ModelError("the starting model carries no network weights to fine-tune from")
         backbone = start.metadata.get("backbone", config.backbone)
-        config = replace(config, backbone=backbone, embedding_dim=start.embedding_dim)
+        # The network's own layer width: the head's may be a readout's (fit.package).
+        config = replace(config, backbone=backbone, embedding_dim=int(start.weights["project.weight"].shape[0]))
     initial = arrays_to_state(start.weights) if start is not None else None
     result = train(data.subset(train_idx), data.subset(val_idx), config, start=initial, checkpoint=checkpoint)
     bundle = package(result.net, result.head, data.classes, data.subset(train_idx), data.subset(val_idx), config)
@@ -124,13 +130,9 @@ def fit_folders(
             "history": result.history,
             "seconds": round(result.seconds, 1),
         },
-        "metrics": {"val_top1": best_validation(result.history)},
+        "metrics": bundle.metadata["metrics"],
     }
     return bundle
-
-
-def best_validation(history: list[dict]) -> float | None:
-    return max((h["val_top1"] for h in history if h["val_top1"] is not None), default=None)
 
 
 def too_few(data: LabelledImages, minimum: int = MIN_IMAGES_PER_CHARACTER) -> dict[str, int]:

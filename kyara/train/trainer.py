@@ -10,6 +10,7 @@ low similarity to characters it does not know.
 from __future__ import annotations
 
 import copy
+import hashlib
 import io
 import math
 import time
@@ -24,6 +25,7 @@ from torch import nn
 from tqdm import tqdm
 
 from kyara.bundle import atomic_write_bytes
+from kyara.errors import KyaraError
 from kyara.train.data import DEFAULT_GRAYSCALE_P, LabelledImages
 from kyara.train.nets import BACKBONES
 
@@ -97,10 +99,11 @@ def train(
     `start` replaces the ImageNet weights (e.g. the anime network of an existing model). With
     `checkpoint`, the state is saved after every epoch and a matching checkpoint is resumed.
     """
+    check_checkpoint_use(config, checkpoint)
     if config.mode == "linear":
         return train_linear(data, val, config, start)
     if config.mode != "finetune":
-        raise ValueError(f"unknown training mode {config.mode!r} (finetune or linear)")
+        raise KyaraError(f"unknown training mode {config.mode!r} (finetune or linear)")
     net, generator = _start(config, start)
     head = nn.Parameter(F.normalize(torch.randn(len(data.classes), config.embedding_dim, generator=generator), dim=1))
     optimizer = _optimizer(net, head, config)
@@ -113,9 +116,7 @@ def train(
     )
     state = {"epoch": 0, "history": [], "best_accuracy": -1.0, "best": None, "stale": 0, "seconds": 0.0}
     if checkpoint is not None and checkpoint.exists():
-        saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        if saved["config"] != asdict(config) or saved["classes"] != data.classes:
-            raise ValueError(f"{checkpoint} was made with other settings or characters; delete it to start afresh")
+        saved = _load_checkpoint(checkpoint, config, data)
         net.load_state_dict(saved["net"])
         head.data = saved["head"]
         optimizer.load_state_dict(saved["optimizer"])
@@ -168,7 +169,7 @@ def train(
             state["stale"] += 1
         state["epoch"] = epoch
         if checkpoint is not None:
-            _save_checkpoint(checkpoint, config, data.classes, net, head, optimizer, schedule, generator, state)
+            _save_checkpoint(checkpoint, config, data, net, head, optimizer, schedule, generator, state)
     net.load_state_dict(state["best"][0])
     net.eval()
     return TrainResult(net, state["best"][1].numpy(), state["history"], config, state["seconds"])
@@ -187,7 +188,9 @@ def train_linear(
     data: LabelledImages, val: LabelledImages, config: TrainConfig, start: dict[str, torch.Tensor] | None = None
 ) -> TrainResult:
     """MoeFlow's method (TensorFlow's retrain.py): the backbone is frozen and its features are
-    computed once; only the embedding layer and the head learn, on the cached features."""
+    computed once; only the embedding layer (linear, with batch norm) and the cosine softmax head
+    learn, on the cached features. Augmentation is limited to grayscale copies: flips and crops
+    would need the backbone run again each epoch."""
     net, generator = _start(config, start)
     started = time.time()
     grayscale = torch.rand(len(data.labels), generator=generator) < config.grayscale_p
@@ -246,10 +249,35 @@ def backbone_features(
     return torch.cat(chunks) if chunks else torch.zeros(0, net.project.in_features)
 
 
-def _save_checkpoint(path: Path, config, classes, net, head, optimizer, schedule, generator, state) -> None:
+def check_checkpoint_use(config: TrainConfig, checkpoint: Path | None) -> None:
+    if checkpoint is not None and config.mode == "linear":
+        raise KyaraError("checkpoints apply to finetune mode; linear training takes about a minute")
+
+
+def _load_checkpoint(path: Path, config: TrainConfig, data: LabelledImages) -> dict:
+    """A checkpoint of this very run (settings, characters and training pictures), or a clear error."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a truncated or foreign file
+        raise KyaraError(f"{path} is not a readable kyara checkpoint ({exc}); delete it to start afresh") from exc
+    expected = {"config": asdict(config), "classes": data.classes, "pictures": _fingerprint(data)}
+    if not isinstance(saved, dict) or any(saved.get(key) != value for key, value in expected.items()):
+        raise KyaraError(f"{path} was made with other settings, characters or pictures; delete it to start afresh")
+    return saved
+
+
+def _fingerprint(data: LabelledImages) -> str:
+    """Which pictures, labelled how: a resumed run must see the same epochs."""
+    digest = hashlib.sha256(data.labels.astype(np.int64).tobytes())
+    digest.update(data.pixels[:, ::16, ::16].tobytes())
+    return digest.hexdigest()
+
+
+def _save_checkpoint(path: Path, config, data, net, head, optimizer, schedule, generator, state) -> None:
     checkpoint = {
         "config": asdict(config),
-        "classes": classes,
+        "classes": data.classes,
+        "pictures": _fingerprint(data),
         "net": net.state_dict(),
         "head": head.detach().clone(),
         "optimizer": optimizer.state_dict(),

@@ -1,0 +1,48 @@
+"""Honest splits: near-duplicates and crops of one picture never straddle train and test."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+from PIL import Image
+
+from kyara.train.data import load_folders, split_by_group
+from tests.conftest import data_path
+
+
+def test_near_duplicates_and_crops_of_one_picture_share_a_group_and_a_side(tmp_path):
+    sources = {name: sorted(data_path("holoen-faces", name).iterdir())[:30] for name in ("ina", "gura")}
+    for name, paths in sources.items():
+        (tmp_path / name).mkdir()
+        for path in paths:
+            shutil.copy(path, tmp_path / name / path.name)
+    original = sources["ina"][0]
+    smaller = Image.open(original).convert("RGB").resize((150, 150))
+    smaller.save(tmp_path / "ina" / "resaved smaller.jpg", quality=70)
+    for number, path in enumerate(sources["gura"][1:3], 1):  # two faces cut from one illustration
+        shutil.copy(path, tmp_path / "gura" / f"party.jpg-{number}.png")
+
+    data = load_folders([tmp_path])
+    group = {path.name: g for path, g in zip(data.paths, data.groups.tolist())}
+    assert group["resaved smaller.jpg"] == group[original.name]
+    assert group["party.jpg-1.png"] == group["party.jpg-2.png"]
+
+    for seed in range(20):
+        parts = split_by_group(data.labels, data.groups, (0.7, 0.15, 0.15), seed)
+        assert sorted(np.concatenate(parts).tolist()) == list(range(len(data.labels)))
+        sides = [set(data.groups[part].tolist()) for part in parts]
+        assert not (sides[0] & sides[1] or sides[0] & sides[2] or sides[1] & sides[2]), seed
+        for label in (0, 1):  # stratified: every character is in every part
+            assert all((data.labels[part] == label).any() for part in parts)
+    once, twice = (split_by_group(data.labels, data.groups, (0.7, 0.15, 0.15), seed=3) for _ in range(2))
+    assert all(a.tolist() == b.tolist() for a, b in zip(once, twice))
+
+
+def test_a_group_shared_by_two_characters_stays_on_one_side():
+    labels = np.array([0] * 10 + [1] * 10)
+    groups = np.arange(20)
+    groups[15] = groups[2]  # the same picture filed under both characters
+    for seed in range(30):
+        train = split_by_group(labels, groups, (0.5, 0.5), seed)[0]
+        assert (2 in train) == (15 in train), seed
