@@ -515,6 +515,10 @@ def serve(
     concurrency: Annotated[
         int | None, typer.Option("--concurrency", min=1, help="Images processed at once (default 2).")
     ] = None,
+    max_waiting: Annotated[
+        int | None,
+        typer.Option("--max-waiting", min=0, help="Requests queued for a worker; more get 503 (default 16)."),
+    ] = None,
     detector: DetectorOption = None,
 ) -> None:
     """Serve the web page and the REST API (docs at /docs); needs the serve extra."""
@@ -529,6 +533,7 @@ def serve(
         "max_body_bytes": None if max_body_mb is None else round(max_body_mb * 1024 * 1024),
         "max_pixels": None if max_megapixels is None else round(max_megapixels * 1_000_000),
         "concurrency": concurrency,
+        "max_waiting": max_waiting,
     }
     limits = Limits(**{name: value for name, value in given.items() if value is not None})
     from kyara.detection import DEFAULT_DETECTOR

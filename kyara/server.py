@@ -64,6 +64,9 @@ class Limits:
     """Largest image decoded (width x height, about 5000 x 4000); a bigger one gets 413."""
     concurrency: int = 2
     """Images processed at once; further requests wait for a free worker."""
+    max_waiting: int = 16
+    """Requests waiting for a worker; one more gets 503 with Retry-After, so a burst cannot pile
+    up request bodies in memory (16 x the 20 MB body limit at most)."""
     max_explained_faces: int = 8
     """Faces given a heat map per /api/explain request (the most face-like first): about 0.4 s each."""
 
@@ -101,6 +104,8 @@ class Service:
 
     async def run(self, work: Callable[..., T], *args: Any) -> T:
         """`work(*args)` in a worker thread, once one of the `concurrency` workers is free."""
+        if self.workers.statistics().tasks_waiting >= self.limits.max_waiting:
+            raise HTTPException(503, "busy: too many pictures waiting, retry shortly", headers={"Retry-After": "1"})
         return await anyio.to_thread.run_sync(functools.partial(work, *args), limiter=self.workers)
 
     def recognize(self, upload: Upload, top_k: int) -> dict:
@@ -266,6 +271,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     413: {"model": ErrorBody, "description": "Body too large or image with too many pixels"},
     415: {"model": ErrorBody, "description": "Not an image type kyara reads"},
     422: {"model": ErrorBody, "description": "Bad parameters"},
+    503: {"model": ErrorBody, "description": "Too many pictures waiting for a worker; retry after Retry-After"},
 }
 TopK = Annotated[int, Query(ge=1, le=100, description="How many guesses to list per face.")]
 Character = Annotated[str | None, Query(min_length=1, max_length=200)]

@@ -118,6 +118,7 @@ def test_health_names_the_model_and_its_characters(client, model):
         "max_body_bytes": 3 * 1024 * 1024,
         "max_pixels": 4_000_000,
         "concurrency": 2,
+        "max_waiting": 16,
         "max_explained_faces": 8,
     }
 
@@ -337,6 +338,7 @@ def test_serve_command_passes_limits_and_address(model, monkeypatch):
     calls = []
     monkeypatch.setattr(uvicorn, "run", lambda application, **options: calls.append((application, options)))
     arguments = ["serve", "--model", str(model), "--port", "8123", "--max-body-mb", "1", "--concurrency", "3"]
+    arguments += ["--max-waiting", "5"]
     result = runner.invoke(cli, arguments)
     assert result.exit_code == 0, result.output
     ((application, options),) = calls
@@ -346,6 +348,7 @@ def test_serve_command_passes_limits_and_address(model, monkeypatch):
         "max_body_bytes": 1024 * 1024,
         "max_pixels": Limits().max_pixels,
         "concurrency": 3,
+        "max_waiting": 5,
         "max_explained_faces": Limits().max_explained_faces,
     }
     calls.clear()
@@ -355,3 +358,31 @@ def test_serve_command_passes_limits_and_address(model, monkeypatch):
     assert result.exit_code == 0 and len(faces) == 3 and all(face["landmarks"] for face in faces)
     missing = runner.invoke(cli, ["serve", "--model", str(model.with_name("missing.kyara"))])
     assert missing.exit_code == 2 and "no such model" in missing.output
+
+
+def test_a_full_queue_is_answered_503_with_retry_after(model):
+    """One worker busy, one request waiting: the next is refused at once instead of piling up."""
+    import anyio
+    from starlette.exceptions import HTTPException
+
+    from kyara.server import Service
+
+    service = Service(model, Limits(concurrency=1, max_waiting=1))
+    release = threading.Event()
+    outcomes = []
+
+    async def call() -> None:
+        try:
+            outcomes.append(await service.run(release.wait, 10))
+        except HTTPException as exc:
+            outcomes.append((exc.status_code, exc.headers))
+
+    async def burst() -> None:
+        async with anyio.create_task_group() as group:
+            for _ in range(3):
+                group.start_soon(call)
+                await anyio.sleep(0.1)
+            release.set()
+
+    anyio.run(burst)
+    assert outcomes[0] == (503, {"Retry-After": "1"}) and outcomes[1:] == [True, True]
