@@ -24,11 +24,11 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from kyara.crop import faces_in, looks_like_face_crop
+from kyara.crop import faces_in
 from kyara.detection import Detector
 from kyara.errors import ImageError, KyaraError
 from kyara.imageio import load_image
-from kyara.pipeline import Recognizer
+from kyara.pipeline import Recognizer, looks_like_face_crop
 
 DEFAULT_THRESHOLD = 0.75
 """Cosine distance at which groups stop merging, measured in docs/collection.md for fine-tuned

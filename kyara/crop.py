@@ -24,20 +24,12 @@ from kyara.dedupe import NEAR_DUPLICATE_BITS, phash
 from kyara.detection import DetectedFace, Detector
 from kyara.errors import ImageError, KyaraError
 from kyara.imageio import list_images, load_image
-from kyara.pipeline import CROP_MARGIN, face_crop
-
-MAX_CROP_SIDE = 512
-"""A near-square picture no larger than this is taken to be a face crop already."""
+from kyara.pipeline import CROP_MARGIN, face_crop, looks_like_face_crop
 
 
 def cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "kyara" / "faces"
-
-
-def looks_like_face_crop(image: Image.Image) -> bool:
-    width, height = image.size
-    return max(width, height) <= MAX_CROP_SIDE and 0.75 <= width / height <= 4 / 3
 
 
 def detect_cached(path: Path, image: Image.Image, detector: Detector) -> list[DetectedFace]:

@@ -78,7 +78,7 @@ def embed_files(recognizer: Recognizer, files: Sequence[LabelledFile]) -> tuple[
         except ImageError as exc:
             skipped.append({"path": str(file.path), "error": str(exc)})
             continue
-        faces = recognizer.detector.detect(picture)
+        faces = recognizer.faces(picture)
         gray = ImageOps.grayscale(picture).convert("RGB")
         embedded.append(
             EmbeddedImage(

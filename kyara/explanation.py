@@ -32,7 +32,15 @@ from kyara.detection import DetectedFace
 from kyara.embedding import Embedder
 from kyara.errors import KyaraError
 from kyara.imageio import ImageSource, load_image
-from kyara.pipeline import CROP_LIFT, CROP_MARGIN, Recognizer, default_recognizer, input_crops
+from kyara.pipeline import (
+    CROP_LIFT,
+    CROP_MARGIN,
+    Recognizer,
+    default_recognizer,
+    input_crops,
+    is_whole_picture,
+    whole_picture_face,
+)
 
 GRID = 8
 """Cells per side of the crop: finer grids need more masks for the same noise."""
@@ -110,14 +118,14 @@ def explain(
     recognizer = _recognizer(model)
     _check_labels(recognizer.classifier, label, versus)
     picture = recognizer.load(image)
-    faces = recognizer.detector.detect(picture)[:max_faces]
+    faces = recognizer.faces(picture)[:max_faces]
     crops = input_crops(picture, faces)
     if not faces:
-        side = crops[0].width  # square_on_white pads the picture to a square, centred as here
-        square = (-round((side - picture.width) / 2), -round((side - picture.height) / 2), side, side)
-        return [_explain(recognizer, crops[0], label, versus, (0, 0, *picture.size), square, 0.0, fallback=True)]
+        whole = whole_picture_face(picture, 0.0)
+        square = crop_square(picture, whole)
+        return [_explain(recognizer, crops[0], label, versus, whole.box, square, 0.0, fallback=True)]
     return [
-        _explain(recognizer, crop, label, versus, face.box, crop_square(face), face.angle)
+        _explain(recognizer, crop, label, versus, face.box, crop_square(picture, face), face.angle)
         for face, crop in zip(faces, crops)
     ]
 
@@ -136,8 +144,11 @@ def explain_crop(
     return _explain(recognizer, picture, label, versus, whole, whole, 0.0)
 
 
-def crop_square(face: DetectedFace) -> tuple[int, int, int, int]:
-    """The square `pipeline.face_crop` cuts, in image pixels, before it is turned upright."""
+def crop_square(picture: Image.Image, face: DetectedFace) -> tuple[int, int, int, int]:
+    """The square `pipeline.face_crop` cuts from `picture`, in its pixels, before it is turned upright."""
+    if is_whole_picture(picture, face):
+        side = max(picture.size)  # square_on_white pads the picture to a square, centred as here
+        return -round((side - picture.width) / 2), -round((side - picture.height) / 2), side, side
     cx, cy = face.center
     side = max(face.box[2], face.box[3]) * CROP_MARGIN
     # face_crop lifts the crop in the upright frame: the lift points along the turned vertical.

@@ -26,10 +26,9 @@ from kyara.bundle import (
     save_bundle,
     user_model_path,
 )
-from kyara.crop import looks_like_face_crop
 from kyara.errors import ImageError, KyaraError
 from kyara.imageio import ImageSource
-from kyara.pipeline import Recognizer, face_crop, forget_loaded_models
+from kyara.pipeline import Recognizer, face_crop, forget_loaded_models, looks_like_face_crop
 
 MAX_NAME_LENGTH = 100
 

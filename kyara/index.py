@@ -33,12 +33,11 @@ from PIL import Image
 from tqdm import tqdm
 
 from kyara.classify import Prediction
-from kyara.crop import looks_like_face_crop
 from kyara.detection import DetectedFace
 from kyara.errors import ImageError, KyaraError
 from kyara.gallery import locked
 from kyara.imageio import ImageSource, list_images
-from kyara.pipeline import Recognizer, input_crops
+from kyara.pipeline import Recognizer, input_crops, looks_like_face_crop
 
 FORMAT_VERSION = 1
 DATABASE = "collection.sqlite"
@@ -465,7 +464,7 @@ class CollectionIndex:
             summary.reembedded += 1
         else:
             with summary.timing("detect"):
-                faces = self.recognizer.detector.detect(picture)
+                faces = self.recognizer.faces(picture)
             if row is None:
                 summary.added += 1
             else:

@@ -74,7 +74,7 @@ def test_heat_map_sits_where_the_face_was_cut(recognizer):
     faces = recognizer.detect(picture)
     assert any(face.angle for face in faces)  # our drawing has a tilted face
     for face in faces:
-        x, y, width, height = crop_square(face)
+        x, y, width, height = crop_square(picture, face)
         centre = (x + width / 2, y + height / 2)
         turned = picture.rotate(face.angle, Image.Resampling.BILINEAR, center=centre, fillcolor=(255, 255, 255))
         ours = np.asarray(turned.crop((x, y, x + width, y + height)), np.float32)

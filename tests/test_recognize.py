@@ -85,3 +85,24 @@ def test_fan_art_of_new_game_characters(recognizer):
         best = max(faces, key=lambda f: f.top_k[0].confidence)
         hits.append(path.parent.name in [g.label for g in best.top_k])
     assert np.mean(hits) >= 0.5  # 0.72 on all 379 held-out illustrations (model card)
+
+
+def test_a_face_crop_is_named_whole_while_a_small_picture_keeps_its_faces(recognizer, held_out_files):
+    from kyara.pipeline import face_crop, square_on_white
+
+    crops = [Image.open(p).convert("RGB") for p in sample_per_character(held_out_files, 1)[:20]]
+    found = [(crop, recognizer.detector.detect(crop)) for crop in crops]
+    filled = [(crop, faces) for crop, faces in found if faces and max(faces[0].box[2:]) >= crop.width / 2]
+    assert len(filled) >= 5  # the detector does find most faces of crops
+    for crop, _ in filled:
+        (face,) = recognizer.faces(crop)
+        assert face.box == (0, 0, *crop.size)
+        assert np.array_equal(np.asarray(face_crop(crop, face)), np.asarray(square_on_white(crop)))
+        assert recognizer.recognize(crop)[0].top_k == recognizer.recognize_crop(crop).top_k
+
+    # The same face small on a 480 px square canvas is cut out as the detector found it.
+    crop = filled[0][0]
+    canvas = Image.new("RGB", (480, 480), (250, 250, 240))
+    canvas.paste(crop.resize((150, 150)), (300, 40))
+    faces = recognizer.faces(canvas)
+    assert faces == recognizer.detector.detect(canvas) and max(faces[0].box[2:]) < 240
