@@ -99,6 +99,8 @@ def crop_folder(
     summary = CropSummary()
     seen: dict[Path, list[np.ndarray]] = {}
     written = target.resolve()  # a target inside the source: earlier crops are not input
+    if source.resolve().is_relative_to(written):
+        raise KyaraError(f"{target} holds the source pictures; write the crops to another folder")
     pictures = [path for path in list_images(source) if not path.resolve().is_relative_to(written)]
     for path in tqdm(pictures, desc="cropping"):
         summary.images += 1

@@ -39,7 +39,6 @@ from kyara.pipeline import (
     default_recognizer,
     input_crops,
     is_whole_picture,
-    whole_picture_face,
 )
 
 GRID = 8
@@ -121,9 +120,9 @@ def explain(
     faces = recognizer.faces(picture)[:max_faces]
     crops = input_crops(picture, faces)
     if not faces:
-        whole = whole_picture_face(picture, 0.0)
-        square = crop_square(picture, whole)
-        return [_explain(recognizer, crops[0], label, versus, whole.box, square, 0.0, fallback=True)]
+        side = crops[0].width  # square_on_white pads the picture to a square, centred as here
+        square = (-round((side - picture.width) / 2), -round((side - picture.height) / 2), side, side)
+        return [_explain(recognizer, crops[0], label, versus, (0, 0, *picture.size), square, 0.0, fallback=True)]
     return [
         _explain(recognizer, crop, label, versus, face.box, crop_square(picture, face), face.angle)
         for face, crop in zip(faces, crops)
@@ -147,8 +146,7 @@ def explain_crop(
 def crop_square(picture: Image.Image, face: DetectedFace) -> tuple[int, int, int, int]:
     """The square `pipeline.face_crop` cuts from `picture`, in its pixels, before it is turned upright."""
     if is_whole_picture(picture, face):
-        side = max(picture.size)  # square_on_white pads the picture to a square, centred as here
-        return -round((side - picture.width) / 2), -round((side - picture.height) / 2), side, side
+        return face.box  # a face crop named whole is used as it is
     cx, cy = face.center
     side = max(face.box[2], face.box[3]) * CROP_MARGIN
     # face_crop lifts the crop in the upright frame: the lift points along the turned vertical.

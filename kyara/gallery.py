@@ -82,12 +82,11 @@ def embed_enrollment(recognizer: Recognizer, images: Sequence[ImageSource]) -> t
         except ImageError as exc:
             skipped.append(str(exc))
             continue
-        if looks_like_face_crop(picture):
-            crops.append(picture)
-            continue
-        faces = recognizer.detector.detect(picture)
+        faces = recognizer.faces(picture)  # as recognize sees the picture
         if faces:
             crops.append(face_crop(picture, max(faces, key=lambda f: f.score)))
+        elif looks_like_face_crop(picture):
+            crops.append(picture)  # a face crop the detector does not see a face in
         else:
             skipped.append(f"{image}: no face found")
     return recognizer.embedder.embed(crops), skipped

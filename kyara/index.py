@@ -37,7 +37,7 @@ from kyara.detection import DetectedFace
 from kyara.errors import ImageError, KyaraError
 from kyara.gallery import locked
 from kyara.imageio import ImageSource, list_images
-from kyara.pipeline import Recognizer, input_crops, looks_like_face_crop
+from kyara.pipeline import Recognizer, input_crops
 
 FORMAT_VERSION = 1
 DATABASE = "collection.sqlite"
@@ -622,15 +622,13 @@ class CollectionIndex:
 
     def search(self, image: ImageSource, top_k: int = 10) -> list[QueryFace]:
         """The faces of the collection most similar to each face of `image` (a face crop is used
-        as it is; a picture without a face found is used whole, marked `fallback`)."""
+        as it is, see `Recognizer.faces`; a picture without a face found is used whole, marked
+        `fallback`)."""
         self._require_same_embedder()
         picture = self.recognizer.load(image)
-        if looks_like_face_crop(picture):
-            crops, boxes, fallback = [picture], [(0, 0, picture.width, picture.height)], False
-        else:
-            faces = self.recognizer.detector.detect(picture)
-            crops, fallback = input_crops(picture, faces), not faces
-            boxes = [face.box for face in faces] or [(0, 0, picture.width, picture.height)]
+        faces = self.recognizer.faces(picture)  # as `update` stored the collection's faces
+        crops, fallback = input_crops(picture, faces), not faces
+        boxes = [face.box for face in faces] or [(0, 0, picture.width, picture.height)]
         hits = self.search_vectors(self.recognizer.embedder.embed(crops), top_k)
         return [QueryFace(box, fallback, face_hits) for box, face_hits in zip(boxes, hits)]
 

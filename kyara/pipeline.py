@@ -162,9 +162,10 @@ def is_whole_picture(picture: Image.Image, face: DetectedFace) -> bool:
 
 def face_crop(image: Image.Image, face: DetectedFace, margin: float = CROP_MARGIN) -> Image.Image:
     """The face cut out upright, with the margin the model was trained with (white beyond edges);
-    a face whose box is the whole picture (`whole_picture_face`) is the picture padded to a square."""
+    a face whose box is the whole picture (`whole_picture_face`) is the picture itself, as
+    `recognize_crop` and training take a face crop."""
     if is_whole_picture(image, face):
-        return square_on_white(image)
+        return image
     cx, cy = face.center
     side = max(face.box[2], face.box[3]) * margin
     if face.angle:

@@ -104,7 +104,8 @@ class Service:
 
     async def run(self, work: Callable[..., T], *args: Any) -> T:
         """`work(*args)` in a worker thread, once one of the `concurrency` workers is free."""
-        if self.workers.statistics().tasks_waiting >= self.limits.max_waiting:
+        busy = self.workers.statistics()
+        if busy.borrowed_tokens >= busy.total_tokens and busy.tasks_waiting >= self.limits.max_waiting:
             raise HTTPException(503, "busy: too many pictures waiting, retry shortly", headers={"Retry-After": "1"})
         return await anyio.to_thread.run_sync(functools.partial(work, *args), limiter=self.workers)
 

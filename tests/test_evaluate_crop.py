@@ -95,3 +95,5 @@ def test_crop_margin_sets_the_context_and_a_target_inside_the_source_is_not_inpu
     centre = np.asarray(centre.resize(tight.shape[::-1]), float)
     # Twice the margin: the face fills the middle half of the wide crop.
     assert np.abs(centre - tight).mean() < 0.5 * np.abs(wide - tight).mean()
+    refused = runner.invoke(app, ["crop", str(raw / "kou"), str(raw)])  # the crops would land in the source
+    assert refused.exit_code == 2 and "holds the source" in refused.stderr

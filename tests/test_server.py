@@ -386,3 +386,6 @@ def test_a_full_queue_is_answered_503_with_retry_after(model):
 
     anyio.run(burst)
     assert outcomes[0] == (503, {"Retry-After": "1"}) and outcomes[1:] == [True, True]
+
+    idle = Service(model, Limits(concurrency=1, max_waiting=0))  # no queue: only a busy worker refuses
+    assert anyio.run(idle.run, sum, [1, 2]) == 3

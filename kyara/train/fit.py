@@ -107,7 +107,7 @@ def fit_folders(
     """
     train_idx, val_idx = split_by_group(data.labels, data.groups, (1 - val_fraction, val_fraction), config.seed)
     if start is not None:
-        if not start.weights:
+        if "project.weight" not in start.weights:
             raise kyara.ModelError("the starting model carries no network weights to fine-tune from")
         backbone = start.metadata.get("backbone", config.backbone)
         # The network's own layer width: the head's may be a readout's (fit.package).
