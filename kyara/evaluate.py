@@ -231,7 +231,6 @@ def evaluate_few_shot(
     first = reports[0]
     for name in ("top1", "top5", "macro_f1", "ece"):
         setattr(first, name, float(np.mean([getattr(r, name) for r in reports])))
-    for name in ("top1", "top5", "macro_f1", "ece"):
         first.grayscale[name] = float(np.mean([r.grayscale[name] for r in reports]))
     return first
 
