@@ -467,7 +467,12 @@ def cluster(
     output: Annotated[Path, typer.Option("-o", "--output", help="Where the cluster folders go.")],
     threshold: Annotated[
         float | None,
-        typer.Option("--threshold", min=0.01, max=2.0, help="Cosine distance where groups stop merging (0.75)."),
+        typer.Option(
+            "--threshold",
+            min=0.01,
+            max=2.0,
+            help="Cosine distance where groups stop merging (0.75; 0.5 for a linear-mode model).",
+        ),
     ] = None,
     min_size: Annotated[int | None, typer.Option("--min-size", min=1, help="Smaller groups go to noise/ (3).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace the clusters of a non-empty output.")] = False,
@@ -475,7 +480,7 @@ def cluster(
     as_json: JsonFlag = False,
 ) -> None:
     """Group the faces of unlabelled pictures by character: one folder per group, plus noise/."""
-    from kyara.cluster import check_target, cluster_faces, embed_faces, write_clusters
+    from kyara.cluster import check_target, cluster_faces, embed_faces, threshold_for, write_clusters
     from kyara.pipeline import Recognizer
 
     _or_exit(lambda: check_target(output, force))
@@ -486,12 +491,10 @@ def cluster(
     if not face_set.faces:
         _summarise(face_set.unreadable, None, "no face found: nothing to group")
         raise typer.Exit(1)
-    settings = {k: v for k, v in (("threshold", threshold), ("min_size", min_size)) if v is not None}
-    summary = _or_exit(
-        lambda: write_clusters(
-            face_set, cluster_faces(face_set.embeddings, **settings), output, recognizer.detector, force
-        )
-    )
+    settings = {"min_size": min_size} if min_size is not None else {}
+    cut = threshold_for(recognizer.bundle) if threshold is None else threshold
+    groups = cluster_faces(face_set.embeddings, cut, **settings)
+    summary = _or_exit(lambda: write_clusters(face_set, groups, output, recognizer.detector, force))
     _summarise(
         summary.unreadable,
         summary.to_dict() if as_json else None,

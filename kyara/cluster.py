@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from kyara.bundle import ModelBundle
 from kyara.crop import faces_in
 from kyara.detection import Detector
 from kyara.errors import ImageError, KyaraError
@@ -32,7 +33,9 @@ from kyara.pipeline import Recognizer, looks_like_face_crop
 
 DEFAULT_THRESHOLD = 0.75
 """Cosine distance at which groups stop merging, measured in docs/collection.md for fine-tuned
-models (whitened features); a `linear` model's trained layer packs faces tighter (0.5 suits it)."""
+models (whitened features)."""
+TRAINED_LAYER_THRESHOLD = 0.5
+"""The same for a `linear` model, whose trained layer packs faces tighter (docs/collection.md)."""
 DEFAULT_MIN_SIZE = 3
 MAX_FACES = 20_000
 """Agglomerative clustering keeps every pairwise distance: 20,000 faces take 1.6 GB."""
@@ -111,6 +114,12 @@ def embed_faces(recognizer: Recognizer, paths: Sequence[Path], progress: bool = 
     flush()
     face_set.embeddings = np.concatenate(chunks)
     return face_set
+
+
+def threshold_for(bundle: ModelBundle) -> float:
+    """The default cut for the embedding `bundle` exports: a `linear` model ships its trained layer."""
+    mode = bundle.metadata.get("training", {}).get("config", {}).get("mode")
+    return TRAINED_LAYER_THRESHOLD if mode == "linear" else DEFAULT_THRESHOLD
 
 
 def cluster_faces(

@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from kyara.cluster import (
     cluster_faces,
     clustering_scores,
     embed_faces,
+    threshold_for,
     write_clusters,
 )
 from kyara.detection import AnimeFaceDetector
@@ -60,6 +62,13 @@ def test_faces_of_three_characters_fall_into_pure_groups(crops, embedded):
     assert list(sizes) == sorted(sizes, reverse=True)  # the largest group first
     everything_apart = cluster_faces(embedded.embeddings, threshold=0.01)
     assert (everything_apart == -1).all()  # no group reaches three faces
+
+
+def test_the_default_cut_follows_the_embedding_the_model_exports(recognizer):
+    assert threshold_for(recognizer.bundle) == 0.75  # whitened features (a fine-tuned model)
+    linear = replace(recognizer.bundle, metadata={"training": {"config": {"mode": "linear"}}})
+    assert threshold_for(linear) == 0.5  # its trained layer packs faces tighter
+    assert threshold_for(replace(recognizer.bundle, metadata={})) == 0.75
 
 
 def test_write_clusters_and_refuse_to_overwrite(crops, embedded, recognizer, tmp_path):
