@@ -24,7 +24,7 @@ from kyara.dedupe import NEAR_DUPLICATE_BITS, phash
 from kyara.detection import DetectedFace, Detector
 from kyara.errors import ImageError, KyaraError
 from kyara.imageio import list_images, load_image
-from kyara.pipeline import CROP_MARGIN, face_crop, looks_like_face_crop
+from kyara.pipeline import CROP_MARGIN, face_crop, face_to_learn, faces_to_name
 
 
 def cache_dir() -> Path:
@@ -59,18 +59,21 @@ def _face_from_dict(item: dict) -> DetectedFace:
     )
 
 
+def faces_of(path: Path, image: Image.Image, detector: Detector) -> list[DetectedFace]:
+    """The faces to cut from the picture at `path`, most confident first: the detector's (cached),
+    or the whole picture when it is a face crop already (`pipeline.faces_to_name`)."""
+    faces = faces_to_name(image, detect_cached(path, image, detector))
+    return sorted(faces, key=lambda f: f.score, reverse=True)
+
+
 def faces_in(path: Path, image: Image.Image, detector: Detector, margin: float = CROP_MARGIN) -> list[Image.Image]:
-    """Every face of an illustration as an upright crop, most confident first."""
-    faces = sorted(detect_cached(path, image, detector), key=lambda f: f.score, reverse=True)
-    return [face_crop(image, face, margin) for face in faces]
+    """Every face of a picture as an upright crop, most confident first (a face crop: itself)."""
+    return [face_crop(image, face, margin) for face in faces_of(path, image, detector)]
 
 
 def training_face(path: Path, image: Image.Image, detector: Detector) -> Image.Image | None:
-    """The picture itself if it is a face crop, else its most confident face (None: no face)."""
-    if looks_like_face_crop(image):
-        return image
-    faces = faces_in(path, image, detector)
-    return faces[0] if faces else None
+    """The face a picture teaches, as enrollment takes it (`pipeline.face_to_learn`); None: none."""
+    return face_to_learn(image, faces_of(path, image, detector))
 
 
 @dataclass

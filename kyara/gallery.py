@@ -28,7 +28,7 @@ from kyara.bundle import (
 )
 from kyara.errors import ImageError, KyaraError
 from kyara.imageio import ImageSource
-from kyara.pipeline import Recognizer, face_crop, forget_loaded_models, looks_like_face_crop
+from kyara.pipeline import Recognizer, face_to_learn, forget_loaded_models
 
 MAX_NAME_LENGTH = 100
 
@@ -74,7 +74,7 @@ def clean_name(name: str) -> str:
 
 
 def embed_enrollment(recognizer: Recognizer, images: Sequence[ImageSource]) -> tuple[np.ndarray, list[str]]:
-    """One embedding per picture: the picture itself if it is a face crop, else its best face."""
+    """One embedding per picture: its best face, or the picture itself if it is a face crop."""
     crops, skipped = [], []
     for image in images:
         try:
@@ -82,13 +82,11 @@ def embed_enrollment(recognizer: Recognizer, images: Sequence[ImageSource]) -> t
         except ImageError as exc:
             skipped.append(str(exc))
             continue
-        faces = recognizer.faces(picture)  # as recognize sees the picture
-        if faces:
-            crops.append(face_crop(picture, max(faces, key=lambda f: f.score)))
-        elif looks_like_face_crop(picture):
-            crops.append(picture)  # a face crop the detector does not see a face in
-        else:
+        crop = face_to_learn(picture, recognizer.faces(picture))  # as recognize sees the picture
+        if crop is None:
             skipped.append(f"{image}: no face found")
+        else:
+            crops.append(crop)
     return recognizer.embedder.embed(crops), skipped
 
 

@@ -93,14 +93,8 @@ class Recognizer:
         return self.detector.detect(self.load(image))
 
     def faces(self, picture: Image.Image) -> list[DetectedFace]:
-        """The faces to name in `picture`: the detector's, but one face cut as the whole picture
-        when the picture is a face crop already (see `FACE_FILLS_CROP`)."""
-        faces = self.detector.detect(picture)
-        if faces and looks_like_face_crop(picture):
-            best = max(faces, key=lambda face: face.score)
-            if max(best.box[2:]) >= FACE_FILLS_CROP * max(picture.size):
-                return [whole_picture_face(picture, best.score)]
-        return faces
+        """The faces to name in `picture` (`faces_to_name` of the detector's)."""
+        return faces_to_name(picture, self.detector.detect(picture))
 
     def recognize(self, image: ImageSource, top_k: int = 5) -> list[FaceResult]:
         """Every face in `image` (most face-like first), each with its ranked guesses; the whole
@@ -144,6 +138,24 @@ class Recognizer:
             fallback=True,
             similarity=p.similarity,
         )
+
+
+def faces_to_name(picture: Image.Image, faces: list[DetectedFace]) -> list[DetectedFace]:
+    """The crop rule, the same wherever kyara reads a picture: the detected `faces`, but one face
+    cut as the whole picture when the picture is a face crop already (see `FACE_FILLS_CROP`)."""
+    if faces and looks_like_face_crop(picture):
+        best = max(faces, key=lambda face: face.score)
+        if max(best.box[2:]) >= FACE_FILLS_CROP * max(picture.size):
+            return [whole_picture_face(picture, best.score)]
+    return faces
+
+
+def face_to_learn(picture: Image.Image, faces: list[DetectedFace]) -> Image.Image | None:
+    """What a picture teaches (training, enrollment), given its `faces_to_name`: its most
+    face-like face as recognition cuts it; a face crop in which no face is found, whole; else None."""
+    if faces:
+        return face_crop(picture, max(faces, key=lambda face: face.score))
+    return picture if looks_like_face_crop(picture) else None
 
 
 def looks_like_face_crop(image: Image.Image) -> bool:

@@ -46,3 +46,24 @@ def test_a_group_shared_by_two_characters_stays_on_one_side():
     for seed in range(30):
         train = split_by_group(labels, groups, (0.5, 0.5), seed)[0]
         assert (2 in train) == (15 in train), seed
+
+
+def test_training_reads_a_picture_as_recognition_does(tmp_path, monkeypatch, recognizer, held_out_files):
+    """The crop rule (`pipeline.faces_to_name`) holds for training pictures too."""
+    from kyara.crop import training_face
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    crops = (Image.open(path).convert("RGB") for path in held_out_files[::40])
+    crop = next(c for c in crops if [f.box for f in recognizer.faces(c)] == [(0, 0, *c.size)])
+    canvas = Image.new("RGB", (480, 480), (250, 250, 240))
+    canvas.paste(crop.resize((150, 150)), (300, 40))
+    blank = Image.new("RGB", (300, 300), (250, 250, 240))
+    poster = Image.new("RGB", (900, 600), (250, 250, 240))
+    pictures = {"crop.png": crop, "canvas.png": canvas, "blank.png": blank, "poster.png": poster}
+    for name, picture in pictures.items():
+        picture.save(tmp_path / name)
+    taught = {name: training_face(tmp_path / name, picture, recognizer.detector) for name, picture in pictures.items()}
+    assert taught["crop.png"] is crop  # a face crop is taken as it is
+    assert taught["canvas.png"].width < canvas.width / 2  # a small face in a small picture is cut out
+    assert taught["blank.png"] is blank  # a face crop the detector sees no face in: whole
+    assert taught["poster.png"] is None  # an illustration without a face teaches nothing
