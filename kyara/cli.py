@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import glob
+import io
 import json
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -47,6 +49,15 @@ def expand_paths(arguments: list[str]) -> list[str]:
             pass  # an impossible name: load_image reports it for this argument
         expanded.append(argument)
     return expanded
+
+
+@app.callback()
+def _escape_undecodable_names() -> None:
+    # A file name that is not valid UTF-8 reaches Python with lone surrogates: print it escaped
+    # (JSON stays valid) rather than fail with UnicodeEncodeError half-way through the output.
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="backslashreplace")
 
 
 def _or_exit(make):
@@ -414,9 +425,12 @@ def find(
 
     def look_up():
         with CollectionIndex.open(db, model) as collection:
-            return str(collection.root), collection.find(name, min_confidence)
+            known = name in collection.recognizer.classifier.labels
+            return str(collection.root), collection.find(name, min_confidence), known
 
-    root, faces = _or_exit(look_up)
+    root, faces, known = _or_exit(look_up)
+    if not known:
+        err.print(f"[yellow]warning[/yellow] {name!r} is not a character of the model (see `kyara characters`)")
     if as_json:
         print(json.dumps({"root": root, "name": name, "faces": [f.to_dict() for f in faces]}, ensure_ascii=False))
         return
@@ -480,20 +494,22 @@ def cluster(
     as_json: JsonFlag = False,
 ) -> None:
     """Group the faces of unlabelled pictures by character: one folder per group, plus noise/."""
-    from kyara.cluster import check_target, cluster_faces, embed_faces, threshold_for, write_clusters
+    from kyara.cluster import check_target, cluster_faces, embed_faces, hierarchy, threshold_for, write_clusters
+    from kyara.imageio import resolved
     from kyara.pipeline import Recognizer
 
     _or_exit(lambda: check_target(output, force))
+    _or_exit(hierarchy)
     recognizer = _or_exit(lambda: Recognizer(model))
-    written = output.resolve()  # an earlier run's clusters inside the input are not input
-    pictures = [Path(p) for p in expand_paths(paths) if not Path(p).resolve().is_relative_to(written)]
+    written = _or_exit(lambda: resolved(output))  # an earlier run's clusters inside the input are not input
+    pictures = _or_exit(lambda: [Path(p) for p in expand_paths(paths) if not resolved(p).is_relative_to(written)])
     face_set = _or_exit(lambda: embed_faces(recognizer, pictures))
     if not face_set.faces:
         _summarise(face_set.unreadable, None, "no face found: nothing to group")
         raise typer.Exit(1)
     settings = {"min_size": min_size} if min_size is not None else {}
     cut = threshold_for(recognizer.bundle) if threshold is None else threshold
-    groups = cluster_faces(face_set.embeddings, cut, **settings)
+    groups = _or_exit(lambda: cluster_faces(face_set.embeddings, cut, **settings))
     summary = _or_exit(lambda: write_clusters(face_set, groups, output, recognizer.detector, force))
     _summarise(
         summary.unreadable,

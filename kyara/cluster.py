@@ -27,8 +27,8 @@ from tqdm import tqdm
 from kyara.bundle import ModelBundle
 from kyara.crop import faces_in, faces_of
 from kyara.detection import Detector
-from kyara.errors import ImageError, KyaraError
-from kyara.imageio import load_image
+from kyara.errors import KyaraError
+from kyara.imageio import check_utf8, load_image, shortened
 from kyara.pipeline import Recognizer, face_crop, is_whole_picture, looks_like_face_crop
 
 DEFAULT_THRESHOLD = 0.75
@@ -94,12 +94,9 @@ def embed_faces(recognizer: Recognizer, paths: Sequence[Path], progress: bool = 
 
     for path in tqdm(paths, desc="embedding faces", unit="picture", disable=not progress):
         try:
-            str(path).encode("utf-8")  # clusters.json names every source: it must be writable as UTF-8
+            check_utf8(Path(path))  # clusters.json names every source
             picture = recognizer.load(path)
-        except UnicodeError as exc:
-            face_set.unreadable.append(f"{str(path)!r}: the name is not valid UTF-8 ({exc.reason})")
-            continue
-        except ImageError as exc:
+        except KyaraError as exc:  # an unreadable picture (ImageError) or name
             face_set.unreadable.append(str(exc))
             continue
         faces = faces_of(Path(path), picture, recognizer.detector)
@@ -123,14 +120,20 @@ def threshold_for(bundle: ModelBundle) -> float:
     return TRAINED_LAYER_THRESHOLD if mode == "linear" else DEFAULT_THRESHOLD
 
 
-def cluster_faces(
-    embeddings: np.ndarray, threshold: float = DEFAULT_THRESHOLD, min_size: int = DEFAULT_MIN_SIZE
-) -> np.ndarray:
-    """A group number per face (0 = the largest group, ...), -1 for noise (groups under `min_size`)."""
+def hierarchy():
+    """scipy's `linkage` and `fcluster`, or a clear error (check it before hours of embedding)."""
     try:
         from scipy.cluster.hierarchy import fcluster, linkage
     except ImportError as exc:
         raise KyaraError(f"clustering needs the index extra: pip install 'kyara[index]' ({exc})") from exc
+    return linkage, fcluster
+
+
+def cluster_faces(
+    embeddings: np.ndarray, threshold: float = DEFAULT_THRESHOLD, min_size: int = DEFAULT_MIN_SIZE
+) -> np.ndarray:
+    """A group number per face (0 = the largest group, ...), -1 for noise (groups under `min_size`)."""
+    linkage, fcluster = hierarchy()
     count = len(embeddings)
     if count > MAX_FACES:
         raise KyaraError(f"{count} faces is more than agglomerative clustering handles here ({MAX_FACES}); split them")
@@ -168,6 +171,7 @@ def write_clusters(
 
 def check_target(target: Path, force: bool) -> None:
     """Refuse a target that is a file, or a non-empty folder without `force`."""
+    check_utf8(target)  # clusters.json names it
     if target.exists() and not target.is_dir():
         raise KyaraError(f"{target}: exists and is not a folder")
     if target.is_dir() and any(target.iterdir()) and not force:
@@ -184,7 +188,7 @@ def _write_faces(
         folder = folders[group] if group >= 0 else NOISE
         (staging / folder).mkdir(exist_ok=True)
         # The index keeps names unique when two folders hold pictures of the same name.
-        name = f"{index:05d}-{_shortened(face.source.stem)}"
+        name = f"{index:05d}-{shortened(face.source.stem)}"
         if face.number == 0:
             name += face.source.suffix.lower()
             shutil.copyfile(face.source, staging / folder / name)
@@ -201,11 +205,6 @@ def _write_faces(
             {"file": f"{folder}/{name}", "source": str(face.source), "face": face.number, "guess": face.guess}
         )
     return [_describe(folder, members[folder]) for folder in folders], members[NOISE]
-
-
-def _shortened(stem: str, limit: int = 150) -> str:
-    """At most `limit` bytes of UTF-8: file systems cap names at 255 bytes, not characters."""
-    return stem.encode("utf-8")[:limit].decode("utf-8", errors="ignore")
 
 
 def _describe(folder: str, members: list[dict]) -> dict:

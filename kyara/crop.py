@@ -23,8 +23,8 @@ from kyara.bundle import atomic_write_bytes
 from kyara.dedupe import NEAR_DUPLICATE_BITS, phash
 from kyara.detection import DetectedFace, Detector
 from kyara.errors import ImageError, KyaraError
-from kyara.imageio import list_images, load_image
-from kyara.pipeline import CROP_MARGIN, face_crop, face_to_learn, faces_to_name
+from kyara.imageio import list_images, load_image, resolved, shortened
+from kyara.pipeline import CROP_MARGIN, face_crop, face_to_learn, faces_to_name, looks_like_face_crop
 
 
 def cache_dir() -> Path:
@@ -101,10 +101,10 @@ def crop_folder(
     (one per character), as `size` px PNGs; near-duplicate faces within a folder are dropped."""
     summary = CropSummary()
     seen: dict[Path, list[np.ndarray]] = {}
-    written = target.resolve()  # a target inside the source: earlier crops are not input
-    if source.resolve().is_relative_to(written):
+    written = resolved(target)  # a target inside the source: earlier crops are not input
+    if resolved(source).is_relative_to(written):
         raise KyaraError(f"{target} holds the source pictures; write the crops to another folder")
-    pictures = [path for path in list_images(source) if not path.resolve().is_relative_to(written)]
+    pictures = [path for path in list_images(source) if not resolved(path).is_relative_to(written)]
     for path in tqdm(pictures, desc="cropping"):
         summary.images += 1
         try:
@@ -112,14 +112,15 @@ def crop_folder(
         except ImageError as exc:
             summary.unreadable.append(str(exc))
             continue
-        crops = faces_in(path, image, detector, margin)
+        # A face crop in which no face is found is kept whole, as training would take it.
+        crops = faces_in(path, image, detector, margin) or ([image] if looks_like_face_crop(image) else [])
         summary.faces += len(crops)
         if not crops:
             summary.without_face.append(str(path))
         relative = path.relative_to(source)
         for number, crop in enumerate(crops, 1):
             # Keep the source's suffix: a.jpg and a.png must not write over each other's faces.
-            destination = target / relative.parent / f"{relative.name}-{number}.png"
+            destination = target / relative.parent / f"{shortened(relative.name)}-{number}.png"
             crop = crop.resize((size, size), Image.Resampling.LANCZOS)
             bits = phash(crop)
             folder_hashes = seen.setdefault(destination.parent, [])

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import shutil
 import unicodedata
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -20,13 +19,14 @@ import numpy as np
 
 from kyara.bundle import (
     ModelBundle,
+    atomic_write_bytes,
     default_model_path,
     load_bundle,
     resolve_model_path,
     save_bundle,
     user_model_path,
 )
-from kyara.errors import ImageError, KyaraError
+from kyara.errors import ImageError, KyaraError, ModelError
 from kyara.imageio import ImageSource
 from kyara.pipeline import Recognizer, face_to_learn, forget_loaded_models
 
@@ -44,24 +44,34 @@ class EnrollResult:
 def editable_model_path(model: str | os.PathLike | None) -> Path:
     """The bundle that enroll/forget change: `model`, or the user's copy (made on first use)."""
     if model is not None:
+        if not Path(model).is_file():
+            raise ModelError(f"{model}: no such model file")
         return Path(model)
     user = user_model_path()
     if not user.is_file():
-        user.parent.mkdir(parents=True, exist_ok=True)
-        temporary = user.with_name(f".{user.name}.copy")
-        shutil.copyfile(default_model_path(), temporary)
-        os.replace(temporary, user)
+        with locked(user):  # two first enrollments at once: one copies, the other uses the copy
+            if not user.is_file():
+                atomic_write_bytes(user, default_model_path().read_bytes())
     return user
 
 
 @contextlib.contextmanager
-def locked(path: Path) -> Iterator[None]:
-    """Serialize read-modify-write of a bundle between processes."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(f".{path.name}.lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+def locked(path: Path, wait: bool = True) -> Iterator[bool]:
+    """Serialize read-modify-write of a bundle (or an index) between processes. Yields whether
+    the lock is held: always with `wait`, else only if no other process held it."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(path.with_name(f".{path.name}.lock"), "a")  # noqa: SIM115 (closed below)
+    except OSError as exc:
+        raise KyaraError(f"cannot lock {path}: {exc.strerror or exc}") from exc
+    with lock:
         try:
-            yield
+            fcntl.flock(lock, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
@@ -107,6 +117,10 @@ def enroll(name: str, images: Sequence[ImageSource], model: str | os.PathLike | 
 
 def forget(name: str, model: str | os.PathLike | None = None) -> int:
     """Remove a character (enrolled pictures, and its trained head row if any). Returns what went."""
+    name = clean_name(name)
+    if name not in load_bundle(resolve_model_path(model)).all_labels():
+        # Said before anything is written: no user copy is made to forget nobody.
+        raise KyaraError(f"{name!r} is not a character of {resolve_model_path(model)}")
     path = editable_model_path(model)
     with locked(path):
         bundle = load_bundle(path)

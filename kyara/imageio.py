@@ -6,6 +6,7 @@ orientation and a pixel limit, and turns every failure into an `ImageError` with
 
 from __future__ import annotations
 
+import hashlib
 import io
 import struct
 import warnings
@@ -16,7 +17,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from kyara.errors import ImageError, ImageTooLargeError
+from kyara.errors import ImageError, ImageTooLargeError, KyaraError
 
 ImageSource = str | PathLike | bytes | BinaryIO | Image.Image | np.ndarray
 
@@ -56,6 +57,8 @@ def load_image(source: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
         raise ImageError(f"{name}: not a readable image ({exc.__class__.__name__})") from exc
     except (OSError, ValueError, SyntaxError, EOFError, struct.error) as exc:
         raise ImageError(f"{name}: corrupt or truncated image ({exc})") from exc
+    except Exception as exc:  # Pillow's decoders fail in yet other ways on hostile files (TypeError, ...)
+        raise ImageError(f"{name}: corrupt image ({exc.__class__.__name__}: {exc})") from exc
     finally:
         if stream is not None:
             stream.close()
@@ -115,9 +118,37 @@ def _open_file(path: Path) -> BinaryIO:
         raise ImageError(f"{path}: cannot open ({exc.strerror or exc})") from exc
 
 
+def resolved(path: str | PathLike) -> Path:
+    """`path` made absolute with symlinks resolved, or a `KyaraError` (a symlink loop, ...)."""
+    try:
+        return Path(path).expanduser().resolve()
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop, before Python 3.13
+        raise KyaraError(f"{path}: cannot resolve the path ({exc})") from exc
+
+
+def check_utf8(path: Path) -> None:
+    """A name kyara stores as text (in JSON or SQLite) must be valid UTF-8."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeError as exc:
+        raise KyaraError(f"{str(path)!r}: the name is not valid UTF-8 ({exc.reason}); rename it") from exc
+
+
+def shortened(name: str, limit: int = 150) -> str:
+    """`name` cut to at most `limit` bytes of UTF-8 (file systems cap names at 255 bytes, not
+    characters); a cut name ends with a hash of the whole, so two long names stay apart."""
+    encoded = name.encode("utf-8", errors="surrogateescape")
+    if len(encoded) <= limit:
+        return name
+    digest = hashlib.sha1(encoded).hexdigest()[:8]
+    return encoded[: limit - 9].decode("utf-8", errors="ignore") + "~" + digest
+
+
 def _from_array(array: np.ndarray, max_pixels: int) -> Image.Image:
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)):
         raise ImageError(f"array image must be HxW, HxWx3 or HxWx4, got shape {array.shape}")
+    if array.dtype.kind not in "biuf":
+        raise ImageError(f"array image must hold numbers (bool, integer or float), got {array.dtype}")
     _check_size((array.shape[1], array.shape[0]), max_pixels, "array")
     if not np.isfinite(array).all():
         raise ImageError("array image contains NaN or infinite values")

@@ -24,8 +24,8 @@ import hashlib
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +36,7 @@ from kyara.classify import Prediction
 from kyara.detection import DetectedFace
 from kyara.errors import ImageError, KyaraError
 from kyara.gallery import locked
-from kyara.imageio import ImageSource, list_images
+from kyara.imageio import ImageSource, check_utf8, list_images, resolved
 from kyara.pipeline import Recognizer, input_crops
 
 FORMAT_VERSION = 1
@@ -260,9 +260,13 @@ class CollectionIndex:
         if not database.is_file():
             if not create:
                 raise KyaraError(f"{self.path}: no collection index here (make one with `kyara index FOLDER --db ...`)")
+            check_utf8(self.path)
             if self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir())):
                 raise KyaraError(f"{self.path}: exists and is not a kyara collection index; choose another --db")
-            self.path.mkdir(parents=True, exist_ok=True)
+            try:
+                self.path.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise KyaraError(f"{self.path}: cannot create the index here ({exc.strerror or exc})") from exc
         try:
             connection = sqlite3.connect(database, timeout=60)
         except sqlite3.DatabaseError as exc:
@@ -310,10 +314,11 @@ class CollectionIndex:
         from usearch.index import Index
 
         file = self.path / VECTORS
+        restored = None
         with contextlib.suppress(Exception):  # a missing or damaged file is rebuilt from SQLite
             restored = Index.restore(str(file)) if file.is_file() else None
-            if restored is not None and restored.ndim == self.dim:
-                self._vectors = restored
+        usable = restored is not None and restored.ndim == self.dim
+        self._vectors = restored if usable else _empty_vectors(self.dim)
         rows = self._connection.execute(f"SELECT faces.id {_CURRENT_FACES}", (self.embedder_id,))
         wanted = np.fromiter((row[0] for row in rows), np.uint64)
         present = np.asarray(self._vectors.keys, np.uint64)
@@ -325,7 +330,8 @@ class CollectionIndex:
             marks = ",".join("?" * len(ids))
             rows = self._connection.execute(f"SELECT id, embedding FROM faces WHERE id IN ({marks})", ids).fetchall()
             self._vectors.add(np.array([r[0] for r in rows], np.uint64), self._decode([r[1] for r in rows]))
-        self._vectors_changed = bool(len(extra) or len(missing))
+        # A rebuilt file is written back by the next writer (`update`, `save_vectors`).
+        self._vectors_changed = not usable or bool(len(extra) or len(missing))
 
     def save_vectors(self) -> None:
         """Write the vector index now. `update` does it itself; opening an index whose vector file
@@ -357,9 +363,10 @@ class CollectionIndex:
         """Bring the index up to date with the pictures under `root`: index new and changed files,
         drop removed ones, skip unchanged ones. `reembed`: adopt this model's embedder (see module
         docstring). `moved`: `root` is the indexed collection, moved to a new place."""
-        root = Path(root).expanduser().resolve()
+        root = resolved(root)
         if not root.is_dir():
             raise KyaraError(f"{root}: not a folder")
+        check_utf8(root)  # stored as text in the database
         summary = UpdateSummary()
         with locked(self.path / DATABASE):
             if reembed and self._meta("embedder") != self.embedder_id:
@@ -598,27 +605,50 @@ class CollectionIndex:
             db.execute("INSERT OR REPLACE INTO meta VALUES ('classifier', ?)", (self.classifier_id,))
         return done
 
-    def _refresh_labels(self) -> None:
+    def _labels_stale(self) -> bool:
+        """Whether the stored labels predate this model's classifier (after enroll or forget).
+        They are recomputed and stored when no writer holds the index; while `kyara index` runs,
+        or when the collection is read-only, a query computes its own and stores nothing."""
         self._require_same_embedder()
-        if self._meta("classifier") != self.classifier_id:
-            self.relabel()
+        if self._meta("classifier") == self.classifier_id:
+            return False
+        with (
+            contextlib.suppress(OSError, KyaraError, sqlite3.OperationalError),
+            locked(self.path / DATABASE, wait=False) as acquired,
+        ):
+            if acquired:
+                self._relabel()
+                return False
+        return True
+
+    def _select_faces(self, query: str, parameters: Sequence, stale: bool) -> Iterator[IndexedFace]:
+        """The faces of `SELECT <face columns> {query}`, labelled by this model's classifier
+        when the stored labels are `stale`."""
+        if not stale:
+            yield from (_face(row) for row in self._connection.execute(f"SELECT {_FACE_COLUMNS} {query}", parameters))
+            return
+        rows = self._connection.execute(f"SELECT {_FACE_COLUMNS}, embedding {query}", parameters)
+        while chunk := rows.fetchmany(4096):
+            predictions = self.recognizer.classifier.predict(self._decode([row[-1] for row in chunk]), top_k=1)
+            for row, p in zip(chunk, predictions):
+                yield replace(_face(row[:-1]), label=p.label, confidence=p.confidence, similarity=p.similarity)
 
     # Queries ---------------------------------------------------------------------------------
 
     def find(self, label: str, min_confidence: float = 0.0) -> list[IndexedFace]:
         """Every face labelled `label`, by path (labels follow this model's current gallery)."""
-        self._refresh_labels()
-        rows = self._connection.execute(
-            f"SELECT {_FACE_COLUMNS} {_CURRENT_FACES} AND label = ? AND confidence >= ? ORDER BY files.path, faces.id",
-            (self.embedder_id, label, min_confidence),
-        )
-        return [_face(row) for row in rows]
+        stale = self._labels_stale()
+        if stale:  # labels are computed as the faces are read
+            where, parameters = "", (self.embedder_id,)
+        else:
+            where, parameters = " AND label = ? AND confidence >= ?", (self.embedder_id, label, min_confidence)
+        faces = self._select_faces(f"{_CURRENT_FACES}{where} ORDER BY files.path, faces.id", parameters, stale)
+        return [face for face in faces if face.label == label and face.confidence >= min_confidence]
 
     def faces_of(self, path: str) -> list[IndexedFace]:
         """The indexed faces of one picture (`path` relative to the root, with forward slashes)."""
-        self._refresh_labels()
-        query = f"SELECT {_FACE_COLUMNS} {_CURRENT_FACES} AND files.path = ? ORDER BY faces.id"
-        return [_face(row) for row in self._connection.execute(query, (self.embedder_id, path))]
+        query = f"{_CURRENT_FACES} AND files.path = ? ORDER BY faces.id"
+        return list(self._select_faces(query, (self.embedder_id, path), self._labels_stale()))
 
     def search(self, image: ImageSource, top_k: int = 10) -> list[QueryFace]:
         """The faces of the collection most similar to each face of `image` (a face crop is used
@@ -635,24 +665,22 @@ class CollectionIndex:
     def search_vectors(self, vectors: np.ndarray, top_k: int = 10) -> list[list[SearchHit]]:
         """For each embedding, the `top_k` most similar faces of the collection, best first (with
         labels from this model's current gallery)."""
-        self._refresh_labels()
+        stale = self._labels_stale()
         if len(self._vectors) == 0 or len(vectors) == 0:
             return [[] for _ in vectors]
         queries = np.asarray(vectors, np.float32).reshape(len(vectors), -1)
         matches = _match_rows(self._vectors.search(queries, top_k, exact=len(self._vectors) <= EXACT_UP_TO))
-        faces = {
-            face.face_id: face for face in self._faces_by_id(sorted({int(k) for keys, _ in matches for k in keys}))
-        }
+        ids = sorted({int(k) for keys, _ in matches for k in keys})
+        faces = {face.face_id: face for face in self._faces_by_id(ids, stale)}
         return [
             [SearchHit(faces[int(k)], 1.0 - float(d)) for k, d in zip(keys, distances) if int(k) in faces]
             for keys, distances in matches
         ]
 
-    def _faces_by_id(self, ids: list[int]) -> Iterable[IndexedFace]:
+    def _faces_by_id(self, ids: list[int], stale: bool) -> Iterable[IndexedFace]:
         for chunk in _chunks(ids, _SQL_CHUNK):
             marks = ",".join("?" * len(chunk))
-            query = f"SELECT {_FACE_COLUMNS} {_FACES} WHERE faces.id IN ({marks})"
-            yield from (_face(row) for row in self._connection.execute(query, chunk))
+            yield from self._select_faces(f"{_FACES} WHERE faces.id IN ({marks})", chunk, stale)
 
     def stats(self) -> dict:
         """Counts of files, faces and labels, and how many files still wait for re-embedding."""

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 from typer.testing import CliRunner
@@ -65,3 +66,13 @@ def test_missing_file_and_bad_model_exit_non_zero(tmp_path):
     bad_model.write_text("nope")
     result = runner.invoke(app, ["recognize", str(tmp_path / "x.png"), "--model", str(bad_model)])
     assert result.exit_code == 2 and "not a valid kyara model" in result.stderr
+
+
+def test_names_that_are_not_utf8_are_printed_escaped(tmp_path, face_crop_path):
+    folder = tmp_path / os.fsdecode(b"pics \xff")
+    folder.mkdir()
+    shutil.copy(face_crop_path, folder / "a.jpg")
+    result = runner.invoke(app, ["recognize", str(folder), "--json"])
+    assert result.exit_code == 0, result.output
+    (image,) = json.loads(result.stdout)["images"]
+    assert image["path"].startswith(str(tmp_path)) and "\udcff" in image["path"] and image["faces"]

@@ -171,3 +171,18 @@ def test_too_many_faces_and_output_inside_the_input(crops, recognizer, tmp_path,
         result = runner.invoke(app, ["cluster", str(source), "-o", str(source / "clusters"), "--force", "--json"])
         assert result.exit_code == 0, result.output
         assert json.loads(result.stdout)["faces"] == 6
+
+
+def test_cluster_says_scipy_is_missing_before_any_work(tmp_path, monkeypatch):
+    import kyara.cluster
+
+    def missing():
+        raise KyaraError("clustering needs the index extra: pip install 'kyara[index]'")
+
+    def embedding_must_not_run(*args, **kwargs):
+        raise AssertionError("embedding ran before the missing extra was reported")
+
+    monkeypatch.setattr(kyara.cluster, "hierarchy", missing)
+    monkeypatch.setattr(kyara.cluster, "embed_faces", embedding_must_not_run)
+    result = runner.invoke(app, ["cluster", str(tmp_path), "-o", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "index extra" in result.stderr

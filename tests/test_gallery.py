@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from PIL import Image
@@ -8,8 +9,8 @@ from typer.testing import CliRunner
 
 from kyara.bundle import default_model_path, load_bundle
 from kyara.cli import app
-from kyara.errors import KyaraError
-from kyara.gallery import characters, enroll, forget
+from kyara.errors import KyaraError, ModelError
+from kyara.gallery import characters, editable_model_path, enroll, forget
 from kyara.pipeline import Recognizer
 from tests.conftest import drawing_module
 
@@ -80,3 +81,19 @@ def test_cli_uses_the_users_copy(tmp_path, monkeypatch):
     assert default_model_path().read_bytes() == shipped  # the shipped model is untouched
     result = runner.invoke(app, ["forget", "gura"])
     assert result.exit_code == 0 and "gura" not in load_bundle(user_copy).labels
+
+
+def test_the_users_copy_is_made_once_and_only_when_needed(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    user_copy = tmp_path / "data" / "kyara" / "model.kyara"
+    with pytest.raises(KyaraError, match="not a character"):
+        forget("nobody")
+    assert not user_copy.exists()  # forgetting nobody does not freeze the shipped model
+    with ThreadPoolExecutor(4) as pool:  # four first enrollments at once
+        paths = list(pool.map(editable_model_path, [None] * 4))
+    assert paths == [user_copy] * 4 and user_copy.read_bytes() == default_model_path().read_bytes()
+    assert [p.name for p in user_copy.parent.iterdir() if not p.name.endswith(".lock")] == ["model.kyara"]
+    with pytest.raises(ModelError, match="no such model"):
+        enroll("Aoi", [tmp_path / "aoi.png"], tmp_path / "no folder" / "model.kyara")
+    assert not (tmp_path / "no folder").exists()
+    assert forget(" gura ", user_copy) == 1  # names are cleaned as enroll cleans them

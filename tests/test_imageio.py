@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import io
+import struct
 
 import numpy as np
 import pytest
@@ -122,3 +123,18 @@ def test_arrays_and_streams(face):
         load_image(np.zeros((4, 4, 7), np.uint8))
     with pytest.raises(ImageError, match="unsupported"):
         load_image(12345)
+    with pytest.raises(ImageError, match="numbers"):
+        load_image(np.full((4, 4), "a"))
+
+
+def test_a_decoder_failing_in_an_unusual_way_is_an_image_error():
+    """A TIFF whose rows-per-strip is a fraction: Pillow raises TypeError while decoding it."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((24, 20), np.float32)).save(buffer, "TIFF")
+    data = bytearray(buffer.getvalue())
+    directory = struct.unpack_from("<I", data, 4)[0]
+    for entry in range(directory + 2, directory + 2 + 12 * struct.unpack_from("<H", data, directory)[0], 12):
+        if struct.unpack_from("<H", data, entry)[0] == 278:  # RowsPerStrip -> RATIONAL 1/24
+            struct.pack_into("<HHII", data, entry, 278, 5, 1, len(data))
+    with pytest.raises(ImageError, match="corrupt image"):
+        load_image(bytes(data + struct.pack("<II", 1, 24)))

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import sqlite3
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -15,7 +16,7 @@ from kyara.bundle import default_model_path, load_bundle
 from kyara.cli import app
 from kyara.detection import AnimeFaceDetector, DetectedFace
 from kyara.errors import KyaraError
-from kyara.gallery import enroll, forget
+from kyara.gallery import enroll, forget, locked
 from kyara.imageio import load_image
 from kyara.index import DATABASE, VECTORS, CollectionIndex
 from kyara.pipeline import Recognizer, face_crop
@@ -48,6 +49,13 @@ def with_detector(recognizer: Recognizer, fail_after: int | None = None) -> Reco
     counted = copy.copy(recognizer)
     counted.detector = CountingDetector(recognizer.detector, fail_after)
     return counted
+
+
+def usearch_index():
+    # Imported here, after onnxruntime: importing usearch 2.26 first makes onnxruntime's import crash.
+    from usearch.index import Index
+
+    return Index
 
 
 def make_pictures(root):
@@ -205,6 +213,8 @@ def test_a_killed_run_goes_on_where_it_stopped(base, tmp_path, upright, monkeypa
         with CollectionIndex(db, upright) as collection:
             assert consistent(collection) == complete
             assert collection.search(root / "hifumi" / "3.jpg", top_k=1)[0].hits[0].face.path == "hifumi/3.jpg"
+            collection.update(root, progress=False)  # nothing to index, but the vector file is put back
+        assert len(usearch_index().restore(str(vectors))) == complete["vectors"]
 
 
 def test_relabel_after_a_gallery_change_without_detecting(indexed, tmp_path, upright):
@@ -225,6 +235,25 @@ def test_relabel_after_a_gallery_change_without_detecting(indexed, tmp_path, upr
     relabelled.close()
     # The first model sees its own labels again.
     assert hifumi[0].face_id in {face.face_id for face in collection.find("takimoto_hifumi")}
+
+
+def test_readers_label_for_themselves_while_a_writer_holds_the_index(indexed, tmp_path):
+    _, collection = indexed
+    model = tmp_path / "model.kyara"
+    shutil.copyfile(default_model_path(), model)
+    forget("takimoto_hifumi", model)
+    reader = CollectionIndex(collection.path, with_detector(Recognizer(model), fail_after=0))
+    stored = "SELECT value FROM meta WHERE key = 'classifier'"
+    with locked(collection.path / DATABASE):  # as `kyara index` holds it for its whole run
+        while_locked = reader.faces_of("hifumi/2.jpg")
+        assert reader.find("takimoto_hifumi") == [] and while_locked
+        assert all(face.label != "takimoto_hifumi" for face in while_locked)
+        with sqlite3.connect(collection.path / DATABASE) as db:
+            assert db.execute(stored).fetchone()[0] != reader.classifier_id  # nothing was written
+    assert reader.faces_of("hifumi/2.jpg") == while_locked  # the same labels, now stored
+    with sqlite3.connect(collection.path / DATABASE) as db:
+        assert db.execute(stored).fetchone()[0] == reader.classifier_id
+    reader.close()
 
 
 def test_another_embedder_needs_reembedding_but_no_detection(indexed):
@@ -262,6 +291,13 @@ def test_bad_databases_and_roots_are_refused(base, tmp_path, upright):
     db = shutil.copytree(base[1], tmp_path / "copy.kyaradb")
     with CollectionIndex(db, upright) as collection, pytest.raises(KyaraError, match="--moved"):
         collection.update(tmp_path)
+    (tmp_path / "a file").write_text("")
+    with pytest.raises(KyaraError, match="cannot create the index"):
+        CollectionIndex(tmp_path / "a file" / "x.kyaradb", upright, create=True)
+    undecodable = Path(os.fsdecode(bytes(tmp_path) + b"/db\xff.kyaradb"))
+    with pytest.raises(KyaraError, match="not valid UTF-8"):
+        CollectionIndex(undecodable, upright, create=True)
+    assert not undecodable.exists()
 
 
 def test_cli_index_find_search(base, tmp_path):
@@ -295,3 +331,5 @@ def test_cli_index_find_search(base, tmp_path):
     assert result.exit_code == 1 and "broken.png" in result.stderr
     result = runner.invoke(app, ["find", "yagami_kou", "--db", str(tmp_path / "nothing.kyaradb")])
     assert result.exit_code == 2 and "no collection index" in result.stderr
+    result = runner.invoke(app, ["find", "Yagami Kou", "--db", str(db)])
+    assert result.exit_code == 0 and "not a character of the model" in result.stderr
