@@ -33,6 +33,10 @@ MAX_UNPACKED_BYTES = 1 << 30
 """A zip bomb guard: real bundles are tens of megabytes, galleries included."""
 
 
+MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-4, 10.0
+"""Softmax temperatures a calibrated model can have (the default model's is about 0.05)."""
+
+
 @dataclass
 class ModelBundle:
     """Everything a recognizer needs, as plain data."""
@@ -52,6 +56,8 @@ class ModelBundle:
     weights: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        _check_labels(self.labels, self.gallery_labels)
+        _check_metadata(self.metadata)
         self.head = np.asarray(self.head, np.float32)
         if self.head.ndim != 2 or self.head.shape[0] != len(self.labels):
             raise ModelError(f"head has shape {self.head.shape} but there are {len(self.labels)} labels")
@@ -60,8 +66,10 @@ class ModelBundle:
         self.gallery = np.asarray(self.gallery, np.float32)
         if self.gallery.shape != (len(self.gallery_labels), self.embedding_dim):
             raise ModelError(f"gallery has shape {self.gallery.shape} for {len(self.gallery_labels)} labels")
+        if not (np.isfinite(self.head).all() and np.isfinite(self.gallery).all()):
+            raise ModelError("the head or the gallery holds numbers that are not finite")
         if not (
-            self.temperature > 0
+            MIN_TEMPERATURE <= self.temperature <= MAX_TEMPERATURE
             and 8 <= self.input_size <= 1024
             and -1 <= self.unknown_threshold <= 1
             and 0 < self.concentration <= 1
@@ -147,6 +155,25 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def _check_labels(labels: list[str], gallery_labels: list[str]) -> None:
+    if not all(isinstance(label, str) for label in [*labels, *gallery_labels]):
+        raise ModelError("character names must be strings")
+    if len(set(labels)) != len(labels):
+        raise ModelError("a trained character is listed twice")
+
+
+def _check_metadata(metadata: dict[str, Any]) -> None:
+    """The parts of the metadata kyara reads must have the types it reads them as."""
+    training = metadata.get("training", {}) if isinstance(metadata, dict) else None
+    if not isinstance(training, dict):
+        raise ModelError("the model's metadata must be an object, and its training part too")
+    counts, config = training.get("characters", {}), training.get("config", {})
+    if not (isinstance(counts, dict) and all(isinstance(n, int) for n in counts.values())):
+        raise ModelError("the model's training characters must map names to picture counts")
+    if not isinstance(config, dict):
+        raise ModelError("the model's training settings must be an object")
+
+
 def load_bundle(path: str | os.PathLike) -> ModelBundle:
     """Read a `.kyara` file, checking its format; raises `ModelError` with the reason otherwise."""
     path = Path(path)
@@ -163,23 +190,33 @@ def load_bundle(path: str | os.PathLike) -> ModelBundle:
             if not isinstance(header, dict):
                 raise ModelError(f"{path}: not a kyara model (kyara.json is not an object)")
             _check_format(header, path)
-            return ModelBundle(
-                onnx=archive.read("embedder.onnx"),
-                labels=list(header["labels"]),
-                head=_load_npy(archive.read("head.npy")),
-                gallery=_load_npy(archive.read("gallery.npy")),
-                gallery_labels=list(header.get("gallery_labels", [])),
-                unknown_threshold=float(header["unknown_threshold"]),
-                temperature=float(header["temperature"]),
-                input_size=int(header["input_size"]),
-                concentration=float(header.get("concentration", 1.0)),
-                metadata=dict(header.get("metadata", {})),
-                weights=_load_weights(archive),
+            return _bundle_or_error(
+                path,
+                lambda: ModelBundle(
+                    onnx=archive.read("embedder.onnx"),
+                    labels=list(header["labels"]),
+                    head=_load_npy(archive.read("head.npy")),
+                    gallery=_load_npy(archive.read("gallery.npy")),
+                    gallery_labels=list(header.get("gallery_labels", [])),
+                    unknown_threshold=float(header["unknown_threshold"]),
+                    temperature=float(header["temperature"]),
+                    input_size=int(header["input_size"]),
+                    concentration=float(header.get("concentration", 1.0)),
+                    metadata=dict(header.get("metadata", {})),
+                    weights=_load_weights(archive),
+                ),
             )
     except ModelError:
         raise
     except Exception as exc:  # numpy, zipfile and json raise a zoo of types for damaged files
         raise ModelError(f"{path}: not a valid kyara model ({exc.__class__.__name__}: {exc})") from exc
+
+
+def _bundle_or_error(path: Path, make) -> ModelBundle:
+    try:
+        return make()
+    except ModelError as exc:
+        raise ModelError(f"{path}: not a valid kyara model ({exc})") from exc
 
 
 def _check_format(header: dict[str, Any], path: Path) -> None:
@@ -212,6 +249,9 @@ def _load_weights(archive: zipfile.ZipFile) -> dict[str, np.ndarray]:
     if "weights.npz" not in archive.namelist():
         return {}
     with np.load(io.BytesIO(archive.read("weights.npz")), allow_pickle=False) as weights:
+        # The npz is a zip of its own: its members count against the zip bomb guard too.
+        if sum(info.file_size for info in weights.zip.infolist()) > MAX_UNPACKED_BYTES:
+            raise ModelError(f"weights.npz unpacks to more than {MAX_UNPACKED_BYTES >> 20} MiB; refusing it")
         return {name: weights[name] for name in weights.files}
 
 

@@ -558,7 +558,7 @@ def serve(
     from kyara.detection import DEFAULT_DETECTOR
 
     application = _or_exit(lambda: create_app(model, limits, detector or DEFAULT_DETECTOR))
-    uvicorn.run(application, host=host, port=port)
+    uvicorn.run(application, host=host, port=port, limit_concurrency=limits.max_connections)
 
 
 @app.command()

@@ -30,11 +30,11 @@ class Embedder:
             raise ModelError(f"the model's embedder cannot be loaded: {exc}") from exc
         self._input = self._session.get_inputs()[0].name
         self.input_size = input_size
-        try:
-            probe = self._session.run(None, {self._input: np.zeros((1, 3, input_size, input_size), np.float32)})[0]
+        try:  # a batch of two: an embedder fixed to one picture would fail on the second face
+            probe = self._session.run(None, {self._input: np.zeros((2, 3, input_size, input_size), np.float32)})[0]
         except Exception as exc:
-            raise ModelError(f"the model's embedder does not run on {input_size} px input: {exc}") from exc
-        if probe.ndim != 2:
+            raise ModelError(f"the model's embedder does not run on batches of {input_size} px input: {exc}") from exc
+        if probe.ndim != 2 or len(probe) != 2:
             raise ModelError(f"the model's embedder returns shape {probe.shape}, expected (batch, dimension)")
         self.dim = int(probe.shape[1])
 

@@ -15,3 +15,7 @@ class ImageTooLargeError(ImageError):
 
 class ModelError(KyaraError):
     """A model bundle is missing, malformed, or made by an incompatible kyara."""
+
+
+class NoFaceError(KyaraError):
+    """None of the pictures given to learn a character from shows a usable face."""

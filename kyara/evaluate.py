@@ -213,6 +213,8 @@ def _embed_folders(recognizer: Recognizer, folder: Path | Sequence[Path]) -> tup
 
 def evaluate(recognizer: Recognizer, folder: Path | Sequence[Path]) -> Report:
     """Closed-set accuracy of `recognizer`'s model on a folder per character."""
+    if not recognizer.classifier.labels:
+        raise KyaraError("the model knows no characters: there is nothing to evaluate")
     images, skipped = _embed_folders(recognizer, folder)
     return _report(recognizer.classifier, images, None, skipped)
 

@@ -120,7 +120,7 @@ def explain(
     faces = recognizer.faces(picture)[:max_faces]
     crops = input_crops(picture, faces)
     if not faces:
-        side = crops[0].width  # square_on_white pads the picture to a square, centred as here
+        side = max(picture.size)  # square_on_white pads the picture to a square, centred as here
         square = (-round((side - picture.width) / 2), -round((side - picture.height) / 2), side, side)
         return [_explain(recognizer, crops[0], label, versus, (0, 0, *picture.size), square, 0.0, fallback=True)]
     return [

@@ -26,8 +26,8 @@ from kyara.bundle import (
     save_bundle,
     user_model_path,
 )
-from kyara.errors import ImageError, KyaraError, ModelError
-from kyara.imageio import ImageSource
+from kyara.errors import ImageError, KyaraError, ModelError, NoFaceError
+from kyara.imageio import DEFAULT_MAX_PIXELS, ImageSource
 from kyara.pipeline import Recognizer, face_to_learn, forget_loaded_models
 
 MAX_NAME_LENGTH = 100
@@ -80,6 +80,8 @@ def clean_name(name: str) -> str:
     name = unicodedata.normalize("NFC", name).strip()
     if not name or len(name) > MAX_NAME_LENGTH or any(unicodedata.category(c).startswith("C") for c in name):
         raise KyaraError(f"a character name must be 1 to {MAX_NAME_LENGTH} printable characters, got {name!r}")
+    if name in (".", ".."):  # a web address cannot carry them as a path segment
+        raise KyaraError(f"{name!r} cannot be a character name")
     return name
 
 
@@ -100,15 +102,21 @@ def embed_enrollment(recognizer: Recognizer, images: Sequence[ImageSource]) -> t
     return recognizer.embedder.embed(crops), skipped
 
 
-def enroll(name: str, images: Sequence[ImageSource], model: str | os.PathLike | None = None) -> EnrollResult:
-    """Add pictures of `name` to the model's gallery; the character is recognized from then on."""
+def enroll(
+    name: str,
+    images: Sequence[ImageSource],
+    model: str | os.PathLike | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> EnrollResult:
+    """Add pictures of `name` to the model's gallery; the character is recognized from then on.
+    Pictures are decoded one at a time (at most `max_pixels` each), and only their faces kept."""
     name = clean_name(name)
     path = editable_model_path(model)
     with locked(path):
         bundle = load_bundle(path)
-        vectors, skipped = embed_enrollment(Recognizer(bundle), images)
+        vectors, skipped = embed_enrollment(Recognizer(bundle, max_pixels=max_pixels), images)
         if len(vectors) == 0:
-            raise KyaraError(f"no usable picture of {name}: " + "; ".join(skipped))
+            raise NoFaceError(f"no usable picture of {name}: " + "; ".join(skipped))
         bundle.add_to_gallery(vectors, [name] * len(vectors))
         save_bundle(bundle, path)
     forget_loaded_models()
@@ -140,7 +148,11 @@ def forget(name: str, model: str | os.PathLike | None = None) -> int:
 
 def characters(model: str | os.PathLike | None = None) -> list[dict]:
     """Every character the model knows: trained or not, and how many enrolled pictures."""
-    bundle: ModelBundle = load_bundle(resolve_model_path(model))
+    return characters_of(load_bundle(resolve_model_path(model)))
+
+
+def characters_of(bundle: ModelBundle) -> list[dict]:
+    """`characters` of a loaded model."""
     trained_counts = bundle.metadata.get("training", {}).get("characters", {})
     return [
         {

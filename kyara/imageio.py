@@ -32,6 +32,16 @@ DECODED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
 
 def load_image(source: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Read `source` (path, bytes, file object, PIL image or HxWx3 uint8 array) as an RGB image."""
+    return _read(source, max_pixels, decode=True)
+
+
+def check_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    """Raise what `load_image` would for a missing format or too many pixels, reading only the
+    header: a cheap check of many pictures before any is decoded."""
+    _read(data, max_pixels, decode=False)
+
+
+def _read(source: ImageSource, max_pixels: int, decode: bool) -> Image.Image:
     if isinstance(source, np.ndarray):
         return _from_array(source, max_pixels)
     if isinstance(source, Image.Image):
@@ -44,6 +54,8 @@ def load_image(source: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = source if stream is None else Image.open(stream, formats=DECODED_FORMATS)
             _check_size(image.size, max_pixels, name)
+            if not decode:
+                return image
             if stream is not None:
                 image.seek(0)
                 image.load()

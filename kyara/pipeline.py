@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image, ImageOps
+from PIL import Image
 
 from kyara.bundle import ModelBundle, load_bundle, resolve_model_path
 from kyara.classify import Classifier, Guess
@@ -27,6 +27,9 @@ CROP_MARGIN = 1.4
 WHITE = (255, 255, 255)
 CROP_LIFT = 0.05
 """Training crops sit the face slightly below centre; lift the crop by this share of its side."""
+MAX_CUT_SIDE = 1024
+"""Faces and fallback squares are cut at no more than this many pixels: the embedder sees 128,
+and a strip picture padded to a square at full size would take gigabytes."""
 MAX_CROP_SIDE = 512
 """A near-square picture no larger than this may be a face crop already."""
 FACE_FILLS_CROP = 0.5
@@ -180,6 +183,8 @@ def face_crop(image: Image.Image, face: DetectedFace, margin: float = CROP_MARGI
         return image
     cx, cy = face.center
     side = max(face.box[2], face.box[3]) * margin
+    image, scale = _at_most(image, side, MAX_CUT_SIDE)
+    cx, cy, side = cx * scale, cy * scale, side * scale
     if face.angle:
         # Cut just enough around the face to hold the turned square, then straighten it.
         turn = math.radians(face.angle)
@@ -211,8 +216,23 @@ def input_crops(picture: Image.Image, faces: list[DetectedFace]) -> list[Image.I
 
 
 def square_on_white(picture: Image.Image) -> Image.Image:
-    """The whole picture padded to a square: the input when no face is found."""
-    return ImageOps.pad(picture, (max(picture.size),) * 2, color=WHITE)
+    """The whole picture padded to a square, centred (at most `MAX_CUT_SIDE` px): the input when
+    no face is found."""
+    picture, _ = _at_most(picture, max(picture.size), MAX_CUT_SIDE)
+    side = max(picture.size)
+    canvas = Image.new("RGB", (side, side), WHITE)
+    canvas.paste(picture, (round((side - picture.width) / 2), round((side - picture.height) / 2)))
+    return canvas
+
+
+def _at_most(image: Image.Image, side: float, limit: int) -> tuple[Image.Image, float]:
+    """`image` scaled so that a square of `side` pixels in it becomes at most `limit` pixels
+    wide, and the scale applied (1.0: `image` itself)."""
+    if side <= limit:
+        return image, 1.0
+    scale = limit / side
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    return image.resize(size, Image.Resampling.BILINEAR), scale
 
 
 @functools.lru_cache(maxsize=4)

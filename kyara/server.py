@@ -32,10 +32,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kyara import __version__
 from kyara.detection import DEFAULT_DETECTOR, DetectedFace
-from kyara.errors import ImageError, ImageTooLargeError, KyaraError, ModelError
+from kyara.errors import ImageError, ImageTooLargeError, KyaraError, ModelError, NoFaceError
 from kyara.explanation import explain
-from kyara.gallery import characters, clean_name, enroll, forget
-from kyara.imageio import DECODED_FORMATS
+from kyara.gallery import characters_of, clean_name, enroll, forget
+from kyara.imageio import DECODED_FORMATS, check_image
 from kyara.pipeline import CROP_MARGIN, Recognizer, face_crop, image_report
 
 T = TypeVar("T")
@@ -66,9 +66,16 @@ class Limits:
     """Images processed at once; further requests wait for a free worker."""
     max_waiting: int = 16
     """Requests waiting for a worker; one more gets 503 with Retry-After, so a burst cannot pile
-    up request bodies in memory (16 x the 20 MB body limit at most)."""
+    up decoded pictures."""
     max_explained_faces: int = 8
     """Faces given a heat map per /api/explain request (the most face-like first): about 0.4 s each."""
+
+    @property
+    def max_connections(self) -> int:
+        """Connections `kyara serve` keeps open at once (uvicorn answers 503 beyond): bodies are
+        read before a request queues for a worker, so this is what bounds the memory they take
+        (at most this many times `max_body_bytes`). The margin serves the page and health checks."""
+        return self.concurrency + self.max_waiting + 16
 
 
 @dataclass(frozen=True)
@@ -130,15 +137,16 @@ class Service:
         return {"path": upload.name, **report, "detector": recognizer.detector.name}
 
     def enroll(self, name: str, uploads: list[Upload], box: FaceBox | None) -> dict:
-        pictures = [self.recognizer.load(upload.data) for upload in uploads]
+        for upload in uploads:  # a bad file is refused before any work; nothing is decoded yet
+            check_image(upload.data, self.limits.max_pixels)
+        # One picture decoded at a time: twenty 20-megapixel pictures would take over a gigabyte.
+        pictures = [upload.data for upload in uploads]
         if box is not None:
-            pictures = [face_at(pictures[0], box)]
+            pictures = [face_at(self.recognizer.load(uploads[0].data), box)]
         with self.writing:
             try:
-                result = enroll(name, pictures, self.model)
-            except ModelError:
-                raise
-            except KyaraError:  # the name was checked already: what remains is "no usable picture"
+                result = enroll(name, pictures, self.model, self.limits.max_pixels)
+            except NoFaceError:
                 names = ", ".join(upload.name for upload in uploads)
                 raise HTTPException(422, f"no face found in {names}: send a face crop or the face's box") from None
             self._reload()
@@ -153,7 +161,7 @@ class Service:
         return {"name": name, "removed": removed}
 
     def characters(self) -> list[dict]:
-        return characters(self.model)
+        return characters_of(self.recognizer.bundle)  # the model requests are answered with
 
     def health(self) -> dict:
         bundle = self.recognizer.bundle

@@ -92,10 +92,15 @@ def test_upload_shows_boxes_names_and_top5(browser, site):
     names = [face["label"] or "unknown" for face in expected["faces"]]
     assert "unknown" in names
     for number, (face, name) in enumerate(zip(expected["faces"], names), 1):
-        tag = f"{number} {name} {round(face['confidence'] * 100)}%"
+        # An unknown face shows no percentage of its own: that would be its closest guess's.
+        tag = f"{number} {name} {round(face['confidence'] * 100)}%" if face["label"] else f"{number} unknown"
         playwright.expect(boxes.nth(number - 1).locator(".tag")).to_have_text(tag)
         card = page.locator(".face").nth(number - 1)
         playwright.expect(card.locator(".name")).to_have_text(name)
+        if face["label"] is None:
+            closest = face["top_k"][0]
+            hint = f"closest guess: {closest['label']} ({round(closest['confidence'] * 100)}%)"
+            playwright.expect(card.locator(".hint")).to_contain_text(hint)
         playwright.expect(card.locator(".bars li")).to_have_count(5)
         assert card.locator(".teach").evaluate("d => d.open") is (face["label"] is None)
     assert "unknown" in page.locator(".box.unknown .tag").first.inner_text()

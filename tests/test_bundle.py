@@ -103,6 +103,47 @@ def test_inconsistent_head_is_refused():
         ModelBundle(onnx=b"", labels=["a"], head=np.zeros((2, 4)), unknown_threshold=0, temperature=1, input_size=8)
 
 
+def edited_header(path, **changes) -> None:
+    header = json.loads(zipfile.ZipFile(path).read("kyara.json"))
+    rewrite(path, "kyara.json", json.dumps({**header, **changes}).encode())
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"labels": [["a"], "b", "c"]}, "must be strings"),
+        ({"labels": ["a", "a", "c"]}, "listed twice"),
+        ({"temperature": 1e-300}, "implausible"),
+        ({"metadata": {"training": [1]}}, "training part"),
+        ({"metadata": {"training": {"characters": {"a": "many"}}}}, "picture counts"),
+        ({"metadata": {"training": {"config": "fast"}}}, "settings"),
+    ],
+)
+def test_a_hostile_header_is_a_model_error(bundle, tmp_path, changes, message):
+    path = tmp_path / "m.kyara"
+    save_bundle(bundle, path)
+    edited_header(path, **changes)
+    with pytest.raises(ModelError, match=message) as refused:
+        load_bundle(path)
+    assert str(path) in str(refused.value)
+
+
+def test_numbers_that_are_not_finite_and_weight_bombs_are_refused(bundle, tmp_path, monkeypatch):
+    path = tmp_path / "m.kyara"
+    bundle.head[0, 0] = np.nan
+    with pytest.raises(ModelError, match="not finite"):
+        save_bundle(ModelBundle(**bundle.__dict__), path)
+    bundle.head[0, 0] = 1.0
+    save_bundle(bundle, path)
+    bomb = io.BytesIO()
+    np.savez_compressed(bomb, w=np.zeros((512, 512), np.float16))  # 512 KiB in a few hundred bytes
+    rewrite(path, "weights.npz", bomb.getvalue())
+    assert load_bundle(path).weights["w"].shape == (512, 512)
+    monkeypatch.setattr("kyara.bundle.MAX_UNPACKED_BYTES", 64 << 10)  # the outer zip stays under it
+    with pytest.raises(ModelError, match=r"weights\.npz unpacks"):
+        load_bundle(path)
+
+
 def test_default_model_is_shipped_and_small():
     path = default_model_path()
     assert path.is_file() and path.stat().st_size < 20 * 2**20

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from kyara.bundle import default_model_path, load_bundle
 from kyara.cli import app
-from kyara.errors import KyaraError, ModelError
+from kyara.errors import KyaraError, ModelError, NoFaceError
 from kyara.gallery import characters, editable_model_path, enroll, forget
 from kyara.pipeline import Recognizer
 from tests.conftest import drawing_module
@@ -55,10 +55,12 @@ def test_failed_enrollment_changes_nothing(model, tmp_path):
     before = model.read_bytes()
     blank = tmp_path / "blank.png"
     Image.new("RGB", (900, 600), (255, 255, 255)).save(blank)
-    with pytest.raises(KyaraError, match="no usable picture"):
+    with pytest.raises(NoFaceError, match="no usable picture"):
         enroll("Nobody", [blank, tmp_path / "missing.png"], model)
     with pytest.raises(KyaraError, match="printable"):
         enroll("bad\nname", [blank], model)
+    with pytest.raises(KyaraError, match="cannot be a character name"):
+        enroll("..", [blank], model)
     with pytest.raises(KyaraError, match="not a character"):
         forget("Nobody", model)
     assert model.read_bytes() == before

@@ -70,6 +70,27 @@ def test_fallback_uses_whole_image_when_no_face(recognizer):
     assert result.to_dict()["fallback"] is True
 
 
+def test_what_is_cut_stays_small_whatever_the_picture(recognizer, face_crop_path):
+    """A strip picture padded to a square, or a huge face, would take gigabytes at full size."""
+    from kyara.detection import DetectedFace
+    from kyara.pipeline import MAX_CUT_SIDE, face_crop, square_on_white
+
+    strip = Image.new("RGB", (6000, 1), (90, 60, 160))
+    assert square_on_white(strip).size == (MAX_CUT_SIDE, MAX_CUT_SIDE)
+    [result] = recognizer.recognize(strip)
+    assert result.fallback and result.box == (0, 0, 6000, 1)
+    small = Image.new("RGB", (200, 100), (90, 60, 160))
+    assert np.array_equal(np.asarray(square_on_white(small))[50:150], np.asarray(small))  # centred, unscaled
+    face = Image.open(face_crop_path).convert("RGB")
+    poster = Image.new("RGB", (3000, 3000), (255, 255, 255))
+    poster.paste(face.resize((2000, 2000)), (500, 500))
+    for angle in (0.0, 20.0):
+        crop = face_crop(poster, DetectedFace((700, 700, 1600, 1600), 0.9, angle=angle))
+        assert crop.size == (MAX_CUT_SIDE, MAX_CUT_SIDE)
+    upright = face_crop(poster, DetectedFace((700, 700, 1600, 1600), 0.9))
+    assert recognizer.recognize_crop(upright).top_k[0].label == recognizer.recognize_crop(face).top_k[0].label
+
+
 def test_one_line_api(face_crop_path):
     faces = kyara.recognize(face_crop_path.parent.parent.parent / "newgame-illustrations" / "yagami_kou" / "1.jpg")
     assert faces and all(isinstance(f, kyara.FaceResult) for f in faces)
@@ -108,3 +129,29 @@ def test_a_face_crop_is_named_whole_while_a_small_picture_keeps_its_faces(recogn
     canvas.paste(crop.resize((150, 150)), (300, 40))
     faces = recognizer.faces(canvas)
     assert faces == recognizer.detector.detect(canvas) and max(faces[0].box[2:]) < 240
+
+
+def test_an_embedder_that_takes_one_picture_at_a_time_is_refused(recognizer):
+    onnx = pytest.importorskip("onnx")
+    from kyara.embedding import Embedder
+    from kyara.errors import ModelError
+
+    graph = onnx.load_from_string(recognizer.bundle.onnx)
+    graph.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1  # a fixed batch of one
+    with pytest.raises(ModelError, match="batches"):
+        Embedder(graph.SerializeToString(), recognizer.bundle.input_size)
+
+
+def test_evaluating_a_model_without_characters_is_a_clear_error(tmp_path):
+    from dataclasses import replace
+
+    from kyara.bundle import default_model_path, load_bundle
+    from kyara.errors import KyaraError
+    from kyara.evaluate import evaluate
+    from kyara.pipeline import Recognizer
+
+    bundle = load_bundle(default_model_path())
+    nothing = np.zeros((0, bundle.embedding_dim), np.float32)
+    empty = replace(bundle, labels=[], head=nothing, gallery=nothing, gallery_labels=[])
+    with pytest.raises(KyaraError, match="knows no characters"):
+        evaluate(Recognizer(empty), tmp_path)

@@ -20,6 +20,7 @@ from fastapi.testclient import TestClient
 
 from kyara.bundle import default_model_path, load_bundle
 from kyara.cli import app as cli
+from kyara.gallery import enroll
 from kyara.server import WEB, Limits, create_app
 from tests.conftest import ROOT, drawing_module, held_out
 
@@ -307,6 +308,16 @@ def test_default_model_enrollment_goes_to_the_users_copy(tmp_path, monkeypatch):
     assert default_model_path().read_bytes() == shipped
 
 
+def test_the_character_list_is_the_served_models(tmp_path):
+    model = tmp_path / "model.kyara"
+    shutil.copyfile(default_model_path(), model)
+    client = TestClient(create_app(model))
+    crop = drawing_module().draw_character(200, *PURPLE).convert("RGB")
+    enroll("Outside", [crop], model)  # `kyara enroll --model` from a shell, while the server runs
+    listed = [entry["name"] for entry in client.get("/api/characters").json()]
+    assert listed == client.get("/api/health").json()["characters"] and "Outside" not in listed
+
+
 def test_page_and_docs_are_served_without_external_assets(client):
     page = client.get("/")
     assert page.status_code == 200 and 'src="app.js"' in page.text and 'href="style.css"' in page.text
@@ -342,7 +353,8 @@ def test_serve_command_passes_limits_and_address(model, monkeypatch):
     result = runner.invoke(cli, arguments)
     assert result.exit_code == 0, result.output
     ((application, options),) = calls
-    assert options == {"host": "127.0.0.1", "port": 8123}
+    # Open connections are capped, so bodies read before queueing cannot pile up either.
+    assert options == {"host": "127.0.0.1", "port": 8123, "limit_concurrency": 3 + 5 + 16}
     limits = TestClient(application).get("/api/health").json()["limits"]
     assert limits == {
         "max_body_bytes": 1024 * 1024,

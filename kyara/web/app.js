@@ -183,7 +183,8 @@ function drawBox(face, number, image) {
   tag.className = "tag";
   if (y / image.height < 0.08) tag.classList.add("inside"); // no room above the box
   if ((x + w) / image.width > 0.8) tag.classList.add("end"); // keep the label on the picture
-  tag.textContent = `${number} ${title(face)} ${percent(face.confidence)}`;
+  // An unknown face's confidence is its closest guess's, not a belief that it is unknown.
+  tag.textContent = face.label ? `${number} ${face.label} ${percent(face.confidence)}` : `${number} unknown`;
   box.append(tag);
   return box;
 }
@@ -193,10 +194,11 @@ function faceCard(face, number) {
   card.classList.add(face.label ? "known" : "unknown");
   card.querySelector(".badge").textContent = number;
   card.querySelector(".name").textContent = title(face);
-  card.querySelector(".confidence").textContent = percent(face.confidence);
+  card.querySelector(".confidence").textContent = face.label ? percent(face.confidence) : "";
+  const closest = face.top_k[0];
   card.querySelector(".hint").textContent = face.label
     ? ""
-    : `Below the unknown threshold; closest guess: ${face.top_k[0]?.label ?? "none"}.`;
+    : `Below the unknown threshold; closest guess: ${closest ? `${closest.label} (${percent(closest.confidence)})` : "none"}.`;
   for (const guess of face.top_k) {
     const bar = document.createElement("li");
     const label = document.createElement("span");
