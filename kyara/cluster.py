@@ -1,12 +1,12 @@
 """Group the faces of unlabelled pictures by character, ready to be named into a training set.
 
-A picture that is already a face crop is one face (the crop rule of `pipeline.faces_to_name`, as
-for recognition, training and enrollment); otherwise each face the detector finds is one. Faces
-are embedded with the model and grouped by average-linkage agglomerative clustering on cosine
-distance, cut at a distance threshold: no number of characters to guess, and a face joins a group
-only when it is close to the group as a whole, not to a single look-alike. Groups smaller than
-`min_size` are noise. `write_clusters` writes one folder per group (largest first) plus `noise/`,
-and `clusters.json` with where every face came from and the model's guess for each group.
+A small, nearly square picture is one face, taken whole without detecting (as training takes
+it); otherwise each face the detector finds is one. Faces are embedded with the model and grouped
+by average-linkage agglomerative clustering on cosine distance, cut at a distance threshold: no
+number of characters to guess, and a face joins a group only when it is close to the group as a
+whole, not to a single look-alike. Groups smaller than `min_size` are noise. `write_clusters`
+writes one folder per group (largest first) plus `noise/`, and `clusters.json` with where every
+face came from and the model's guess for each group.
 """
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ from PIL import Image
 from tqdm import tqdm
 
 from kyara.bundle import ModelBundle
-from kyara.crop import faces_in, faces_of
+from kyara.crop import faces_in
 from kyara.detection import Detector
 from kyara.errors import KyaraError
 from kyara.imageio import check_utf8, load_image, shortened
-from kyara.pipeline import Recognizer, face_crop, is_whole_picture, looks_like_face_crop
+from kyara.pipeline import Recognizer, looks_like_face_crop
 
 DEFAULT_THRESHOLD = 0.75
 """Cosine distance at which groups stop merging, measured in docs/collection.md for fine-tuned
@@ -99,14 +99,13 @@ def embed_faces(recognizer: Recognizer, paths: Sequence[Path], progress: bool = 
         except KyaraError as exc:  # an unreadable picture (ImageError) or name
             face_set.unreadable.append(str(exc))
             continue
-        faces = faces_of(Path(path), picture, recognizer.detector)
-        # A face crop (one where no face is found, too) is one face, copied as it is.
-        if is_whole_picture(picture, faces[0]) if faces else looks_like_face_crop(picture):
+        if looks_like_face_crop(picture):  # taken whole without detecting, as training takes it
             pending.append((Path(path), 0, picture))
-        elif faces:
-            pending += [(Path(path), number, face_crop(picture, face)) for number, face in enumerate(faces, 1)]
         else:
-            face_set.without_face.append(str(path))
+            crops = faces_in(Path(path), picture, recognizer.detector)
+            if not crops:
+                face_set.without_face.append(str(path))
+            pending += [(Path(path), number, crop) for number, crop in enumerate(crops, 1)]
         if len(pending) >= EMBED_BATCH:
             flush()
     flush()

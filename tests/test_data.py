@@ -7,6 +7,7 @@ import shutil
 import numpy as np
 from PIL import Image
 
+from kyara.pipeline import face_crop
 from kyara.train.data import load_folders, split_by_group
 from tests.conftest import data_path
 
@@ -48,22 +49,27 @@ def test_a_group_shared_by_two_characters_stays_on_one_side():
         assert (2 in train) == (15 in train), seed
 
 
-def test_training_reads_a_picture_as_recognition_does(tmp_path, monkeypatch, recognizer, held_out_files):
-    """The crop rule (`pipeline.faces_to_name`) holds for training pictures too."""
+def test_what_a_training_picture_teaches(tmp_path, monkeypatch, recognizer, held_out_files):
+    """A face crop is taken whole without detecting; an illustration teaches its best face, cut as
+    recognition cuts it; an illustration without a face teaches nothing."""
     from kyara.crop import training_face
 
+    class NoDetection:
+        name = "none"
+
+        def detect(self, image):
+            raise AssertionError("a face crop must not be detected")
+
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    crops = (Image.open(path).convert("RGB") for path in held_out_files[::40])
-    crop = next(c for c in crops if [f.box for f in recognizer.faces(c)] == [(0, 0, *c.size)])
-    canvas = Image.new("RGB", (480, 480), (250, 250, 240))
-    canvas.paste(crop.resize((150, 150)), (300, 40))
-    blank = Image.new("RGB", (300, 300), (250, 250, 240))
+    crop = Image.open(held_out_files[0]).convert("RGB")
+    crop.save(tmp_path / "crop.png")
+    assert training_face(tmp_path / "crop.png", crop, NoDetection()) is crop
+    canvas = Image.new("RGB", (900, 900), (250, 250, 240))
+    canvas.paste(crop.resize((200, 200)), (600, 80))
     poster = Image.new("RGB", (900, 600), (250, 250, 240))
-    pictures = {"crop.png": crop, "canvas.png": canvas, "blank.png": blank, "poster.png": poster}
-    for name, picture in pictures.items():
+    for name, picture in {"canvas.png": canvas, "poster.png": poster}.items():
         picture.save(tmp_path / name)
-    taught = {name: training_face(tmp_path / name, picture, recognizer.detector) for name, picture in pictures.items()}
-    assert taught["crop.png"] is crop  # a face crop is taken as it is
-    assert taught["canvas.png"].width < canvas.width / 2  # a small face in a small picture is cut out
-    assert taught["blank.png"] is blank  # a face crop the detector sees no face in: whole
-    assert taught["poster.png"] is None  # an illustration without a face teaches nothing
+    face = training_face(tmp_path / "canvas.png", canvas, recognizer.detector)
+    (expected,) = recognizer.faces(canvas)
+    assert face.size == face_crop(canvas, expected).size and face.width < 450
+    assert training_face(tmp_path / "poster.png", poster, recognizer.detector) is None
