@@ -37,9 +37,11 @@ from kyara.detection import DetectedFace
 from kyara.errors import ImageError, KyaraError
 from kyara.gallery import locked
 from kyara.imageio import ImageSource, check_utf8, list_images, resolved
-from kyara.pipeline import Recognizer, input_crops
+from kyara.pipeline import Recognizer, crop_sized, input_crops
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: a face crop is one face, the whole picture (`pipeline.faces_to_name`). Format 1 cut the face
+out of face crops again; its next update reads those files afresh (`_forget_face_crops`)."""
 DATABASE = "collection.sqlite"
 VECTORS = "vectors.usearch"
 FILES_PER_COMMIT = 16
@@ -377,6 +379,8 @@ class CollectionIndex:
                 self._load_vectors()
             self._require_same_embedder()
             self._adopt_root(root, moved)
+            if self._meta("format_version") == "1":
+                self._forget_face_crops()
             if self._meta("classifier") != self.classifier_id:
                 summary.relabelled = self._relabel()
             try:
@@ -393,6 +397,19 @@ class CollectionIndex:
                 "(files are matched by their path inside it); otherwise use another --db."
             )
         self._set_meta(root=str(root))
+
+    def _forget_face_crops(self) -> None:
+        """Drop the files of face-crop size indexed under format 1 (their faces were cut out
+        again), so this update indexes them as new files; then the index is of this format."""
+        rows = self._connection.execute("SELECT id, width, height FROM files").fetchall()
+        crops = [file_id for file_id, width, height in rows if crop_sized(width, height)]
+        faces = self._face_ids_of(crops)
+        with self._connection as db:
+            db.executemany("DELETE FROM files WHERE id = ?", [(file_id,) for file_id in crops])
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('format_version', ?)", (str(FORMAT_VERSION),))
+        if faces:
+            self._vectors.remove(np.array(faces, np.uint64))
+            self._vectors_changed = True
 
     def _index_files(self, root: Path, summary: UpdateSummary, progress: bool) -> None:
         on_disk = {path.relative_to(root).as_posix(): path for path in list_images(root)}

@@ -162,7 +162,11 @@ def face_to_learn(picture: Image.Image, faces: list[DetectedFace]) -> Image.Imag
 
 
 def looks_like_face_crop(image: Image.Image) -> bool:
-    width, height = image.size
+    return crop_sized(*image.size)
+
+
+def crop_sized(width: int, height: int) -> bool:
+    """Small and nearly square: a picture of this size may be a face crop already."""
     return max(width, height) <= MAX_CROP_SIDE and 0.75 <= width / height <= 4 / 3
 
 

@@ -237,6 +237,27 @@ def test_relabel_after_a_gallery_change_without_detecting(indexed, tmp_path, upr
     assert hifumi[0].face_id in {face.face_id for face in collection.find("takimoto_hifumi")}
 
 
+def test_an_index_of_format_1_reads_its_face_crops_again(indexed, held_out_files):
+    root, collection = indexed
+    crop = held_out_files[0]
+    shutil.copyfile(crop, root / "kou" / "crop.png")
+    collection.update(root, progress=False)
+    (face,) = collection.faces_of("kou/crop.png")
+    size = load_image(crop).size
+    assert face.box == (0, 0, *size)  # a face crop is named whole
+    with sqlite3.connect(collection.path / DATABASE) as db:  # as format 1 stored it: the face cut again
+        db.execute("UPDATE faces SET x = 10, y = 10, w = 50, h = 50 WHERE id = ?", (face.face_id,))
+        db.execute("UPDATE meta SET value = '1' WHERE key = 'format_version'")
+    calls = collection.recognizer.detector.calls
+    summary = collection.update(root, progress=False)
+    assert (summary.added, summary.unchanged) == (1, 6)
+    assert collection.recognizer.detector.calls == calls + 1  # only the face crop is read again
+    assert [f.box for f in collection.faces_of("kou/crop.png")] == [(0, 0, *size)]
+    assert consistent(collection)["vectors"] == collection.stats()["faces"]
+    with sqlite3.connect(collection.path / DATABASE) as db:
+        assert db.execute("SELECT value FROM meta WHERE key = 'format_version'").fetchone() == ("2",)
+
+
 def test_readers_label_for_themselves_while_a_writer_holds_the_index(indexed, tmp_path):
     _, collection = indexed
     model = tmp_path / "model.kyara"
