@@ -88,7 +88,7 @@ def clean_name(name: str) -> str:
 def embed_enrollment(recognizer: Recognizer, images: Sequence[ImageSource]) -> tuple[np.ndarray, list[str]]:
     """One embedding per picture: its best face, or the picture itself if it is a face crop."""
     crops, skipped = [], []
-    for image in images:
+    for number, image in enumerate(images, 1):
         try:
             picture = recognizer.load(image)
         except ImageError as exc:
@@ -96,7 +96,9 @@ def embed_enrollment(recognizer: Recognizer, images: Sequence[ImageSource]) -> t
             continue
         crop = face_to_learn(picture, recognizer.faces(picture))  # as recognize sees the picture
         if crop is None:
-            skipped.append(f"{image}: no face found")
+            # A path names itself; bytes, arrays and images are named by their place.
+            named = str(image) if isinstance(image, str | os.PathLike) else f"picture {number}"
+            skipped.append(f"{named}: no face found")
         else:
             crops.append(crop)
     return recognizer.embedder.embed(crops), skipped
@@ -125,9 +127,11 @@ def enroll(
 
 def forget(name: str, model: str | os.PathLike | None = None) -> int:
     """Remove a character (enrolled pictures, and its trained head row if any). Returns what went."""
-    name = clean_name(name)
-    if name not in load_bundle(resolve_model_path(model)).all_labels():
-        # Said before anything is written: no user copy is made to forget nobody.
+    known = load_bundle(resolve_model_path(model)).all_labels()
+    # A trained name is a folder's name as it was (maybe decomposed Unicode or spaced); an
+    # enrolled one was cleaned. Said before anything is written: no user copy to forget nobody.
+    name = name if name in known else clean_name(name)
+    if name not in known:
         raise KyaraError(f"{name!r} is not a character of {resolve_model_path(model)}")
     path = editable_model_path(model)
     with locked(path):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import struct
 import warnings
 from os import PathLike
@@ -69,6 +70,8 @@ def _read(source: ImageSource, max_pixels: int, decode: bool) -> Image.Image:
         raise ImageError(f"{name}: not a readable image ({exc.__class__.__name__})") from exc
     except (OSError, ValueError, SyntaxError, EOFError, struct.error) as exc:
         raise ImageError(f"{name}: corrupt or truncated image ({exc})") from exc
+    except MemoryError:
+        raise  # not the file's fault: it must not be remembered as corrupt
     except Exception as exc:  # Pillow's decoders fail in yet other ways on hostile files (TypeError, ...)
         raise ImageError(f"{name}: corrupt image ({exc.__class__.__name__}: {exc})") from exc
     finally:
@@ -132,8 +135,11 @@ def _open_file(path: Path) -> BinaryIO:
 
 def resolved(path: str | PathLike) -> Path:
     """`path` made absolute with symlinks resolved, or a `KyaraError` (a symlink loop, ...)."""
+    path = Path(path).expanduser()
     try:
-        return Path(path).expanduser().resolve()
+        # Strict for an existing name, so that a symlink loop is an error on every Python (3.13
+        # returns a loop unresolved otherwise); a path still to be made need not exist.
+        return path.resolve(strict=os.path.lexists(path))
     except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop, before Python 3.13
         raise KyaraError(f"{path}: cannot resolve the path ({exc})") from exc
 

@@ -40,8 +40,9 @@ from kyara.imageio import ImageSource, check_utf8, list_images, resolved
 from kyara.pipeline import Recognizer, crop_sized, input_crops
 
 FORMAT_VERSION = 2
-"""2: a face crop is one face, the whole picture (`pipeline.faces_to_name`). Format 1 cut the face
-out of face crops again; its next update reads those files afresh (`_forget_face_crops`)."""
+"""2: a face crop is one face, the whole picture (`pipeline.faces_to_name`). An index of format 1
+made before that rule (session 6) cut the face out of face crops again; its next update reads such
+files afresh (`_forget_face_crops`)."""
 DATABASE = "collection.sqlite"
 VECTORS = "vectors.usearch"
 FILES_PER_COMMIT = 16
@@ -399,9 +400,12 @@ class CollectionIndex:
         self._set_meta(root=str(root))
 
     def _forget_face_crops(self) -> None:
-        """Drop the files of face-crop size indexed under format 1 (their faces were cut out
-        again), so this update indexes them as new files; then the index is of this format."""
-        rows = self._connection.execute("SELECT id, width, height FROM files").fetchall()
+        """Drop the files of face-crop size whose faces were cut out again (no stored face is the
+        whole picture), so this update indexes them as new files; then the index is of this format."""
+        rows = self._connection.execute(
+            "SELECT id, width, height FROM files WHERE NOT EXISTS (SELECT 1 FROM faces WHERE "
+            "faces.file_id = files.id AND x = 0 AND y = 0 AND w = files.width AND h = files.height)"
+        ).fetchall()
         crops = [file_id for file_id, width, height in rows if crop_sized(width, height)]
         faces = self._face_ids_of(crops)
         with self._connection as db:

@@ -187,25 +187,33 @@ def face_crop(image: Image.Image, face: DetectedFace, margin: float = CROP_MARGI
         return image
     cx, cy = face.center
     side = max(face.box[2], face.box[3]) * margin
-    image, scale = _at_most(image, side, MAX_CUT_SIDE)
-    cx, cy, side = cx * scale, cy * scale, side * scale
     if face.angle:
         # Cut just enough around the face to hold the turned square, then straighten it.
         turn = math.radians(face.angle)
         reach = side * (abs(math.cos(turn)) + abs(math.sin(turn))) / 2 + side * CROP_LIFT
         image = _crop_on_white(image, cx, cy, 2 * reach).rotate(face.angle, Image.Resampling.BILINEAR, fillcolor=WHITE)
+        side *= image.width / max(1, round(2 * reach))  # the cut may have been shrunk
         cx, cy = image.width / 2, image.height / 2
     return _crop_on_white(image, cx, cy - side * CROP_LIFT, side)
 
 
 def _crop_on_white(image: Image.Image, cx: float, cy: float, side: float) -> Image.Image:
+    """The square of `side` around (cx, cy), white beyond the picture, at most `MAX_CUT_SIDE` px
+    across (a larger square is shrunk as it is cut: only its region is resampled)."""
     left, top = round(cx - side / 2), round(cy - side / 2)
     size = max(1, round(side))
-    canvas = Image.new("RGB", (size, size), WHITE)
+    out = min(size, MAX_CUT_SIDE)
+    scale = out / size
+    canvas = Image.new("RGB", (out, out), WHITE)
     # Only the part inside the picture is copied: Image.crop would fill the rest with black.
     inside = (max(0, left), max(0, top), min(image.width, left + size), min(image.height, top + size))
     if inside[2] > inside[0] and inside[3] > inside[1]:
-        canvas.paste(image.crop(inside), (inside[0] - left, inside[1] - top))
+        if scale == 1.0:
+            part = image.crop(inside)
+        else:
+            shrunk = (max(1, round((inside[2] - inside[0]) * scale)), max(1, round((inside[3] - inside[1]) * scale)))
+            part = image.resize(shrunk, Image.Resampling.BILINEAR, box=inside)
+        canvas.paste(part, (round((inside[0] - left) * scale), round((inside[1] - top) * scale)))
     return canvas
 
 
@@ -222,21 +230,7 @@ def input_crops(picture: Image.Image, faces: list[DetectedFace]) -> list[Image.I
 def square_on_white(picture: Image.Image) -> Image.Image:
     """The whole picture padded to a square, centred (at most `MAX_CUT_SIDE` px): the input when
     no face is found."""
-    picture, _ = _at_most(picture, max(picture.size), MAX_CUT_SIDE)
-    side = max(picture.size)
-    canvas = Image.new("RGB", (side, side), WHITE)
-    canvas.paste(picture, (round((side - picture.width) / 2), round((side - picture.height) / 2)))
-    return canvas
-
-
-def _at_most(image: Image.Image, side: float, limit: int) -> tuple[Image.Image, float]:
-    """`image` scaled so that a square of `side` pixels in it becomes at most `limit` pixels
-    wide, and the scale applied (1.0: `image` itself)."""
-    if side <= limit:
-        return image, 1.0
-    scale = limit / side
-    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-    return image.resize(size, Image.Resampling.BILINEAR), scale
+    return _crop_on_white(picture, picture.width / 2, picture.height / 2, max(picture.size))
 
 
 @functools.lru_cache(maxsize=4)

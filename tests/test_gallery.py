@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import io
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 
@@ -7,7 +8,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from kyara.bundle import default_model_path, load_bundle
+from kyara.bundle import default_model_path, load_bundle, save_bundle
 from kyara.cli import app
 from kyara.errors import KyaraError, ModelError, NoFaceError
 from kyara.gallery import characters, editable_model_path, enroll, forget
@@ -99,3 +100,17 @@ def test_the_users_copy_is_made_once_and_only_when_needed(tmp_path, monkeypatch)
         enroll("Aoi", [tmp_path / "aoi.png"], tmp_path / "no folder" / "model.kyara")
     assert not (tmp_path / "no folder").exists()
     assert forget(" gura ", user_copy) == 1  # names are cleaned as enroll cleans them
+
+
+def test_trained_names_as_folders_gave_them_and_bytes_without_a_face(tmp_path):
+    bundle = load_bundle(default_model_path())
+    decomposed = "Ame\u0301lie "  # a folder name from macOS, with a trailing space
+    bundle.labels = [decomposed, *bundle.labels[1:]]
+    model = tmp_path / "model.kyara"
+    save_bundle(bundle, model)
+    assert forget(decomposed, model) == 1 and decomposed not in load_bundle(model).labels
+    blank = io.BytesIO()
+    Image.new("RGB", (900, 600), (255, 255, 255)).save(blank, "PNG")
+    with pytest.raises(NoFaceError) as refused:
+        enroll("Aoi", [blank.getvalue()], model)
+    assert "picture 1: no face found" in str(refused.value) and len(str(refused.value)) < 200

@@ -5,7 +5,7 @@ import struct
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
 
 from kyara.errors import ImageError, ImageTooLargeError
 from kyara.imageio import load_image
@@ -138,3 +138,12 @@ def test_a_decoder_failing_in_an_unusual_way_is_an_image_error():
             struct.pack_into("<HHII", data, entry, 278, 5, 1, len(data))
     with pytest.raises(ImageError, match="corrupt image"):
         load_image(bytes(data + struct.pack("<II", 1, 24)))
+
+
+def test_running_out_of_memory_is_not_a_corrupt_image(face, monkeypatch):
+    def exhausted(self):
+        raise MemoryError
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", exhausted)  # while decoding
+    with pytest.raises(MemoryError):
+        load_image(encoded(face, "PNG"))
