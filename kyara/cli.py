@@ -156,7 +156,9 @@ def _print_recognitions(results: list[dict]) -> None:
             if face["fallback"]:
                 name += " [dim](no face found, whole image)[/dim]"
             listed = ", ".join(f"{g['label']} {g['confidence']:.0%}" for g in others)
-            table.add_row(str(face["box"]), name, f"{face['confidence']:.0%}", listed)
+            # An unknown face's confidence is its closest guess's, listed with the other guesses.
+            confidence = f"{face['confidence']:.0%}" if face["label"] else "-"
+            table.add_row(str(face["box"]), name, confidence, listed)
         console.print(table)
 
 

@@ -7,7 +7,7 @@ import shutil
 from typer.testing import CliRunner
 
 from kyara.cli import app
-from tests.conftest import data_path
+from tests.conftest import ROOT, data_path
 
 runner = CliRunner()
 
@@ -41,6 +41,11 @@ def test_recognize_table_and_glob(tmp_path):
     assert result.exit_code == 0, result.output
     assert "10.jpg" in result.stdout and "12.jpg" in result.stdout and "confidence" in result.stdout
     assert "13.jpg" not in result.stdout
+
+    drawn = runner.invoke(app, ["recognize", str(ROOT / "docs" / "example.png")])
+    unknown = next(line for line in drawn.stdout.splitlines() if "unknown (closest:" in line)
+    # No percentage of its own: the closest guess's shows with the other guesses.
+    assert unknown.split("│")[3].strip() == "-" and "%" in unknown.split("│")[4]
 
 
 def test_detect_json(tmp_path):
