@@ -616,13 +616,12 @@ class CollectionIndex:
         done = 0
         with self._connection as db:
             rows = db.execute(f"SELECT faces.id, embedding {_CURRENT_FACES}", (self.embedder_id,))
-            while chunk := rows.fetchmany(65536):
-                predictions = self.recognizer.classifier.predict(self._decode([r[1] for r in chunk]), top_k=1)
+            for labelled in self._labelled(rows):
                 db.executemany(
                     "UPDATE faces SET label = ?, confidence = ?, similarity = ? WHERE id = ?",
-                    [(p.label, p.confidence, p.similarity, r[0]) for p, r in zip(predictions, chunk)],
+                    [(p.label, p.confidence, p.similarity, row[0]) for row, p in labelled],
                 )
-                done += len(chunk)
+                done += len(labelled)
             db.execute("INSERT OR REPLACE INTO meta VALUES ('classifier', ?)", (self.classifier_id,))
         return done
 
@@ -649,10 +648,15 @@ class CollectionIndex:
             yield from (_face(row) for row in self._connection.execute(f"SELECT {_FACE_COLUMNS} {query}", parameters))
             return
         rows = self._connection.execute(f"SELECT {_FACE_COLUMNS}, embedding {query}", parameters)
-        while chunk := rows.fetchmany(4096):
-            predictions = self.recognizer.classifier.predict(self._decode([row[-1] for row in chunk]), top_k=1)
-            for row, p in zip(chunk, predictions):
+        for labelled in self._labelled(rows):
+            for row, p in labelled:
                 yield replace(_face(row[:-1]), label=p.label, confidence=p.confidence, similarity=p.similarity)
+
+    def _labelled(self, rows: sqlite3.Cursor) -> Iterator[list[tuple[tuple, Prediction]]]:
+        """`rows` (the stored embedding last) in chunks, each row with this model's prediction."""
+        while chunk := rows.fetchmany(65536):
+            predictions = self.recognizer.classifier.predict(self._decode([row[-1] for row in chunk]), top_k=1)
+            yield list(zip(chunk, predictions))
 
     # Queries ---------------------------------------------------------------------------------
 

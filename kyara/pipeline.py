@@ -144,8 +144,9 @@ class Recognizer:
 
 
 def faces_to_name(picture: Image.Image, faces: list[DetectedFace]) -> list[DetectedFace]:
-    """The crop rule, the same wherever kyara reads a picture: the detected `faces`, but one face
-    cut as the whole picture when the picture is a face crop already (see `FACE_FILLS_CROP`)."""
+    """The crop rule of recognition (and of evaluate, explain, index, crop and enrollment): the
+    detected `faces`, but one face cut as the whole picture when the picture is a face crop
+    already (see `FACE_FILLS_CROP`). Training and cluster take such pictures whole without detecting."""
     if faces and looks_like_face_crop(picture):
         best = max(faces, key=lambda face: face.score)
         if max(best.box[2:]) >= FACE_FILLS_CROP * max(picture.size):
