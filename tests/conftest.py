@@ -51,3 +51,40 @@ def drawing_module():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+FLOAT_TOLERANCE = 1e-4
+"""Floats of two runs agree to this much: BLAS kernels and ONNX Runtime builds differ in the last digits."""
+
+
+def same_values(actual, expected, tolerance: float = FLOAT_TOLERANCE) -> bool:
+    """Equal structures, exact for everything but floats, float arrays and float blobs (compared within `tolerance`).
+
+    Nested tuples, lists, dicts and dataclasses are compared field by field; `bytes` of equal length
+    are read as float32 vectors, as the collection index stores its embeddings.
+    """
+    import dataclasses
+
+    import numpy as np
+
+    if dataclasses.is_dataclass(actual) and dataclasses.is_dataclass(expected):
+        return type(actual) is type(expected) and same_values(
+            dataclasses.asdict(actual), dataclasses.asdict(expected), tolerance
+        )
+    if isinstance(actual, dict) and isinstance(expected, dict):
+        return actual.keys() == expected.keys() and all(
+            same_values(actual[k], expected[k], tolerance) for k in actual
+        )
+    if isinstance(actual, list | tuple) and isinstance(expected, list | tuple):
+        return len(actual) == len(expected) and all(
+            same_values(a, e, tolerance) for a, e in zip(actual, expected)
+        )
+    if isinstance(actual, float) or isinstance(expected, float):
+        numbers = isinstance(actual, int | float) and isinstance(expected, int | float)
+        return numbers and abs(actual - expected) <= tolerance
+    if isinstance(actual, np.ndarray) or isinstance(expected, np.ndarray):
+        return np.shape(actual) == np.shape(expected) and np.allclose(actual, expected, atol=tolerance, rtol=0)
+    blobs = isinstance(actual, bytes) and isinstance(expected, bytes)
+    if blobs and len(actual) == len(expected) > 0 == len(actual) % 4:
+        return np.allclose(np.frombuffer(actual, np.float32), np.frombuffer(expected, np.float32), atol=tolerance)
+    return actual == expected
