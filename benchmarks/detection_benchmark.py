@@ -28,7 +28,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from kyara.detection import (
-    CNN_MIN_SCORE,
+    CNN_MODEL,
     DEFAULT_ANGLES,
     DEFAULT_MIN_SCORE,
     AnimeFaceDetector,
@@ -45,11 +45,11 @@ from kyara.imageio import load_image
 HERE = Path(__file__).parent
 THRESHOLDS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.99, 1.0)
 # Run with (almost) no threshold, so the sweep sees every detection; the headline figures are at
-# each backend's own default threshold.
-PRESETS: dict[str, tuple[Callable[[], Detector], float]] = {
-    "animeface": (lambda: AnimeFaceDetector(angles=(0.0,), min_score=0.0), DEFAULT_MIN_SCORE),
-    "animeface+rotations": (lambda: AnimeFaceDetector(angles=DEFAULT_ANGLES, min_score=0.0), DEFAULT_MIN_SCORE),
-    "cnn": (lambda: CnnDetector(min_score=0.05), CNN_MIN_SCORE),
+# each backend's own default threshold (for the CNN, the one its model file states).
+PRESETS: dict[str, Callable[[Path], tuple[Detector, float]]] = {
+    "animeface": lambda _: (AnimeFaceDetector(angles=(0.0,), min_score=0.0), DEFAULT_MIN_SCORE),
+    "animeface+rotations": lambda _: (AnimeFaceDetector(angles=DEFAULT_ANGLES, min_score=0.0), DEFAULT_MIN_SCORE),
+    "cnn": lambda model: (CnnDetector(min_score=0.05, model=model), CnnDetector(model=model).min_score),
 }
 IGNORE_INSIDE = 0.5
 """A detection with at least this share of its area on an ignore box is dropped (neither found nor false)."""
@@ -71,8 +71,8 @@ class ImageResult:
     seconds: float
 
 
-def make_detector(name: str) -> Detector:
-    return PRESETS[name][0]() if name in PRESETS else get_detector(name)
+def make_detector(name: str, cnn_model: Path) -> tuple[Detector, float]:
+    return PRESETS[name](cnn_model) if name in PRESETS else (get_detector(name), 0.0)
 
 
 def match(found: list[DetectedFace], faces: list[dict], ignore: list[list[int]], min_iou: float) -> list[Scored]:
@@ -194,13 +194,15 @@ def report(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--boxes", type=Path, default=HERE / "detection_boxes.json")
-    parser.add_argument("--data", type=Path, default=HERE.parent / "../shared/data")
+    parser.add_argument("--data", type=Path, default=None, help="pictures' root (default: the file's data_root)")
     parser.add_argument("--backends", nargs="+", default=list(PRESETS), help="presets or DETECTORS names")
     parser.add_argument("--iou", type=float, default=None, help="match IoU (default: the file's match_iou)")
+    parser.add_argument("--cnn-model", type=Path, default=CNN_MODEL, help="the CNN detector's ONNX file")
     parser.add_argument("--details", action="store_true", help="also list missed faces and false positives per picture")
     args = parser.parse_args()
     benchmark = json.loads(args.boxes.read_text())
     images = benchmark["images"]
+    args.data = args.data or HERE.parent / benchmark["data_root"]
     missing = [entry["path"] for entry in images if not (args.data / entry["path"]).is_file()]
     if missing:
         print(f"skipped: {len(missing)} pictures missing under {args.data}, e.g. {missing[0]}", file=sys.stderr)
@@ -208,13 +210,12 @@ def main() -> None:
     min_iou = args.iou if args.iou is not None else benchmark["match_iou"]
     grayscale = {entry["path"] for entry in images if "grayscale" in entry["tags"]}
     try:
-        detectors = {name: make_detector(name) for name in args.backends}
+        detectors = {name: make_detector(name, args.cnn_model) for name in args.backends}
     except KyaraError as exc:
         parser.error(f"{exc} (or a preset: {', '.join(PRESETS)})")
     backends = {}
-    for name, detector in detectors.items():
+    for name, (detector, threshold) in detectors.items():
         results = run_backend(detector, images, args.data, min_iou, name)
-        threshold = PRESETS[name][1] if name in PRESETS else 0.0
         backends[name] = report(results, benchmark["kinds"], grayscale, args.details, threshold)
     summary = {
         "images": len(images),

@@ -22,7 +22,8 @@ import numpy as np
 import PIL
 from PIL import Image
 
-from kyara.errors import KyaraError
+from kyara.errors import KyaraError, ModelError
+from kyara.runtime import model_settings, open_session
 
 Point = tuple[float, float]
 
@@ -137,12 +138,14 @@ class AnimeFaceDetector:
 def _require_working_animeface() -> None:
     try:
         import animeface  # noqa: F401
-    except ImportError as exc:  # pragma: no cover - it is a hard dependency
-        raise KyaraError("the animeface package is not installed: pip install animeface") from exc
+    except ImportError as exc:
+        raise KyaraError("the animeface detector is an extra: pip install 'kyara[animeface]'") from exc
     if int(PIL.__version__.split(".")[0]) >= 12:
         # animeface's C code reads Image.getdata(), which changed in Pillow 12: it then finds
         # nothing, silently. Refuse loudly instead.
-        raise KyaraError(f"animeface-2009 finds no faces with Pillow {PIL.__version__}; install 'pillow<12'")
+        raise KyaraError(
+            f"animeface-2009 finds no faces with Pillow {PIL.__version__}; pip install 'kyara[animeface]' (pillow<12)"
+        )
 
 
 def _inverse_rotation(size: tuple[int, int], rotated_size: tuple[int, int], angle: float, scale: float):
@@ -204,43 +207,43 @@ def containment(a: Sequence[float], b: Sequence[float]) -> float:
 
 
 CNN_MODEL = Path(__file__).parent / "models" / "detector.onnx"
-CNN_STRIDE = 8
-CNN_INPUT_SIDE = 384
-"""Longer side the picture is scaled to. On the benchmark 384 px finds as many faces as 448 or 512 px with
-fewer false ones (docs/detection.md), at half the time of 512 px."""
-CNN_MIN_SCORE = 0.46
-"""Lowest heat-map peak kept as a face: the lowest threshold with precision >= 0.90 on the hand-checked
-benchmark (benchmarks/detection_boxes.json), the same when chosen on either half of it (docs/detection.md)."""
+CNN_SETTINGS = {"input_side": 384, "stride": 8, "min_score": 0.46}
+"""The CNN's settings where its ONNX file carries none (`kyara.*` metadata, written by
+kyara.train.detector): the longer side the picture is scaled to, the output grid's cell, and the
+lowest heat-map peak kept as a face. Each detector file states its own, chosen on the benchmark."""
 
 
 class CnnDetector:
     """kyara's own CNN face detector (`kyara.train.detector`), run with ONNX Runtime.
 
     The picture is scaled so that its longer side is `input_side` pixels; the network marks face
-    centres on a grid of 8 px cells with each face's side and tilt; peaks above `min_score` become
-    faces (in original pixels), and overlapping ones are merged as for every backend.
+    centres on a grid of `stride`-pixel cells with each face's side and tilt; peaks above `min_score`
+    become faces (in original pixels), and overlapping ones are merged as for every backend.
+    `input_side` and `min_score` default to the settings stored in the model file.
     """
 
     name = "cnn"
 
     def __init__(
         self,
-        input_side: int = CNN_INPUT_SIDE,
-        min_score: float = CNN_MIN_SCORE,
-        threads: int = 2,
+        input_side: int | None = None,
+        min_score: float | None = None,
+        threads: int | None = None,
         model: Path | bytes = CNN_MODEL,
     ) -> None:
-        import onnxruntime as ort
-
         if isinstance(model, Path) and not model.is_file():
             raise KyaraError(f"the detector model {model} is missing: reinstall kyara")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
         weights = model.read_bytes() if isinstance(model, Path) else model
-        self.session = ort.InferenceSession(weights, options, providers=["CPUExecutionProvider"])
+        self.session = open_session(weights, "the face detector", threads)
+        stored = {**CNN_SETTINGS, **model_settings(self.session)}
+        try:
+            self.stride = int(stored["stride"])
+            self.input_side = int(input_side if input_side is not None else stored["input_side"])
+            self.min_score = float(min_score if min_score is not None else stored["min_score"])
+            self.closeup_retry = bool(int(stored.get("closeup_retry", 0)))
+        except ValueError as exc:
+            raise ModelError(f"the face detector's settings are not numbers: {exc}") from exc
         self.model_digest = hashlib.sha1(weights).hexdigest()[:12]
-        self.input_side = input_side
-        self.min_score = min_score
 
     @property
     def settings(self) -> dict:
@@ -248,14 +251,30 @@ class CnnDetector:
         return {"input_side": self.input_side, "min_score": self.min_score, "model": self.model_digest}
 
     def detect(self, image: Image.Image) -> list[DetectedFace]:
-        scale = self.input_side / max(image.size)
+        faces = self._detect_at(image, self.input_side, margin=0)
+        if not faces and self.closeup_retry:
+            # A face larger than the network ever saw (a close-up cut by the frame) shows as a face
+            # once the picture is shrunk to half inside a margin that continues its edges.
+            faces = self._detect_at(image, self.input_side // 2, margin=self.input_side // 4)
+        return non_max_suppression([f for f in faces if f.center[0] < image.width and f.center[1] < image.height])
+
+    def _detect_at(self, image: Image.Image, side: int, margin: int) -> list[DetectedFace]:
+        """Faces with the picture's longer side scaled to `side` px, `margin` px of edge pixels around."""
+        scale = side / max(image.size)
         width, height = max(1, round(image.width * scale)), max(1, round(image.height * scale))
         small = np.asarray(image.convert("RGB").resize((width, height), Image.Resampling.BILINEAR), np.float32) / 255
         # Edge pixels continue the picture into the padding: a border would be new to the network.
-        pixels = np.pad(small, ((0, _round_up(height, 32) - height), (0, _round_up(width, 32) - width), (0, 0)), "edge")
+        right = _round_up(width + 2 * margin, 32) - width - margin
+        bottom = _round_up(height + 2 * margin, 32) - height - margin
+        pixels = np.pad(small, ((margin, bottom), (margin, right), (0, 0)), "edge")
         (maps,) = self.session.run(None, {"image": pixels.transpose(2, 0, 1)[None]})
-        faces = _decode(maps[0], self.min_score, CNN_STRIDE / scale)
-        return non_max_suppression([f for f in faces if f.center[0] < image.width and f.center[1] < image.height])
+        shift = round(margin / scale)
+        return [_shifted(face, -shift) for face in _decode(maps[0], self.min_score, self.stride / scale)]
+
+
+def _shifted(face: DetectedFace, by: int) -> DetectedFace:
+    x, y, w, h = face.box
+    return DetectedFace((x + by, y + by, w, h), face.score, face.angle)
 
 
 def _round_up(value: int, multiple: int) -> int:

@@ -2,32 +2,20 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 import numpy as np
-import onnxruntime as ort
 from PIL import Image
 
 from kyara.errors import ModelError
-
-
-def default_threads() -> int:
-    """One inference thread per core, at most 4: more rarely helps a model this small."""
-    return max(1, min(4, os.cpu_count() or 1))
+from kyara.runtime import open_session
 
 
 class Embedder:
     """Runs the embedder of a model bundle. `embed` takes RGB crops of any size."""
 
     def __init__(self, onnx: bytes, input_size: int, threads: int | None = None) -> None:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or default_threads()
-        options.inter_op_num_threads = 1
-        try:
-            self._session = ort.InferenceSession(onnx, options, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own untyped errors for bad graphs
-            raise ModelError(f"the model's embedder cannot be loaded: {exc}") from exc
+        self._session = open_session(onnx, "the model's embedder", threads)
         self._input = self._session.get_inputs()[0].name
         self.input_size = input_size
         try:  # a batch of two: an embedder fixed to one picture would fail on the second face

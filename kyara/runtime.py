@@ -1,0 +1,36 @@
+"""Opening ONNX models: the one place that decides threads, providers and how a bad model is reported.
+
+Every network kyara runs (the detector, a bundle's embedder) is opened by `open_session`, so both
+take the caller's thread count and fail with the same clear `ModelError`. Settings that travel with
+the weights are read from the model's metadata by `model_settings`.
+"""
+
+from __future__ import annotations
+
+import os
+
+import onnxruntime as ort
+
+from kyara.errors import ModelError
+
+
+def default_threads() -> int:
+    """One inference thread per core, at most 4: more rarely helps a model this small."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def open_session(model: bytes, what: str, threads: int | None = None) -> ort.InferenceSession:
+    """An ONNX Runtime session on the CPU; `what` names the model in errors ("the detector")."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or default_threads()
+    options.inter_op_num_threads = 1
+    try:
+        return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own untyped errors for bad graphs
+        raise ModelError(f"{what} cannot be loaded: {exc}") from exc
+
+
+def model_settings(session: ort.InferenceSession, prefix: str = "kyara.") -> dict[str, str]:
+    """The `kyara.*` entries of the model's metadata, without the prefix."""
+    stored = session.get_modelmeta().custom_metadata_map
+    return {key.removeprefix(prefix): value for key, value in stored.items() if key.startswith(prefix)}

@@ -1,0 +1,84 @@
+"""tools/build_data.py: labels joined right, reserved characters and repositories never used, LFS refused."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tools import build_data
+
+
+def git_snapshot(mirrors: Path, repo: str, files: dict[str, bytes]) -> str:
+    """A one-commit repository laid out as the fetch tool leaves snapshots; returns its commit."""
+    folder = mirrors / repo.replace("/", "+") / "repo"
+    for name, data in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+    run = {"cwd": folder, "check": True, "capture_output": True}
+    subprocess.run(["git", "init", "-q"], **run)
+    subprocess.run(["git", "add", "-A"], **run)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "snapshot"], **run)
+    return subprocess.run(["git", "rev-parse", "HEAD"], **run, text=True).stdout.strip()
+
+
+def png(colour: str) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), colour).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def mirrors(tmp_path, monkeypatch):
+    labels = "\n".join(
+        [
+            "0,011_kawashima_ami/face_1.png",
+            "1,000_hatsune_miku/face_2.png",  # reserved for independent evaluation
+            "2,012_yuno/face_3.png",
+            "3,013_nerine/face_3.png",  # the same file name in two classes: no label can be trusted
+            "4,014_shana_other/face_4.png",
+        ]
+    )
+    pictures = {f"data/face_{i}.png": png(c) for i, c in enumerate(["red", "green", "blue"], start=1)}
+    pictures["data/face_4.png"] = b"version https://git-lfs.github.com/spec/v1\noid sha256:00\nsize 1\n"
+    commits = {
+        "arkel23/moeimouto_animefacecharacterdataset": git_snapshot(
+            tmp_path, "arkel23/moeimouto_animefacecharacterdataset",
+            {"moeimouto_animefacecharacterdataset.csv": labels.encode()},
+        ),
+        "rajkarthik2003/Anime-YOLO-AI": git_snapshot(tmp_path, "rajkarthik2003/Anime-YOLO-AI", pictures),
+    }  # fmt: skip
+    monkeypatch.setattr(build_data, "COMMITS", {**build_data.COMMITS, **commits})
+    return tmp_path
+
+
+def test_moeimouto_faces_are_labelled_once_and_reserved_characters_never_written(mirrors, tmp_path):
+    out = tmp_path / "out"
+    builder = build_data.Builder(mirrors, out)
+    builder.moeimouto()
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
+    assert written == ["faces/moeimouto/011_kawashima_ami/face_1.png"]
+    assert [e.character for e in builder.entries] == ["011_kawashima_ami"]
+    assert not any(e.character in build_data.RESERVED_MOEIMOUTO for e in builder.entries)
+
+
+def test_reserved_repositories_are_refused(mirrors):
+    for repo in build_data.NEVER_USE:
+        with pytest.raises(SystemExit, match="reserved"):
+            build_data.Snapshot(mirrors, repo)
+
+
+def test_no_training_label_is_a_reserved_character():
+    """The labels committed for training name no reserved character (shipped models and the corpus)."""
+    labels = json.loads((Path(__file__).parents[1] / "tools" / "detector-labels.json").read_text())
+    reserved_names = {name.split("_", 1)[1] for name in build_data.RESERVED_MOEIMOUTO}
+    for key in labels["pictures"]:
+        assert not any(name in key.lower() for name in build_data.RESERVED_MOEIMOUTO), key
+    from kyara.bundle import default_model_path, load_bundle
+
+    known = {label.lower() for label in load_bundle(default_model_path()).all_labels()}
+    assert not any(name in label for label in known for name in reserved_names)

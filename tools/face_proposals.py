@@ -1,0 +1,255 @@
+"""Face box proposals for hand labelling, and review sheets to check them by eye.
+
+    python tools/face_proposals.py propose build/data/illustrations/benchmark -o build/review/proposals.json
+    python tools/face_proposals.py sheets build/review/proposals.json --root build/data -o build/review/sheets
+    python tools/face_proposals.py labels -o tools/detector-labels.json \
+        --proposals pictures=build/review/train-proposals.json shared=build/review/shared-proposals.json \
+        --checked pictures=build/review/train-sheets:build/review/train-fixes-a.json,build/review/train-fixes-b.json
+
+`propose` runs every detector kyara has, generously, so that a person mostly accepts or rejects:
+the CNN at two input sizes, once more on the picture shrunk into a padded canvas (faces larger
+than the network's input), and animeface-2009 upright and turned +-25 degrees. `sheets` draws each
+picture (longer side 900 px) with the numbered proposals and a grid labelled in original pixels,
+from which a missing face's box is read off. `labels` writes the detector's training labels: the
+proposals, replaced by the faces a person kept or added on the pictures they checked
+(build/review/TRAIN-LABELLING.md says how); pictures they found unusable are dropped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+from tqdm import tqdm
+
+from kyara.dedupe import NEAR_DUPLICATE_BITS, phash
+from kyara.detection import AnimeFaceDetector, CnnDetector, DetectedFace, non_max_suppression
+from kyara.imageio import list_images, load_image
+
+
+def closeup_pass(detector: CnnDetector, image: Image.Image) -> list[DetectedFace]:
+    """The picture at half size in the middle of a canvas of its own size, edges continued."""
+    width, height = image.size
+    small = image.resize((max(1, width // 2), max(1, height // 2)), Image.Resampling.BILINEAR)
+    left, top = (width - small.width) // 2, (height - small.height) // 2
+    canvas = Image.new("RGB", image.size, (255, 255, 255))
+    canvas.paste(small, (left, top))
+    faces = []
+    for face in detector.detect(canvas):
+        x, y, w, h = face.box
+        box = ((x - left) * 2, (y - top) * 2, w * 2, h * 2)
+        faces.append(DetectedFace(box, face.score, face.angle))
+    return faces
+
+
+def propose(pictures: list[Path], root: Path, angles: tuple[float, ...]) -> dict[str, list[dict]]:
+    detectors = [("cnn384", CnnDetector(384, 0.2)), ("cnn640", CnnDetector(640, 0.2))]
+    animeface = AnimeFaceDetector(angles=angles, min_score=0.3) if angles else None
+    found: dict[str, list[dict]] = {}
+    for path in tqdm(pictures, desc="proposals"):
+        image = load_image(path)
+        faces = [(name, f) for name, d in detectors for f in d.detect(image)]
+        faces += [("closeup", f) for f in closeup_pass(detectors[0][1], image)]
+        faces += [("animeface", f) for f in (animeface.detect(image) if animeface else [])]
+        kept = non_max_suppression([f for _, f in faces])
+        origin = {id(f): name for name, f in faces}
+        found[path.relative_to(root).as_posix()] = [
+            {"box": list(f.box), "score": round(f.score, 3), "angle": f.angle, "by": origin[id(f)]} for f in kept
+        ]
+    return found
+
+
+def draw_sheet(image: Image.Image, proposals: list[dict], side: int = 900) -> Image.Image:
+    scale = min(3.0, side / max(image.size))  # small pictures are blown up to be read
+    sheet = image.convert("RGB").resize((round(image.width * scale), round(image.height * scale)))
+    pen = ImageDraw.Draw(sheet)
+    step = 25 if max(image.size) <= 300 else 50 if max(image.size) <= 600 else 100
+    for x in range(0, image.width, step):
+        pen.line([(x * scale, 0), (x * scale, sheet.height)], fill=(0, 200, 255) if x % (2 * step) else (255, 255, 0))
+        if x % (2 * step) == 0:
+            pen.text((x * scale + 2, 2), str(x), fill=(255, 255, 0), stroke_width=2, stroke_fill=(0, 0, 0))
+    for y in range(0, image.height, step):
+        pen.line([(0, y * scale), (sheet.width, y * scale)], fill=(0, 200, 255) if y % (2 * step) else (255, 255, 0))
+        if y % (2 * step) == 0:
+            pen.text((2, y * scale + 2), str(y), fill=(255, 255, 0), stroke_width=2, stroke_fill=(0, 0, 0))
+    for number, proposal in enumerate(proposals):
+        x, y, w, h = (v * scale for v in proposal["box"])
+        colour = (255, 0, 0) if proposal["score"] >= 0.45 else (255, 0, 255)
+        pen.rectangle([x, y, x + w, y + h], outline=colour, width=3)
+        caption = f"{number}:{proposal['score']:.2f}"
+        pen.text((x + 3, y + 2), caption, fill=colour, stroke_width=2, stroke_fill=(0, 0, 0))
+    return sheet
+
+
+def hand_checked(sheets: Path, answers: list[Path]) -> dict[str, list[dict] | None]:
+    """The faces of each hand-checked picture (None: found unusable), from the answers per sheet."""
+    index = json.loads((sheets / "index.json").read_text())
+    proposals = json.loads((sheets / "proposals.json").read_text())
+    checked: dict[str, list[dict] | None] = {}
+    for answer in answers:
+        for sheet, verdict in json.loads(answer.read_text()).items():
+            path = index[sheet]
+            if verdict.get("unusable"):
+                checked[path] = None
+                continue
+            kept = [proposals[path][int(k)]["box"] for k in verdict.get("keep", [])]
+            boxes = kept + [list(map(round, box)) for box in verdict.get("add", [])]
+            checked[path] = [{"box": box, "score": 1.0, "angle": 0.0, "by": "hand"} for box in boxes]
+    return checked
+
+
+def write_labels(out: Path, proposal_files: dict[str, Path], checked: dict[str, tuple[Path, list[Path]]]) -> dict:
+    pictures: dict[str, list[dict]] = {}
+    hand: list[str] = []
+    unusable: list[str] = []
+    for root, file in proposal_files.items():
+        found = json.loads(file.read_text())
+        fixes = hand_checked(*checked[root]) if root in checked else {}
+        for path, proposals in sorted(found.items()):
+            key = f"{root}/{path}"
+            if path in fixes and fixes[path] is None:
+                unusable.append(key)
+            elif path in fixes:
+                pictures[key] = fixes[path]
+                hand.append(key)
+            else:
+                pictures[key] = proposals
+    labels = {
+        "about": "Training labels of kyara's face detector (kyara.train.detector): per picture (root/relative path;"
+        " roots: pictures = tools/build_data.py's output, shared = ../shared/data), face proposals of"
+        " tools/face_proposals.py with the proposer ('by') and its score, or faces boxed by a person ('hand')"
+        " on the pictures listed in hand_checked. Made by: python tools/face_proposals.py labels ...",
+        "hand_checked": hand,
+        "unusable": unusable,
+        "pictures": pictures,
+    }
+    out.write_text(json.dumps(labels, separators=(",", ":")))
+    return labels
+
+
+BENCHMARK_KINDS = ("frontal", "tilted", "profile", "male", "occluded", "expressive", "chibi", "closeup", "small")
+BENCHMARK_ABOUT = (
+    "Hand-checked anime face boxes of kyara's detection benchmark on anime at large"
+    " (benchmarks/detection_benchmark.py --boxes benchmarks/detection_boxes_anime.json). Pictures: the"
+    " benchmark split of tools/build_data.py (data_root), sources and characters that the detector never"
+    " trained on (docs/data.md). How the boxes were made: every picture was drawn with a labelled pixel grid"
+    " and the proposals of tools/face_proposals.py; a person accepted proposals by number or boxed the face"
+    " by reading the grid (zooming into small or crowded faces), tagged each face's kinds, and marked faces"
+    " nobody can be expected to find as ignore (a detection on one counts neither as found nor as false)."
+    " Box convention as benchmarks/detection_boxes.json: a square from the hairline to the chin and from ear"
+    " to ear, [x, y, w, h] in original pixels. Kinds: frontal / tilted / profile (one of them), male, occluded"
+    " (glasses, mask, blindfold, hand), expressive (eyes closed or mouth wide open), chibi, all given by hand;"
+    " closeup (box side at least a third of the picture's shorter side) and small (box side under 40 px)"
+    " computed from the boxes; image tag grayscale = monochrome picture (95th-percentile chroma <= 8 on a"
+    " 128 px thumbnail). These pictures must never be used to train or tune a detector, except the score"
+    " threshold as documented in docs/detection.md."
+)
+
+
+def is_grayscale(image: Image.Image) -> bool:
+    import numpy as np
+
+    small = np.asarray(image.convert("RGB").resize((128, 128)), np.int16)
+    return float(np.percentile(small.max(axis=2) - small.min(axis=2), 95)) <= 8
+
+
+def write_benchmark(out: Path, sheets: Path, answers: list[Path], root: Path, root_name: str) -> dict:
+    index = json.loads((sheets / "index.json").read_text())
+    proposals = json.loads((sheets / "proposals.json").read_text())
+    images, skipped, hashes = [], [], []
+    for answer in answers:
+        for sheet, verdict in sorted(json.loads(answer.read_text()).items()):
+            path = index[sheet]
+            if verdict.get("unusable"):
+                skipped.append({"path": path, "reason": verdict["unusable"]})
+                continue
+            image = load_image(root / path)
+            bits = phash(image)
+            if any((bits != other).sum() <= NEAR_DUPLICATE_BITS for other in hashes):
+                skipped.append({"path": path, "reason": "a near-duplicate of another benchmark picture"})
+                continue
+            hashes.append(bits)
+            faces = []
+            for face in verdict.get("faces", []):
+                box = proposals[path][int(face["keep"])]["box"] if "keep" in face else list(map(round, face["box"]))
+                kinds = [k for k in face.get("kinds", []) if k in BENCHMARK_KINDS]
+                if box[2] >= min(image.size) / 3:
+                    kinds.append("closeup")
+                if max(box[2:]) < 40:
+                    kinds.append("small")
+                faces.append({"box": box, "kinds": kinds})
+            images.append({
+                "path": path, "width": image.width, "height": image.height,
+                "tags": ["grayscale"] if is_grayscale(image) else [],
+                "faces": faces, "ignore": [list(map(round, b)) for b in verdict.get("ignore", [])],
+            })  # fmt: skip
+    benchmark = {
+        "about": BENCHMARK_ABOUT,
+        "data_root": root_name,
+        "match_iou": 0.4,
+        "kinds": list(BENCHMARK_KINDS),
+        "image_tags": ["grayscale"],
+        "skipped": skipped,
+        "images": sorted(images, key=lambda entry: entry["path"]),
+    }
+    out.write_text(json.dumps(benchmark, indent=1))
+    return benchmark
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("propose")
+    p.add_argument("folder", type=Path)
+    p.add_argument("--root", type=Path, default=Path("build/data"))
+    p.add_argument("-o", "--out", type=Path, required=True)
+    turns = "animeface's turns, degrees (none: no animeface)"
+    p.add_argument("--angles", type=float, nargs="*", default=[0.0, -25.0, 25.0], help=turns)
+    s = sub.add_parser("sheets")
+    s.add_argument("proposals", type=Path)
+    s.add_argument("--root", type=Path, default=Path("build/data"))
+    s.add_argument("-o", "--out", type=Path, required=True)
+    labels = sub.add_parser("labels")
+    labels.add_argument("--proposals", nargs="+", required=True, help="ROOT=proposals.json")
+    labels.add_argument("--checked", nargs="*", default=[], help="ROOT=SHEETS:ANSWERS.json[,ANSWERS.json]")
+    labels.add_argument("-o", "--out", type=Path, required=True)
+    bench = sub.add_parser("benchmark")
+    bench.add_argument("sheets", type=Path)
+    bench.add_argument("answers", type=Path, nargs="+")
+    bench.add_argument("--root", type=Path, default=Path("build/data"))
+    bench.add_argument("-o", "--out", type=Path, required=True)
+    args = parser.parse_args()
+    if args.command == "benchmark":
+        made = write_benchmark(args.out, args.sheets, args.answers, args.root, args.root.as_posix())
+        faces = sum(len(entry["faces"]) for entry in made["images"])
+        print(f"{len(made['images'])} pictures, {faces} faces -> {args.out}")
+    elif args.command == "labels":
+        files = {root: Path(file) for root, file in (item.split("=", 1) for item in args.proposals)}
+        checked = {}
+        for item in args.checked:
+            root, rest = item.split("=", 1)
+            sheets, answers = rest.split(":", 1)
+            checked[root] = (Path(sheets), [Path(a) for a in answers.split(",")])
+        written = write_labels(args.out, files, checked)
+        print(f"{len(written['pictures'])} pictures, {len(written['hand_checked'])} checked by hand -> {args.out}")
+    elif args.command == "propose":
+        found = propose(list_images(args.folder), args.root, tuple(args.angles))
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(found, indent=1))
+        print(f"{sum(map(len, found.values()))} proposals on {len(found)} pictures -> {args.out}")
+    else:
+        args.out.mkdir(parents=True, exist_ok=True)
+        proposals = json.loads(args.proposals.read_text())
+        for number, (path, faces) in enumerate(tqdm(sorted(proposals.items()), desc="sheets")):
+            image = load_image(args.root / path)
+            draw_sheet(image, faces).save(args.out / f"{number:04d}.png")
+        index = {f"{n:04d}": path for n, path in enumerate(sorted(proposals))}
+        (args.out / "index.json").write_text(json.dumps(index, indent=1))
+        # The numbers drawn on the sheets refer to these proposals.
+        (args.out / "proposals.json").write_text(json.dumps(proposals, indent=1))
+
+
+if __name__ == "__main__":
+    main()
