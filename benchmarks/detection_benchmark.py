@@ -10,7 +10,8 @@ score first, raising a score threshold only removes detections, so one pass give
 "threshold_cross_checked" picks a threshold on half of the pictures and measures it on the other half, and the
 reverse: the benchmark's figures without the optimism of a threshold tuned on the same pictures.
 "animeface" is animeface-2009 on the upright picture only, "animeface+rotations" with its rotated retries
-(DEFAULT_ANGLES), "cnn" kyara's own detector (kyara.train.detector); any other name is built with
+(DEFAULT_ANGLES), "cnn" kyara's own detector (kyara.train.detector), "cnn@PATH" the same with the model file at
+PATH (to compare detectors in one run); any other name is built with
 kyara.detection.get_detector, so a backend added to DETECTORS plugs in by name.
 """
 
@@ -72,6 +73,9 @@ class ImageResult:
 
 
 def make_detector(name: str, cnn_model: Path) -> tuple[Detector, float]:
+    """A preset, "cnn@PATH" (the CNN with another model file, for comparisons) or a DETECTORS name."""
+    if name.startswith("cnn@"):
+        return PRESETS["cnn"](Path(name.removeprefix("cnn@")))
     return PRESETS[name](cnn_model) if name in PRESETS else (get_detector(name), 0.0)
 
 
@@ -138,6 +142,14 @@ def recall_by_kind(results: list[ImageResult], kinds: Sequence[str], grayscale: 
     return table
 
 
+def by_folder(results: list[ImageResult], min_score: float) -> dict:
+    """The headline counts for the pictures of each folder (a source of the benchmark)."""
+    folders: dict[str, list[ImageResult]] = {}
+    for r in results:
+        folders.setdefault(str(Path(r.path).parent), []).append(r)
+    return {folder: {"images": len(rs)} | counts(rs, min_score) for folder, rs in sorted(folders.items())}
+
+
 def details(results: list[ImageResult]) -> list[dict]:
     """Per picture: boxes missed and the scores of false positives (for failure analysis)."""
     rows = []
@@ -183,6 +195,7 @@ def report(
         "detections": summary["detections"],
         "median_ms": round(1000 * statistics.median(r.seconds for r in results), 1),
         "recall_by_kind": recall_by_kind(results, kinds, grayscale, threshold),
+        "by_folder": by_folder(results, threshold),
         "threshold_sweep": [counts(results, t) for t in THRESHOLDS],
         "threshold_cross_checked": cross_checked(results),
     }

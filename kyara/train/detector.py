@@ -63,7 +63,7 @@ KEPT_SIDE = 768
 
 @dataclass
 class DetectorConfig:
-    steps: int = 1500
+    steps: int = 1000
     batch_size: int = 16
     canvas: int = 256
     lr: float = 5e-4

@@ -1,0 +1,70 @@
+"""Markdown tables for docs/detection.md from the detection benchmark's JSON output.
+
+    python benchmarks/detection_benchmark.py --boxes benchmarks/detection_boxes_anime.json --details \\
+        > docs/detection-benchmark-anime.json
+    python tools/detection_tables.py docs/detection-benchmark-anime.json
+
+The figures in the docs are pasted from this script's output, never typed by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f} %"
+
+
+def tables(result: dict) -> str:
+    backends = result["backends"]
+    lines = [
+        f"{result['images']} pictures, {result['faces']} faces, match at IoU >= {result['iou']}",
+        "",
+        "| detector | threshold | pictures with a face found | precision | recall of faces | median ms |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, b in backends.items():
+        lines.append(
+            f"| {name} | {b['min_score']} | {percent(b['images_with_face_found'])} | {percent(b['precision'])}"
+            f" | {percent(b['recall'])} | {b['median_ms']} |"
+        )
+    lines += ["", "Threshold chosen on one half of the pictures (precision >= 0.90) and measured on the other:", ""]
+    lines += ["| detector | thresholds | pictures with a face found | precision | recall of faces |"]
+    lines += ["| --- | --- | ---: | ---: | ---: |"]
+    for name, b in backends.items():
+        c = b["threshold_cross_checked"]
+        lines.append(
+            f"| {name} | {c['thresholds']} | {percent(c['images_with_face_found'])} | {percent(c['precision'])}"
+            f" | {percent(c['recall'])} |"
+        )
+    kinds = list(next(iter(backends.values()))["recall_by_kind"])
+    lines += ["", "Recall by kind of face (at each detector's threshold):", ""]
+    lines += ["| kind | faces | " + " | ".join(backends) + " |", "| --- | ---: |" + " ---: |" * len(backends)]
+    for kind in kinds:
+        faces = next(iter(backends.values()))["recall_by_kind"][kind]["faces"]
+        cells = " | ".join(percent(b["recall_by_kind"][kind]["recall"]) for b in backends.values())
+        lines.append(f"| {kind} | {faces} | {cells} |")
+    lines += ["", "By source (at each detector's threshold: pictures with a face found / precision / recall):", ""]
+    folders = list(next(iter(backends.values()))["by_folder"])
+    lines += ["| source | pictures | " + " | ".join(backends) + " |", "| --- | ---: |" + " --- |" * len(backends)]
+    for folder in folders:
+        first = next(iter(backends.values()))["by_folder"][folder]
+        cells = " | ".join(
+            " / ".join(percent(b["by_folder"][folder][k]) for k in ("images_with_face_found", "precision", "recall"))
+            for b in backends.values()
+        )
+        lines.append(f"| {Path(folder).name} | {first['images']} | {cells} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("result", type=Path)
+    print(tables(json.loads(parser.parse_args().result.read_text())))
+
+
+if __name__ == "__main__":
+    main()
