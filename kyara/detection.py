@@ -234,7 +234,7 @@ class CnnDetector:
         if isinstance(model, Path) and not model.is_file():
             raise KyaraError(f"the detector model {model} is missing: reinstall kyara")
         weights = model.read_bytes() if isinstance(model, Path) else model
-        self.session = open_session(weights, "the face detector", threads)
+        self.session = open_session(weights, "the face detector", threads, varying_shapes=True)
         stored = {**CNN_SETTINGS, **model_settings(self.session)}
         try:
             self.stride = int(stored["stride"])

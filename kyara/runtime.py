@@ -19,11 +19,17 @@ def default_threads() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
-def open_session(model: bytes, what: str, threads: int | None = None) -> ort.InferenceSession:
-    """An ONNX Runtime session on the CPU; `what` names the model in errors ("the detector")."""
+def open_session(
+    model: bytes, what: str, threads: int | None = None, varying_shapes: bool = False
+) -> ort.InferenceSession:
+    """An ONNX Runtime session on the CPU; `what` names the model in errors ("the detector").
+    `varying_shapes`: inputs change shape from call to call (the detector follows each picture's
+    aspect ratio), so no memory arena, which would keep the largest shape's memory for good."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or default_threads()
     options.inter_op_num_threads = 1
+    if varying_shapes:
+        options.enable_cpu_mem_arena = options.enable_mem_pattern = False
     try:
         return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own untyped errors for bad graphs
