@@ -10,6 +10,9 @@ size limit.
 from __future__ import annotations
 
 import functools
+import hmac
+import ipaddress
+import logging
 import os
 import threading
 from collections.abc import Callable
@@ -17,6 +20,7 @@ from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
+from urllib.parse import unquote_to_bytes
 
 import anyio
 from fastapi import FastAPI, Query, Request
@@ -32,20 +36,27 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kyara import __version__
 from kyara.detection import DEFAULT_DETECTOR, DetectedFace
-from kyara.errors import ImageError, ImageTooLargeError, KyaraError, ModelError, NoFaceError
+from kyara.errors import ImageError, ImageTooLargeError, KyaraError, ModelError, NoFaceError, StorageError
 from kyara.explanation import explain
 from kyara.gallery import characters_of, clean_name, enroll, forget
 from kyara.imageio import DECODED_FORMATS, check_image
 from kyara.pipeline import CROP_MARGIN, Recognizer, face_crop, image_report
 
 T = TypeVar("T")
+log = logging.getLogger("kyara.server")
 
 Image.init()  # fills Image.MIME from the format plugins
 IMAGE_TYPES = frozenset({Image.MIME[name] for name in DECODED_FORMATS} | {"image/jpg", "image/x-ms-bmp"})
 """Declared types of the formats kyara decodes; any other declared type is answered with 415."""
 UNTYPED = frozenset({"", "application/octet-stream"})
 """No useful declared type: the bytes decide (400 if they are no image)."""
-ERROR_STATUS: dict[type[KyaraError], int] = {ImageTooLargeError: 413, ImageError: 400, ModelError: 500, KyaraError: 422}
+ERROR_STATUS: dict[type[KyaraError], int] = {
+    StorageError: 507,
+    ImageTooLargeError: 413,
+    ImageError: 400,
+    ModelError: 500,
+    KyaraError: 422,
+}
 """The first matching class gives the status of a KyaraError (subclasses first)."""
 MAX_ENROLL_FILES = 20
 ENROLL_CROP_SIDE = 256
@@ -102,9 +113,18 @@ class Service:
     """The model every request shares. Reads use whichever model is current when they start;
     enroll and forget are serialized and replace it once the bundle on disk has changed."""
 
-    def __init__(self, model: str | os.PathLike | None, limits: Limits, detector: str = DEFAULT_DETECTOR) -> None:
+    def __init__(
+        self,
+        model: str | os.PathLike | None,
+        limits: Limits,
+        detector: str = DEFAULT_DETECTOR,
+        token: str | None = None,
+        read_only: bool = False,
+    ) -> None:
         self.model = model
         self.limits = limits
+        self.token = token.encode("utf-8") if token else None
+        self.read_only = read_only
         self.recognizer = Recognizer(model, detector, max_pixels=limits.max_pixels)
         self.workers = anyio.CapacityLimiter(limits.concurrency)
         self.writing = threading.Lock()
@@ -152,10 +172,35 @@ class Service:
             self._reload()
         return {"name": result.name, "added": result.added, "skipped": len(result.skipped)}
 
+    def check_write(self, request: Request) -> None:
+        """Refuse a change to the model unless this server takes writes and the request carries
+        its token (`Authorization: Bearer <token>`), before any of its body is looked at."""
+        if self.read_only:
+            raise HTTPException(403, "this server is read-only (kyara serve --read-only): it cannot change characters")
+        if self.token is None:
+            return
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode("utf-8"), self.token):
+            raise HTTPException(
+                401,
+                "changing characters needs this server's token: send 'Authorization: Bearer <token>'",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
+    def writes(self) -> str:
+        return "read-only" if self.read_only else "token" if self.token else "open"
+
     def forget(self, name: str) -> dict:
         with self.writing:
-            if name not in self.recognizer.bundle.all_labels():
+            # A trained name is a folder's name as it was (maybe spaced or decomposed): it is
+            # found by its cleaned form, the form every name in a request is cleaned to.
+            labels = self.recognizer.bundle.all_labels()
+            found = [label for label in labels if label == name] or [
+                label for label in labels if cleaned_or_none(label) == name
+            ]
+            if not found:
                 raise HTTPException(404, f"no character named {name!r}")
+            name = found[0]
             removed = forget(name, self.model)
             self._reload()
         return {"name": name, "removed": removed}
@@ -171,10 +216,40 @@ class Service:
             "model": bundle.describe(),
             "characters": bundle.all_labels(),
             "limits": asdict(self.limits),
+            "writes": self.writes(),
         }
 
     def _reload(self) -> None:
         self.recognizer = Recognizer(self.model, self.recognizer.detector, max_pixels=self.limits.max_pixels)
+
+
+def cleaned_or_none(name: str) -> str | None:
+    try:
+        return clean_name(name)
+    except KyaraError:
+        return None
+
+
+CHARACTERS_PATH = b"/api/characters/"
+
+
+def character_name(request: Request, suffix: bytes = b"") -> str:
+    """The character a request's address names, cleaned as enroll cleans names (`clean_name`):
+    one function for enroll and forget, so what was enrolled can be removed by the same address.
+    It is decoded from the raw address: bytes that are not UTF-8 are refused (400) rather than
+    read as U+FFFD, which would make different names one."""
+    raw = request.scope.get("raw_path")
+    if raw is None:  # a server that gives no raw path: the decoded one
+        return clean_name(request.path_params["name"])
+    raw = raw.split(b"?", 1)[0]
+    segment = raw[raw.find(CHARACTERS_PATH) + len(CHARACTERS_PATH) :]
+    if suffix and segment.endswith(suffix):
+        segment = segment[: -len(suffix)]
+    try:
+        name = unquote_to_bytes(segment).decode("utf-8")
+    except UnicodeDecodeError:
+        raise HTTPException(400, "the character name in the address is not valid UTF-8") from None
+    return clean_name(name)
 
 
 def face_at(picture: Image.Image, box: FaceBox) -> Image.Image:
@@ -282,19 +357,62 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     422: {"model": ErrorBody, "description": "Bad parameters"},
     503: {"model": ErrorBody, "description": "Too many pictures waiting for a worker; retry after Retry-After"},
 }
+WRITE_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "The server has a token and the request did not carry it"},
+    403: {"model": ErrorBody, "description": "The server is read-only"},
+    507: {"model": ErrorBody, "description": "No room on the disk to write the model; it was not changed"},
+}
 TopK = Annotated[int, Query(ge=1, le=100, description="How many guesses to list per face.")]
 Character = Annotated[str | None, Query(min_length=1, max_length=200)]
 Coordinate = Annotated[int | None, Query(ge=-(10**6), le=10**6)]
 Side = Annotated[int | None, Query(ge=1, le=10**6)]
 
 
+def is_loopback(host: str) -> bool:
+    """Whether only this machine can reach `host` (an address or a name to listen on)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name that resolves elsewhere, or every interface
+
+
+def check_exposure(host: str, token: str | None, read_only: bool, allow_anonymous_writes: bool) -> None:
+    """Refuse to serve writes to strangers: listening beyond loopback needs a token, or
+    read-only, or the explicit `allow_anonymous_writes`."""
+    if token or read_only or allow_anonymous_writes or is_loopback(host):
+        return
+    raise KyaraError(
+        f"listening on {host} would let anyone who reaches it enroll and remove characters: give a token "
+        "(--token or KYARA_TOKEN), or --read-only, or --allow-anonymous-writes if the network is yours"
+    )
+
+
+def uvicorn_options(limits: Limits) -> dict[str, Any]:
+    """How `kyara serve` runs uvicorn for these limits."""
+    return {"limit_concurrency": limits.max_connections}
+
+
 def create_app(
-    model: str | os.PathLike | None = None, limits: Limits | None = None, detector: str = DEFAULT_DETECTOR
+    model: str | os.PathLike | None = None,
+    limits: Limits | None = None,
+    detector: str = DEFAULT_DETECTOR,
+    *,
+    token: str | None = None,
+    read_only: bool = False,
+    allow_anonymous_writes: bool = False,
+    host: str = "127.0.0.1",
 ) -> FastAPI:
     """The web page and the REST API over `model` (default: the user's copy or the built-in one),
-    finding faces with `detector` (a `kyara.detection.DETECTORS` name)."""
+    finding faces with `detector` (a `kyara.detection.DETECTORS` name).
+
+    With `token`, enroll and forget need `Authorization: Bearer <token>` (401 otherwise); with
+    `read_only` they answer 403. Serving on a `host` that is not loopback without either raises
+    `KyaraError` unless `allow_anonymous_writes`."""
+    check_exposure(host, token, read_only, allow_anonymous_writes)
     limits = limits or Limits()
-    service = Service(model, limits, detector)
+    service = Service(model, limits, detector, token, read_only)
     app = FastAPI(
         title="kyara",
         version=__version__,
@@ -338,7 +456,7 @@ def create_app(
 
     @app.post(
         "/api/characters/{name:path}/images",
-        responses=ERRORS,
+        responses=ERRORS | WRITE_ERRORS,
         openapi_extra={"requestBody": IMAGE_BODY},
         status_code=201,
     )
@@ -353,8 +471,9 @@ def create_app(
     ) -> dict:
         """Teach the model `name` from pictures: face crops, whole pictures (their most face-like
         face is used), or one picture with the face's box (`x, y, w, h` and `angle` as returned
-        by recognize)."""
-        name = clean_name(name)
+        by recognize). Needs the server's token when it has one."""
+        service.check_write(request)
+        name = character_name(request, b"/images")
         given = [value is not None for value in (x, y, w, h)]
         if any(given) and not all(given):
             raise HTTPException(422, "give all of x, y, w and h for a face box, or none")
@@ -362,10 +481,11 @@ def create_app(
         uploads = await read_uploads(request, 1 if box else MAX_ENROLL_FILES)
         return await service.run(service.enroll, name, uploads, box)
 
-    @app.delete("/api/characters/{name:path}", responses={404: {"model": ErrorBody}})
-    async def forget_character(name: str) -> dict:
-        """Remove a character, enrolled or trained."""
-        return await service.run(service.forget, name)
+    @app.delete("/api/characters/{name:path}", responses=WRITE_ERRORS | {404: {"model": ErrorBody}})
+    async def forget_character(name: str, request: Request) -> dict:
+        """Remove a character, enrolled or trained. Needs the server's token when it has one."""
+        service.check_write(request)
+        return await service.run(service.forget, character_name(request))
 
     @app.get("/api/health")
     async def health() -> dict:
