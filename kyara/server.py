@@ -75,18 +75,23 @@ class Limits:
     """Largest image decoded (width x height, about 5000 x 4000); a bigger one gets 413."""
     concurrency: int = 2
     """Images processed at once; further requests wait for a free worker."""
-    max_waiting: int = 16
-    """Requests waiting for a worker; one more gets 503 with Retry-After, so a burst cannot pile
-    up decoded pictures."""
+    max_waiting: int = 256
+    """Requests waiting for a worker (their bodies read, nothing decoded yet); one more gets 503
+    with Retry-After."""
+    max_queued_bytes: int = 128 * 1024 * 1024
+    """Request bodies held at once, all requests together: a body that would pass it gets 503
+    with Retry-After (unless it is the only one held). With `max_waiting`, this bounds what a
+    burst can make the server hold before decoding, whatever the size of each body."""
     max_explained_faces: int = 8
     """Faces given a heat map per /api/explain request (the most face-like first): about 0.4 s each."""
 
     @property
     def max_connections(self) -> int:
-        """Connections `kyara serve` keeps open at once (uvicorn answers 503 beyond): bodies are
-        read before a request queues for a worker, so this is what bounds the memory they take
-        (at most this many times `max_body_bytes`). The margin serves the page and health checks."""
-        return self.concurrency + self.max_waiting + 16
+        """Connections `kyara serve` keeps open at once. Uvicorn would answer plain text beyond
+        this, without reading the body (the client sees its connection reset), so it is far above
+        what kyara admits: kyara refuses the excess itself, in JSON, after reading each refused
+        body away without keeping it. An open connection costs a few kilobytes."""
+        return max(4096, 4 * (self.concurrency + self.max_waiting))
 
 
 @dataclass(frozen=True)
@@ -265,34 +270,89 @@ def face_at(picture: Image.Image, box: FaceBox) -> Image.Image:
     return face_crop(picture, DetectedFace((*scaled[:2], max(1, scaled[2]), max(1, scaled[3])), 1.0, box.angle))
 
 
-class BodyLimit:
-    """413 for request bodies over `max_bytes`: at once when declared so, else as soon as the
-    bytes that arrived pass the limit."""
+DRAIN_LIMIT = 64 * 1024 * 1024
+"""A refused body is read away (and dropped) up to this size before the answer, so that the
+client, still sending, reads the answer rather than a reset connection. Past it, the
+connection is closed."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+
+class Admission:
+    """Reads each request's body before the app sees it, within `Limits`, and refuses the rest
+    in JSON, after reading the refused body away unkept:
+
+    - 413 for a body over `max_body_bytes`: counted as it arrives, not taken from Content-Length
+      (a declared larger one is refused without keeping any of it);
+    - 503 with Retry-After when `concurrency + max_waiting` requests are already admitted, or
+      when the bodies held would pass `max_queued_bytes`.
+
+    Requests without a body to read (GET, HEAD) pass at once. A client that goes away in the
+    middle of its body is logged in one line."""
+
+    def __init__(self, app: ASGIApp, limits: Limits) -> None:
         self.app = app
-        self.max_bytes = max_bytes
+        self.limits = limits
+        self.admitted = 0
+        self.held = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD"):
             await self.app(scope, receive, send)
             return
-        message = f"the request body is larger than the limit of {self.max_bytes:,} bytes"
+        limits = self.limits
+        too_large = error(413, f"the request body is larger than the limit of {limits.max_body_bytes:,} bytes")
+        busy = error(503, "busy: too many requests waiting, retry shortly", {"Retry-After": "1"})
         declared = dict(scope["headers"]).get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > self.max_bytes:
-            await error(413, message)(scope, receive, send)
-            return
-        received = 0
+        refusal = None
+        if declared.isdigit() and int(declared) > limits.max_body_bytes:
+            refusal = too_large
+        elif self.admitted >= limits.concurrency + limits.max_waiting:
+            refusal = busy
+        admitted = refusal is None
+        self.admitted += admitted
+        chunks: list[bytes] = []
+        kept = dropped = 0
+        try:
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    log.info(
+                        "%s %s: the client went away after %d bytes of its body",
+                        scope["method"],
+                        scope["path"],
+                        kept + dropped,
+                    )
+                    return
+                body = message.get("body", b"")
+                if refusal is None and kept + len(body) > limits.max_body_bytes:
+                    refusal = too_large
+                elif refusal is None and self.held > kept and self.held + len(body) > limits.max_queued_bytes:
+                    refusal = busy  # only when others hold bodies too: a body alone is always taken
+                if refusal is None:
+                    chunks.append(body)
+                    kept += len(body)
+                    self.held += len(body)
+                else:
+                    self.held -= kept
+                    dropped += kept + len(body)
+                    chunks.clear()
+                    kept = 0
+                if not message.get("more_body", False) or dropped > DRAIN_LIMIT:
+                    break
+            if refusal is not None:
+                await refusal(scope, receive, send)
+                return
+            whole = [b"".join(chunks)]
+            chunks.clear()
 
-        async def counted() -> Message:
-            nonlocal received
-            arrived = await receive()
-            received += len(arrived.get("body", b""))
-            if received > self.max_bytes:
-                raise HTTPException(413, message)
-            return arrived
+            async def replay() -> Message:
+                if whole:
+                    return {"type": "http.request", "body": whole.pop(), "more_body": False}
+                return await receive()
 
-        await self.app(scope, counted, send)
+            await self.app(scope, replay, send)
+        finally:
+            self.admitted -= admitted
+            self.held -= kept
 
 
 def error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -390,8 +450,10 @@ def check_exposure(host: str, token: str | None, read_only: bool, allow_anonymou
 
 
 def uvicorn_options(limits: Limits) -> dict[str, Any]:
-    """How `kyara serve` runs uvicorn for these limits."""
-    return {"limit_concurrency": limits.max_connections}
+    """How `kyara serve` runs uvicorn for these limits: kyara, not uvicorn, refuses the excess
+    of a burst (see `Limits.max_connections`), and the kernel queues the connections of a burst
+    until uvicorn accepts them (`backlog`)."""
+    return {"limit_concurrency": limits.max_connections, "backlog": 4096}
 
 
 def create_app(
@@ -420,7 +482,7 @@ def create_app(
         docs_url=None,
         redoc_url=None,
     )
-    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
+    app.add_middleware(Admission, limits=limits)
     app.add_exception_handler(KyaraError, kyara_error)
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(RequestValidationError, validation_error)
