@@ -236,6 +236,8 @@ class CnnDetector:
             raise KyaraError(f"the detector model {model} is missing: reinstall kyara")
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
+        # Input shapes follow each picture's aspect ratio: a memory arena would keep the largest.
+        options.enable_cpu_mem_arena = options.enable_mem_pattern = False
         weights = model.read_bytes() if isinstance(model, Path) else model
         self.session = ort.InferenceSession(weights, options, providers=["CPUExecutionProvider"])
         self.model_digest = hashlib.sha1(weights).hexdigest()[:12]
