@@ -16,6 +16,7 @@ import ipaddress
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from importlib import resources
@@ -63,11 +64,13 @@ MAX_ENROLL_FILES = 20
 ENROLL_CROP_SIDE = 256
 """Side of a face cut by its box for enrollment: well under `kyara.crop.MAX_CROP_SIDE`, so enroll
 takes it as a face crop as it is, and above the model's input size, so nothing is lost."""
-SERVER_EMBED_BATCH = 8
-"""Faces embedded at once by the server: ONNX Runtime keeps, per worker thread, the memory of the
-largest batch it has run (about 8 MB a face); 8 costs about a tenth of the speed of 32."""
+SERVER_EMBED_BATCH = 4
+"""Faces embedded at once by the server: ONNX Runtime keeps the memory of the largest batch each
+concurrent run has needed (several MB a face); 4 at a time runs as fast as 32 on 2 cores."""
 MMAP_THRESHOLD = 1024 * 1024
 """Allocations from this size on get their own memory map, given back to the system when freed."""
+TRIM_EVERY_S = 1.0
+"""After a worker's job, free heap memory is given back to the system at most this often."""
 WEB = Path(str(resources.files("kyara") / "web"))
 DOCS_ASSETS = Path(str(resources.files("swagger_ui") / "static"))
 """Swagger UI's files, from the swagger-ui-py package: /docs works offline too."""
@@ -145,7 +148,13 @@ class Service:
         busy = self.workers.statistics()
         if busy.borrowed_tokens >= busy.total_tokens and busy.tasks_waiting >= self.limits.max_waiting:
             raise HTTPException(503, "busy: too many pictures waiting, retry shortly", headers={"Retry-After": "1"})
-        return await anyio.to_thread.run_sync(functools.partial(work, *args), limiter=self.workers)
+        return await anyio.to_thread.run_sync(functools.partial(self._job, work, *args), limiter=self.workers)
+
+    def _job(self, work: Callable[..., T], *args: Any) -> T:
+        try:
+            return work(*args)
+        finally:
+            give_back_memory()
 
     def recognize(self, upload: Upload, top_k: int) -> dict:
         recognizer = self.recognizer
@@ -185,18 +194,33 @@ class Service:
 
     def check_write(self, request: Request) -> None:
         """Refuse a change to the model unless this server takes writes and the request carries
-        its token (`Authorization: Bearer <token>`), before any of its body is looked at."""
+        its token (`Authorization: Bearer <token>`). `Admission` asks the same before reading
+        the body; this is the handlers' own check."""
+        refusal = self.write_refusal(request.headers.get("authorization", ""))
+        if refusal is not None:
+            raise refusal
+
+    def write_refusal(self, authorization: str) -> HTTPException | None:
         if self.read_only:
-            raise HTTPException(403, "this server is read-only (kyara serve --read-only): it cannot change characters")
+            return HTTPException(403, "this server is read-only (kyara serve --read-only): it cannot change characters")
         if self.token is None:
-            return
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode("utf-8"), self.token):
-            raise HTTPException(
-                401,
-                "changing characters needs this server's token: send 'Authorization: Bearer <token>'",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
+            return None
+        scheme, _, given = authorization.partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode("utf-8"), self.token):
+            return None
+        return HTTPException(
+            401,
+            "changing characters needs this server's token: send 'Authorization: Bearer <token>'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+    def scope_refusal(self, scope: Scope) -> JSONResponse | None:
+        """The answer to a request that would change the model and may not, else None."""
+        if not scope["path"].startswith("/api/characters/") or scope["method"] in ("GET", "HEAD"):
+            return None
+        authorization = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
+        refusal = self.write_refusal(authorization)
+        return None if refusal is None else error(refusal.status_code, str(refusal.detail), refusal.headers)
 
     def writes(self) -> str:
         return "read-only" if self.read_only else "token" if self.token else "open"
@@ -239,17 +263,39 @@ class Service:
         return recognizer
 
 
+_libc: Any = None
+_trimmed = 0.0
+_trimming = threading.Lock()
+
+
+def give_back_memory() -> None:
+    """`malloc_trim`: free memory in the heaps of glibc goes back to the system (at most every
+    TRIM_EVERY_S seconds: it takes a few milliseconds)."""
+    global _trimmed
+    if _libc is None or not _trimming.acquire(blocking=False):
+        return
+    try:
+        if time.monotonic() - _trimmed >= TRIM_EVERY_S:
+            _libc.malloc_trim(0)
+            _trimmed = time.monotonic()
+    finally:
+        _trimming.release()
+
+
 def keep_memory_flat() -> None:
     """Make glibc give large freed blocks back to the system at once. By default it raises its
     memory-map threshold after the first large block is freed (up to 32 MB), so decoded pictures
     then come from the heaps of the worker threads, which seldom shrink: under a stream of
     varied pictures the server grew to over 1 GB. A no-op where the C library is not glibc."""
+    global _libc
     try:
         libc = ctypes.CDLL("libc.so.6")
-    except OSError:
+        libc.malloc_trim, libc.mallopt  # noqa: B018 (glibc, not another C library)
+    except (OSError, AttributeError):
         return
     m_mmap_threshold = -3
     libc.mallopt(m_mmap_threshold, MMAP_THRESHOLD)
+    _libc = libc
 
 
 def cleaned_or_none(name: str) -> str | None:
@@ -307,14 +353,18 @@ class Admission:
     - 413 for a body over `max_body_bytes`: counted as it arrives, not taken from Content-Length
       (a declared larger one is refused without keeping any of it);
     - 503 with Retry-After when `concurrency + max_waiting` requests are already admitted, or
-      when the bodies held would pass `max_queued_bytes`.
+      when the bodies held would pass `max_queued_bytes`;
+    - the answer of `guard(scope)` when it gives one (a change without the token: 401).
 
     Requests without a body to read (GET, HEAD) pass at once. A client that goes away in the
     middle of its body is logged in one line."""
 
-    def __init__(self, app: ASGIApp, limits: Limits) -> None:
+    def __init__(
+        self, app: ASGIApp, limits: Limits, guard: Callable[[Scope], JSONResponse | None] = lambda _: None
+    ) -> None:
         self.app = app
         self.limits = limits
+        self.guard = guard
         self.admitted = 0
         self.held = 0
 
@@ -326,10 +376,14 @@ class Admission:
         too_large = error(413, f"the request body is larger than the limit of {limits.max_body_bytes:,} bytes")
         busy = error(503, "busy: too many requests waiting, retry shortly", {"Retry-After": "1"})
         declared = dict(scope["headers"]).get(b"content-length", b"")
-        refusal = None
-        if declared.isdigit() and int(declared) > limits.max_body_bytes:
+        length = int(declared) if declared.isdigit() else None
+        if length is not None and length > DRAIN_LIMIT:  # not worth reading: the connection will be closed
+            await (self.guard(scope) or too_large)(scope, receive, send)
+            return
+        refusal = self.guard(scope)
+        if refusal is None and length is not None and length > limits.max_body_bytes:
             refusal = too_large
-        elif self.admitted >= limits.concurrency + limits.max_waiting:
+        elif refusal is None and self.admitted >= limits.concurrency + limits.max_waiting:
             refusal = busy
         admitted = refusal is None
         self.admitted += admitted
@@ -339,10 +393,11 @@ class Admission:
             while True:
                 message = await receive()
                 if message["type"] == "http.disconnect":
+                    path = scope.get("raw_path") or scope["path"].encode()
                     log.info(
                         "%s %s: the client went away after %d bytes of its body",
                         scope["method"],
-                        scope["path"],
+                        path.decode("ascii", "backslashreplace"),
                         kept + dropped,
                     )
                     return
@@ -507,7 +562,7 @@ def create_app(
         docs_url=None,
         redoc_url=None,
     )
-    app.add_middleware(Admission, limits=limits)
+    app.add_middleware(Admission, limits=limits, guard=service.scope_refusal)
     app.add_exception_handler(KyaraError, kyara_error)
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(RequestValidationError, validation_error)

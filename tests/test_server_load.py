@@ -186,6 +186,6 @@ def test_the_server_keeps_memory_flat(tmp_path, monkeypatch):
 
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
     recognizer = Service(None, Limits()).recognizer
-    assert recognizer.embedder.batch_size == SERVER_EMBED_BATCH == 8
+    assert recognizer.embedder.batch_size == SERVER_EMBED_BATCH == 4
     options = recognizer.detector.session.get_session_options()
     assert not options.enable_cpu_mem_arena and not options.enable_mem_pattern
