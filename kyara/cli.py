@@ -538,7 +538,7 @@ def serve(
     ] = None,
     max_waiting: Annotated[
         int | None,
-        typer.Option("--max-waiting", min=0, help="Requests queued for a worker; more get 503 (default 16)."),
+        typer.Option("--max-waiting", min=0, help="Requests queued for a worker; more get 503 (default 256)."),
     ] = None,
     detector: DetectorOption = None,
     token: Annotated[
