@@ -9,6 +9,7 @@ bundle from a stranger cannot run code.
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -21,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from kyara.errors import ModelError
+from kyara.errors import ModelError, StorageError
 
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)  # reading the umask means setting it; put it back at once
@@ -136,7 +137,8 @@ def save_bundle(bundle: ModelBundle, path: str | os.PathLike) -> None:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside `path`, flush it to disk, then rename it over `path`."""
+    """Write to a temporary file beside `path`, flush it to disk, then rename it over `path`.
+    A full disk raises `StorageError` and leaves `path` as it was."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -146,9 +148,15 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             os.fsync(file.fileno())
         os.chmod(temporary, 0o666 & ~_UMASK)  # mkstemp makes owner-only files; use the usual mode
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as exc:
         Path(temporary).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno in NO_ROOM:
+            raise StorageError(exc.errno, f"no room left to write {path} ({exc.strerror}); it was not changed") from exc
         raise
+
+
+NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+"""Errors of a full disk or quota: `atomic_write_bytes` reports them as `StorageError`."""
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -538,15 +538,22 @@ def serve(
     ] = None,
     max_waiting: Annotated[
         int | None,
-        typer.Option("--max-waiting", min=0, help="Requests queued for a worker; more get 503 (default 16)."),
+        typer.Option("--max-waiting", min=0, help="Requests queued for a worker; more get 503 (default 256)."),
     ] = None,
     detector: DetectorOption = None,
+    token: Annotated[
+        str | None, typer.Option("--token", envvar="KYARA_TOKEN", help="Token enroll and remove need (Bearer).")
+    ] = None,
+    read_only: Annotated[bool, typer.Option("--read-only", help="No enrolling or removing at all.")] = False,
+    allow_anonymous_writes: Annotated[
+        bool, typer.Option("--allow-anonymous-writes", help="Beyond loopback, let anyone change characters.")
+    ] = False,
 ) -> None:
     """Serve the web page and the REST API (docs at /docs); needs the serve extra."""
     try:
         import uvicorn
 
-        from kyara.server import Limits, create_app
+        from kyara.server import Limits, create_app, uvicorn_options
     except ImportError as exc:
         err.print(f"[red]error[/red] serving needs the serve extra (kyara[serve]): {exc}", highlight=False)
         raise typer.Exit(2) from None
@@ -559,8 +566,9 @@ def serve(
     limits = Limits(**{name: value for name, value in given.items() if value is not None})
     from kyara.detection import DEFAULT_DETECTOR
 
-    application = _or_exit(lambda: create_app(model, limits, detector or DEFAULT_DETECTOR))
-    uvicorn.run(application, host=host, port=port, limit_concurrency=limits.max_connections)
+    writes = {"token": token, "read_only": read_only, "allow_anonymous_writes": allow_anonymous_writes, "host": host}
+    application = _or_exit(lambda: create_app(model, limits, detector or DEFAULT_DETECTOR, **writes))
+    uvicorn.run(application, host=host, port=port, **uvicorn_options(limits))
 
 
 @app.command()

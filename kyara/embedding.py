@@ -26,8 +26,13 @@ class Embedder:
             raise ModelError(f"the model's embedder returns shape {probe.shape}, expected (batch, dimension)")
         self.dim = int(probe.shape[1])
 
-    def embed(self, crops: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
+    batch_size = 32
+    """Crops run at once (`embed`'s default). ONNX Runtime keeps the memory of the largest batch
+    each thread has run, several MB per crop: the server runs smaller batches."""
+
+    def embed(self, crops: Sequence[Image.Image], batch_size: int | None = None) -> np.ndarray:
         """One unit vector per crop, as an N x D float32 array."""
+        batch_size = batch_size or self.batch_size
         if not crops:
             return np.zeros((0, self.dim), np.float32)
         chunks = [

@@ -19,3 +19,11 @@ class ModelError(KyaraError):
 
 class NoFaceError(KyaraError):
     """None of the pictures given to learn a character from shows a usable face."""
+
+
+class StorageError(KyaraError, OSError):
+    """A file could not be written for want of room (disk full, quota reached); nothing was
+    changed. Also an `OSError`, so code that handles those keeps handling it."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)

@@ -7,11 +7,30 @@ const percent = (value) => `${Math.round(value * 100)}%`;
 // request: the latest recognition; explaining/explained: the recognition whose heat maps are on the way/drawn.
 const state = { file: null, maxBytes: Infinity, request: 0, explaining: 0, explained: 0 };
 
+// The server's write token (kyara serve --token), asked for on the first 401 and kept for this tab only.
+const TOKEN_KEY = "kyara-token";
+
 async function api(method, path, body) {
-  const response = await fetch(path, { method, body });
-  const data = await response.json().catch(() => ({ error: `${response.status} ${response.statusText}` }));
-  if (!response.ok) throw new Error(data.error || `${response.status} ${response.statusText}`);
-  return data;
+  for (let attempt = 0; ; attempt++) {
+    const token = sessionStorage.getItem(TOKEN_KEY);
+    const headers = token ? { Authorization: `Bearer ${token}` } : {};
+    const response = await fetch(path, { method, body, headers });
+    const data = await response.json().catch(() => ({ error: `${response.status} ${response.statusText}` }));
+    if (response.status === 401 && attempt < 2) {
+      sessionStorage.removeItem(TOKEN_KEY);
+      const asked = window.prompt(
+        `${token ? "That token was refused. " : ""}This server needs its write token to change characters ` +
+          "(kyara serve --token). Token:",
+      );
+      if (asked) {
+        sessionStorage.setItem(TOKEN_KEY, asked.trim());
+        continue;
+      }
+      throw new Error("Not changed: this server needs its write token (kyara serve --token) to change characters.");
+    }
+    if (!response.ok) throw new Error(data.error || `${response.status} ${response.statusText}`);
+    return data;
+  }
 }
 
 function imageForm(file) {
