@@ -20,6 +20,7 @@ from PIL import Image
 
 import kyara
 from kyara.bundle import atomic_write_bytes, atomic_write_text
+from kyara.cut import CROP_LIFT, CROP_MARGIN, cut_face
 from kyara.explanation import (
     GRID,
     deletion_area,
@@ -33,7 +34,7 @@ from kyara.explanation import (
     scorer,
     write_overlay,
 )
-from kyara.pipeline import CROP_LIFT, CROP_MARGIN, Recognizer, face_crop
+from kyara.pipeline import Recognizer
 from kyara.plots import png, pyplot
 
 HERE = Path(__file__).parent
@@ -236,7 +237,7 @@ def illustration_study(recognizer: Recognizer, pictures: int) -> dict:
     for name in random.Random(0).sample(files, pictures):
         picture = kyara.load_image(DATA / name)
         for face in recognizer.detect(picture):
-            heatmap = explain_crop(face_crop(picture, face), recognizer).heatmap
+            heatmap = explain_crop(cut_face(picture, face).pixels, recognizer).heatmap
             support = np.clip(heatmap, 0, None)
             size = heatmap.shape[0]
             low, high = round(size * (0.5 - 0.5 / CROP_MARGIN)), round(size * (0.5 + 0.5 / CROP_MARGIN))

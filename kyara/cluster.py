@@ -1,7 +1,7 @@
 """Group the faces of unlabelled pictures by character, ready to be named into a training set.
 
-A small, nearly square picture is one face, taken whole without detecting (as training takes
-it); otherwise each face the detector finds is one. Faces are embedded with the model and grouped
+Pictures give their faces as training takes them (`cut.cuts_to_train`: a small, nearly square
+picture is one face, taken whole without detecting). Faces are embedded with the model and grouped
 by average-linkage agglomerative clustering on cosine distance, cut at a distance threshold: no
 number of characters to guess, and a face joins a group only when it is close to the group as a
 whole, not to a single look-alike. Groups smaller than `min_size` are noise. `write_clusters`
@@ -21,15 +21,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 from kyara.bundle import ModelBundle
-from kyara.crop import faces_in
+from kyara.crop import training_cuts
+from kyara.cut import FaceCut
 from kyara.detection import Detector
 from kyara.errors import KyaraError
 from kyara.imageio import check_utf8, load_image, shortened
-from kyara.pipeline import Recognizer, looks_like_face_crop
+from kyara.pipeline import Recognizer
 
 DEFAULT_THRESHOLD = 0.75
 """Cosine distance at which groups stop merging, measured in docs/collection.md for fine-tuned
@@ -81,11 +81,11 @@ def embed_faces(recognizer: Recognizer, paths: Sequence[Path], progress: bool = 
     """Every face of every picture, embedded (detections are cached per file content)."""
     face_set = FaceSet([], np.zeros((0, recognizer.embedder.dim), np.float32))
     chunks = [face_set.embeddings]
-    pending: list[tuple[Path, int, Image.Image]] = []
+    pending: list[tuple[Path, int, FaceCut]] = []
 
     def flush() -> None:
-        vectors = recognizer.embedder.embed([crop for _, _, crop in pending])
-        predictions = recognizer.classifier.predict(vectors, top_k=1)
+        vectors = recognizer.embed([cut for _, _, cut in pending])
+        predictions = recognizer.classify(vectors, top_k=1)
         face_set.faces += [FaceRef(path, number, p.label) for (path, number, _), p in zip(pending, predictions)]
         chunks.append(vectors)
         pending.clear()
@@ -99,13 +99,10 @@ def embed_faces(recognizer: Recognizer, paths: Sequence[Path], progress: bool = 
         except KyaraError as exc:  # an unreadable picture (ImageError) or name
             face_set.unreadable.append(str(exc))
             continue
-        if looks_like_face_crop(picture):  # taken whole without detecting, as training takes it
-            pending.append((Path(path), 0, picture))
-        else:
-            crops = faces_in(Path(path), picture, recognizer.detector)
-            if not crops:
-                face_set.without_face.append(str(path))
-            pending += [(Path(path), number, crop) for number, crop in enumerate(crops, 1)]
+        cuts = training_cuts(Path(path), picture, recognizer.detector)
+        if not cuts:
+            face_set.without_face.append(str(path))
+        pending += [(Path(path), 0 if cut.whole else number, cut) for number, cut in enumerate(cuts, 1)]
         if len(pending) >= EMBED_BATCH:
             flush()
     flush()
@@ -182,7 +179,7 @@ def _write_faces(
 ) -> tuple[list[dict], list[dict]]:
     folders = [f"cluster-{n + 1:03d}" for n in range(int(assignment.max(initial=-1)) + 1)]
     members: dict[str, list[dict]] = {folder: [] for folder in [*folders, NOISE]}
-    source, crops = None, []
+    source, cuts = None, []
     for index, (face, group) in enumerate(zip(face_set.faces, assignment.tolist())):
         folder = folders[group] if group >= 0 else NOISE
         (staging / folder).mkdir(exist_ok=True)
@@ -194,11 +191,11 @@ def _write_faces(
         else:
             name += f"-{face.number}.png"
             if face.source != source:  # a picture's faces come one after another
-                source, crops = face.source, faces_in(face.source, load_image(face.source), detector)
-            if face.number > len(crops):
+                source, cuts = face.source, training_cuts(face.source, load_image(face.source), detector)
+            if face.number > len(cuts):
                 raise KyaraError(f"{face.source}: changed while its faces were being grouped; run again")
             buffer = io.BytesIO()
-            crops[face.number - 1].save(buffer, "PNG")
+            cuts[face.number - 1].pixels.save(buffer, "PNG")
             (staging / folder / name).write_bytes(buffer.getvalue())
         members[folder].append(
             {"file": f"{folder}/{name}", "source": str(face.source), "face": face.number, "guess": face.guess}

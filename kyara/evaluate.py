@@ -22,7 +22,7 @@ from kyara.classify import Classifier, gallery_prototype
 from kyara.dataset import LabelledFile, character_folders, labelled_files
 from kyara.errors import ImageError, KyaraError
 from kyara.metrics import expected_calibration_error
-from kyara.pipeline import Recognizer, input_crops
+from kyara.pipeline import Recognizer
 from kyara.plots import png, pyplot
 
 
@@ -78,15 +78,15 @@ def embed_files(recognizer: Recognizer, files: Sequence[LabelledFile]) -> tuple[
         except ImageError as exc:
             skipped.append({"path": str(file.path), "error": str(exc)})
             continue
-        faces = recognizer.faces(picture)
+        cuts = recognizer.cuts_to_name(picture)
         gray = ImageOps.grayscale(picture).convert("RGB")
         embedded.append(
             EmbeddedImage(
                 file,
-                recognizer.embedder.embed(input_crops(picture, faces)),
-                recognizer.embedder.embed(input_crops(gray, faces)),
-                np.array([f.score for f in faces] or [0.0]),
-                bool(faces),
+                recognizer.embed(cuts),
+                recognizer.embed([cut.of(gray) for cut in cuts]),
+                np.array([cut.score for cut in cuts]),
+                not cuts[0].fallback,
             )
         )
     return embedded, skipped

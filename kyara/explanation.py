@@ -17,7 +17,6 @@ from __future__ import annotations
 import functools
 import io
 import math
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,18 +27,11 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont
 
 from kyara.bundle import atomic_write_bytes
 from kyara.classify import Classifier
-from kyara.detection import DetectedFace
+from kyara.cut import FaceCut, as_is
 from kyara.embedding import Embedder
 from kyara.errors import KyaraError
 from kyara.imageio import ImageSource, load_image
-from kyara.pipeline import (
-    CROP_LIFT,
-    CROP_MARGIN,
-    Recognizer,
-    default_recognizer,
-    input_crops,
-    is_whole_picture,
-)
+from kyara.pipeline import Model, Recognizer, as_recognizer
 
 GRID = 8
 """Cells per side of the crop: finer grids need more masks for the same noise."""
@@ -105,7 +97,7 @@ class Explanation:
 
 def explain(
     image: ImageSource,
-    model: str | os.PathLike | Recognizer | None = None,
+    model: Model = None,
     label: str | None = None,
     versus: str | None = None,
     max_faces: int | None = None,
@@ -114,49 +106,22 @@ def explain(
     `label` (default: each face's best guess), or "`label` and not `versus`". A face whose label
     is `versus` itself is explained against its runner-up. `max_faces`: only the most face-like
     ones (each map takes about 0.4 s on 2 cores)."""
-    recognizer = _recognizer(model)
+    recognizer = as_recognizer(model)
     _check_labels(recognizer.classifier, label, versus)
-    picture = recognizer.load(image)
-    faces = recognizer.faces(picture)[:max_faces]
-    crops = input_crops(picture, faces)
-    if not faces:
-        side = max(picture.size)  # square_on_white pads the picture to a square, centred as here
-        square = (-round((side - picture.width) / 2), -round((side - picture.height) / 2), side, side)
-        return [_explain(recognizer, crops[0], label, versus, (0, 0, *picture.size), square, 0.0, fallback=True)]
-    return [
-        _explain(recognizer, crop, label, versus, face.box, crop_square(picture, face), face.angle)
-        for face, crop in zip(faces, crops)
-    ]
+    cuts = recognizer.cuts_to_name(recognizer.load(image))
+    return [_explain(recognizer, cut, label, versus) for cut in cuts[:max_faces]]
 
 
 def explain_crop(
     crop: ImageSource,
-    model: str | os.PathLike | Recognizer | None = None,
+    model: Model = None,
     label: str | None = None,
     versus: str | None = None,
 ) -> Explanation:
     """Like `explain` for a picture that is already a face crop (no detection)."""
-    recognizer = _recognizer(model)
+    recognizer = as_recognizer(model)
     _check_labels(recognizer.classifier, label, versus)
-    picture = recognizer.load(crop)
-    whole = (0, 0, *picture.size)
-    return _explain(recognizer, picture, label, versus, whole, whole, 0.0)
-
-
-def crop_square(picture: Image.Image, face: DetectedFace) -> tuple[int, int, int, int]:
-    """The square `pipeline.face_crop` cuts from `picture`, in its pixels, before it is turned upright."""
-    if is_whole_picture(picture, face):
-        return face.box  # a face crop named whole is used as it is
-    cx, cy = face.center
-    side = max(face.box[2], face.box[3]) * CROP_MARGIN
-    # face_crop lifts the crop in the upright frame: the lift points along the turned vertical.
-    turn = math.radians(face.angle)
-    cx, cy = cx + side * CROP_LIFT * math.sin(turn), cy - side * CROP_LIFT * math.cos(turn)
-    return round(cx - side / 2), round(cy - side / 2), round(side), round(side)
-
-
-def _recognizer(model: str | os.PathLike | Recognizer | None) -> Recognizer:
-    return model if isinstance(model, Recognizer) else default_recognizer(model)
+    return _explain(recognizer, as_is(recognizer.load(crop)), label, versus)
 
 
 def _check_labels(classifier: Classifier, label: str | None, versus: str | None) -> None:
@@ -169,17 +134,8 @@ def _check_labels(classifier: Classifier, label: str | None, versus: str | None)
         raise KyaraError(f"explaining {label!r} against itself: give two different characters")
 
 
-def _explain(
-    recognizer: Recognizer,
-    crop: Image.Image,
-    label: str | None,
-    versus: str | None,
-    box: tuple[int, int, int, int],
-    square: tuple[int, int, int, int],
-    angle: float,
-    fallback: bool = False,
-) -> Explanation:
-    pixels = input_pixels(crop, recognizer.embedder.input_size)
+def _explain(recognizer: Recognizer, cut: FaceCut, label: str | None, versus: str | None) -> Explanation:
+    pixels = input_pixels(cut.pixels, recognizer.embedder.input_size)
     prediction = recognizer.classifier.predict(recognizer.embedder.embed([Image.fromarray(pixels)]), top_k=2)[0]
     guesses = [guess.label for guess in prediction.top_k]
     label = label or guesses[0]
@@ -187,7 +143,8 @@ def _explain(
         versus = next((g for g in guesses if g != label), None)
     score = scorer(recognizer.classifier, label, versus)
     intact, heatmap = saliency_map(recognizer.embedder, pixels, score)
-    return Explanation(box, square, angle, label, versus, intact, heatmap, prediction.label == label, fallback)
+    known = prediction.label == label
+    return Explanation(cut.box, cut.square, cut.angle, label, versus, intact, heatmap, known, cut.fallback)
 
 
 def scorer(classifier: Classifier, label: str, versus: str | None = None) -> Score:

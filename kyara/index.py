@@ -29,18 +29,18 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 from kyara.classify import Prediction
+from kyara.cut import FaceCut, crop_sized, cuts_of
 from kyara.detection import DetectedFace
 from kyara.errors import ImageError, KyaraError
 from kyara.gallery import locked
 from kyara.imageio import ImageSource, check_utf8, list_images, resolved
-from kyara.pipeline import Recognizer, crop_sized, input_crops
+from kyara.pipeline import Recognizer
 
 FORMAT_VERSION = 2
-"""2: a face crop is one face, the whole picture (`pipeline.faces_to_name`). An index of format 1
+"""2: a face crop is one face, the whole picture (`cut.cuts_to_name`). An index of format 1
 made before that rule (session 6) cut the face out of face crops again; its next update reads such
 files afresh (`_forget_face_crops`)."""
 DATABASE = "collection.sqlite"
@@ -198,8 +198,7 @@ class _Picture:
     sha256: str
     width: int
     height: int
-    faces: list[DetectedFace]
-    crops: list[Image.Image]
+    cuts: list[FaceCut]
     replaces: int | None
 
 
@@ -488,21 +487,18 @@ class CollectionIndex:
             batch.unreadable.append((relative, size, mtime_ns, str(exc), row.id if row else None))
             return
         if same_content:
-            faces = self._stored_faces(row.id)
+            with summary.timing("embed"):
+                cuts = cuts_of(picture, self._stored_faces(row.id))
             summary.reembedded += 1
         else:
             with summary.timing("detect"):
-                faces = self.recognizer.faces(picture)
+                cuts = self.recognizer.cuts_to_name(picture)
             if row is None:
                 summary.added += 1
             else:
                 summary.changed += 1
-        with summary.timing("embed"):
-            crops = input_crops(picture, faces)
         batch.pictures.append(
-            _Picture(
-                relative, size, mtime_ns, sha256, picture.width, picture.height, faces, crops, row.id if row else None
-            )
+            _Picture(relative, size, mtime_ns, sha256, picture.width, picture.height, cuts, row.id if row else None)
         )
 
     def _stored_faces(self, file_id: int) -> list[DetectedFace]:
@@ -517,8 +513,8 @@ class CollectionIndex:
         """Embed and classify the batch's crops, then commit it in one transaction; the vector
         index follows only after the commit succeeded."""
         with summary.timing("embed"):
-            vectors = self.recognizer.embedder.embed([crop for p in batch.pictures for crop in p.crops])
-            predictions = self.recognizer.classifier.predict(vectors, top_k=1)
+            vectors = self.recognizer.embed([cut for p in batch.pictures for cut in p.cuts])
+            predictions = self.recognizer.classify(vectors, top_k=1)
         with summary.timing("write"):
             replaced = [p.replaces for p in batch.pictures if p.replaces] + [u[4] for u in batch.unreadable if u[4]]
             old_faces = self._face_ids_of(replaced)
@@ -541,8 +537,8 @@ class CollectionIndex:
                             self.embedder_id,
                         ),
                     ).lastrowid
-                    for face in picture.faces or [None]:
-                        new_faces.append(self._insert_face(db, file_id, picture, face, vectors[at], predictions[at]))
+                    for cut in picture.cuts:
+                        new_faces.append(self._insert_face(db, file_id, cut, vectors[at], predictions[at]))
                         at += 1
                 written = [(p.path,) for p in batch.pictures] + [(t[0],) for t in batch.touched]
                 db.executemany("DELETE FROM unreadable WHERE path = ?", written)
@@ -561,21 +557,19 @@ class CollectionIndex:
     def _insert_face(
         db: sqlite3.Connection,
         file_id: int,
-        picture: _Picture,
-        face: DetectedFace | None,
+        cut: FaceCut,
         vector: np.ndarray,
         prediction: Prediction,
     ) -> int:
-        box = face.box if face else (0, 0, picture.width, picture.height)
         return db.execute(
             "INSERT INTO faces (file_id, x, y, w, h, detector_score, angle, fallback, label, confidence, "
             "similarity, embedding) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 file_id,
-                *box,
-                face.score if face else 0.0,
-                face.angle if face else 0.0,
-                face is None,
+                *cut.box,
+                cut.score,
+                cut.angle,
+                cut.fallback,
                 prediction.label,
                 prediction.confidence,
                 prediction.similarity,
@@ -655,7 +649,7 @@ class CollectionIndex:
     def _labelled(self, rows: sqlite3.Cursor) -> Iterator[list[tuple[tuple, Prediction]]]:
         """`rows` (the stored embedding last) in chunks, each row with this model's prediction."""
         while chunk := rows.fetchmany(65536):
-            predictions = self.recognizer.classifier.predict(self._decode([row[-1] for row in chunk]), top_k=1)
+            predictions = self.recognizer.classify(self._decode([row[-1] for row in chunk]), top_k=1)
             yield list(zip(chunk, predictions))
 
     # Queries ---------------------------------------------------------------------------------
@@ -677,15 +671,12 @@ class CollectionIndex:
 
     def search(self, image: ImageSource, top_k: int = 10) -> list[QueryFace]:
         """The faces of the collection most similar to each face of `image` (a face crop is used
-        as it is, see `Recognizer.faces`; a picture without a face found is used whole, marked
+        as it is, see `Recognizer.cuts_to_name`; a picture without a face found is used whole, marked
         `fallback`)."""
         self._require_same_embedder()
-        picture = self.recognizer.load(image)
-        faces = self.recognizer.faces(picture)  # as `update` stored the collection's faces
-        crops, fallback = input_crops(picture, faces), not faces
-        boxes = [face.box for face in faces] or [(0, 0, picture.width, picture.height)]
-        hits = self.search_vectors(self.recognizer.embedder.embed(crops), top_k)
-        return [QueryFace(box, fallback, face_hits) for box, face_hits in zip(boxes, hits)]
+        cuts = self.recognizer.cuts_to_name(self.recognizer.load(image))  # as `update` cut the collection
+        hits = self.search_vectors(self.recognizer.embed(cuts), top_k)
+        return [QueryFace(cut.box, cut.fallback, face_hits) for cut, face_hits in zip(cuts, hits)]
 
     def search_vectors(self, vectors: np.ndarray, top_k: int = 10) -> list[list[SearchHit]]:
         """For each embedding, the `top_k` most similar faces of the collection, best first (with
