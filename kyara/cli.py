@@ -341,11 +341,15 @@ def enroll(
     name: Annotated[str, typer.Argument(help="The character's name (becomes its label).")],
     images: Annotated[list[str], typer.Argument(help="Pictures of the character: face crops or illustrations.")],
     model: ModelOption = None,
+    detector: DetectorOption = None,
 ) -> None:
     """Teach the model a character from a few pictures, without retraining."""
+    from kyara.detection import DEFAULT_DETECTOR
     from kyara.gallery import enroll as enroll_pictures
+    from kyara.pipeline import Recognizer
 
-    result = _or_exit(lambda: enroll_pictures(name, expand_paths(images), model))
+    recognizer = _or_exit(lambda: Recognizer(model, detector or DEFAULT_DETECTOR))
+    result = _or_exit(lambda: enroll_pictures(name, expand_paths(images), recognizer))
     for message in result.skipped:
         err.print(f"[yellow]skipped[/yellow] {message}", highlight=False)
     print(f"enrolled {result.added} picture(s) of {result.name} into {result.model}")

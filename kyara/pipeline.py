@@ -1,7 +1,8 @@
-"""Picture in, characters out: detect faces, cut them upright, embed, classify.
+"""Picture in, characters out: detect faces, cut them (`kyara.cut`), embed, classify.
 
-`Recognizer` holds a loaded model and a detector; the module-level `recognize` and `detect` use a
-shared recognizer with the built-in model, for the one-line API.
+`Recognizer` holds a loaded model and a detector, and is how the Python API takes a model
+(`Model`: a recognizer, or the path that makes one); the module-level `recognize` and `detect`
+use a shared recognizer with the built-in model, for the one-line API.
 """
 
 from __future__ import annotations
