@@ -20,6 +20,7 @@ from kyara.errors import KyaraError
 from kyara.gallery import enroll, forget, locked
 from kyara.imageio import load_image
 from kyara.index import DATABASE, VECTORS, CollectionIndex
+from kyara.index import update as index_update
 from kyara.pipeline import Recognizer
 from tests.conftest import data_path, same_values
 
@@ -191,7 +192,7 @@ def test_find_and_search(indexed):
 def test_a_killed_run_goes_on_where_it_stopped(base, tmp_path, upright, monkeypatch):
     root = shutil.copytree(base[0], tmp_path / "pictures")
     db = tmp_path / "killed.kyaradb"
-    monkeypatch.setattr(index_module, "FILES_PER_COMMIT", 2)
+    monkeypatch.setattr(index_update, "FILES_PER_COMMIT", 2)
     killed = CollectionIndex(db, with_detector(upright, fail_after=4), create=True)
     with killed, pytest.raises(RuntimeError):
         killed.update(root, progress=False)
