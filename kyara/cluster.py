@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import tempfile
 from collections import Counter
@@ -28,8 +29,8 @@ from kyara.crop import training_cuts
 from kyara.cut import FaceCut
 from kyara.detection import Detector
 from kyara.errors import KyaraError
-from kyara.imageio import check_utf8, load_image, shortened
-from kyara.pipeline import Recognizer
+from kyara.imageio import check_utf8, load_image, resolved, shortened
+from kyara.pipeline import Model, Recognizer
 
 DEFAULT_THRESHOLD = 0.75
 """Cosine distance at which groups stop merging, measured in docs/collection.md for fine-tuned
@@ -108,6 +109,30 @@ def embed_faces(recognizer: Recognizer, paths: Sequence[Path], progress: bool = 
     flush()
     face_set.embeddings = np.concatenate(chunks)
     return face_set
+
+
+def cluster_folder(
+    pictures: Sequence[str | os.PathLike],
+    target: Path,
+    model: Model = None,
+    threshold: float | None = None,
+    min_size: int = DEFAULT_MIN_SIZE,
+    force: bool = False,
+    progress: bool = True,
+) -> ClusterSummary:
+    """`kyara cluster`: group the faces of `pictures` (files; an earlier run's output among them
+    is left out) and write the groups under `target`. `threshold`: the model's default cut
+    (`threshold_for`). Nothing is written when no face is found (the summary counts 0 faces)."""
+    check_target(target, force)
+    hierarchy()  # said now, not after hours of embedding
+    recognizer = model if isinstance(model, Recognizer) else Recognizer(model)
+    written = resolved(target)
+    face_set = embed_faces(recognizer, [Path(p) for p in pictures if not resolved(p).is_relative_to(written)], progress)
+    if not face_set.faces:
+        return ClusterSummary(str(target), 0, [], 0, face_set.unreadable, face_set.without_face)
+    cut = threshold_for(recognizer.bundle) if threshold is None else threshold
+    groups = cluster_faces(face_set.embeddings, cut, min_size)
+    return write_clusters(face_set, groups, target, recognizer.detector, force)
 
 
 def threshold_for(bundle: ModelBundle) -> float:
