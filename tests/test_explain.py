@@ -16,20 +16,10 @@ from typer.testing import CliRunner
 import kyara
 from kyara.cli import app
 from kyara.cut import cut_face
-from kyara.explanation import (
-    caption_boxes,
-    deletion_area,
-    deletion_curve,
-    explain_crop,
-    input_pixels,
-    overlay,
-    randomized_model,
-    rank_correlation,
-    saliency_map,
-    scorer,
-)
+from kyara.explanation import caption_boxes, explain_crop, input_pixels, overlay, saliency_map, scorer
 from kyara.pipeline import Recognizer
 from tests.conftest import ROOT, data_path
+from tests.explanation_checks import deletion_area, deletion_curve, randomized_model, rank_correlation
 
 EXAMPLE = ROOT / "docs" / "example.png"
 runner = CliRunner()
