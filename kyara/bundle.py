@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
+import secrets
 import zipfile
 from dataclasses import dataclass, field
 from importlib import resources
@@ -22,9 +22,6 @@ from typing import Any
 import numpy as np
 
 from kyara.errors import ModelError
-
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)  # reading the umask means setting it; put it back at once
 
 FORMAT = "kyara-model"
 FORMAT_VERSION = 1
@@ -138,13 +135,14 @@ def save_bundle(bundle: ModelBundle, path: str | os.PathLike) -> None:
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a temporary file beside `path`, flush it to disk, then rename it over `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    temporary = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
+    # Created as open() creates files (0o666 less the umask), where mkstemp would make them owner-only.
+    handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(handle, "wb") as file:
             file.write(data)
             file.flush()
             os.fsync(file.fileno())
-        os.chmod(temporary, 0o666 & ~_UMASK)  # mkstemp makes owner-only files; use the usual mode
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
