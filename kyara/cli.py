@@ -188,19 +188,9 @@ def evaluate(
     as_json: JsonFlag = False,
 ) -> None:
     """Measure a model on labelled folders: top-1/top-5, macro-F1, per character, grayscale, calibration."""
-    from kyara.evaluate import check_report_folder, evaluate_few_shot, write_report
-    from kyara.evaluate import evaluate as run_evaluation
-    from kyara.pipeline import Recognizer
+    from kyara.evaluate import evaluate_folders
 
-    if report:
-        check_report_folder(report)
-    recognizer = Recognizer(model)
-    if shots:
-        result = evaluate_few_shot(recognizer, folder, shots, repeats, seed)
-    else:
-        result = run_evaluation(recognizer, folder)
-    if report:
-        write_report(result, report, title=f"{recognizer.bundle.name} on {', '.join(map(str, folder))}")
+    result = evaluate_folders(folder, model, shots, repeats, seed, report)
     _summarise(
         [s["error"] for s in result.skipped],
         result.to_dict() if as_json else None,
@@ -392,12 +382,9 @@ def index(
     as_json: JsonFlag = False,
 ) -> None:
     """Index the faces of a picture folder for find and search (incremental: run it again to update)."""
-    from kyara.index import CollectionIndex
+    from kyara.index import index_folder
 
-    if not root.is_dir():
-        raise KyaraError(f"{root}: not a folder")
-    with CollectionIndex.open(db, model, create=True) as collection:
-        summary, stats = collection.update(root, reembed=reembed, moved=moved), collection.stats()
+    summary, stats = index_folder(root, db, model, reembed, moved)
     _summarise(
         summary.unreadable,
         {**summary.to_dict(), "index": stats} if as_json else None,

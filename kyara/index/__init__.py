@@ -19,10 +19,15 @@ boxes and embeds them, still without detecting.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
+from kyara.errors import KyaraError
 from kyara.index.labels import IndexedFace
 from kyara.index.queries import EXACT_UP_TO, IndexQueries, QueryFace, SearchHit
 from kyara.index.store import DATABASE, FORMAT_VERSION, VECTORS
 from kyara.index.update import FILES_PER_COMMIT, IndexUpdates, UpdateSummary
+from kyara.pipeline import Model
 
 __all__ = [
     "DATABASE",
@@ -35,9 +40,26 @@ __all__ = [
     "QueryFace",
     "SearchHit",
     "UpdateSummary",
+    "index_folder",
 ]
 
 
 class CollectionIndex(IndexUpdates, IndexQueries):
     """An index of the faces in a picture folder. Open one with `CollectionIndex.open`: `store`
     opens it, `update` writes it, `labels` keeps its labels current, `queries` reads it."""
+
+
+def index_folder(
+    root: str | os.PathLike,
+    db: str | os.PathLike,
+    model: Model = None,
+    reembed: bool = False,
+    moved: bool = False,
+    progress: bool = True,
+) -> tuple[UpdateSummary, dict]:
+    """`kyara index`: make or update the index at `db` of the pictures under `root` (see
+    `CollectionIndex.update`); returns what the update did and the index's `stats` after it."""
+    if not Path(root).is_dir():
+        raise KyaraError(f"{root}: not a folder")  # before an index is made for it
+    with CollectionIndex.open(db, model, create=True) as collection:
+        return collection.update(root, reembed=reembed, moved=moved, progress=progress), collection.stats()
