@@ -59,11 +59,6 @@ def _face_from_dict(item: dict) -> DetectedFace:
     )
 
 
-def cuts_in(path: Path, picture: Image.Image, detector: Detector, margin: float = CROP_MARGIN) -> list[FaceCut]:
-    """`cut.cuts_to_learn` of the picture at `path`, its detections cached."""
-    return cuts_to_learn(picture, detect_cached(path, picture, detector), margin)
-
-
 def training_cuts(path: Path, picture: Image.Image, detector: Detector) -> list[FaceCut]:
     """`cut.cuts_to_train` of the picture at `path`, its detections cached."""
     return cuts_to_train(picture, lambda image: detect_cached(path, image, detector))
@@ -105,7 +100,7 @@ def crop_folder(
         except ImageError as exc:
             summary.unreadable.append(str(exc))
             continue
-        crops = [cut.pixels for cut in cuts_in(path, image, detector, margin)]
+        crops = [cut.pixels for cut in cuts_to_learn(image, detect_cached(path, image, detector), margin)]
         summary.faces += len(crops)
         if not crops:
             summary.without_face.append(str(path))
