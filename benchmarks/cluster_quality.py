@@ -9,21 +9,26 @@ Sets (face crops from ../shared/data; the folder names are the hidden truth):
 - `holoen-unseen`: 50 pictures of each of the 5 holoen characters left out of `build/heldout.kyara`.
 
 For each threshold: purity, adjusted Rand index (noise faces count as groups of one), noise share
-and number of groups (see `kyara.cluster.clustering_scores`).
+and number of groups (see `tests/clustering_scores.py`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections import defaultdict
 from pathlib import Path
 
-from kyara.cluster import DEFAULT_MIN_SIZE, DEFAULT_THRESHOLD, cluster_faces, clustering_scores, embed_faces
+from kyara.cluster import DEFAULT_MIN_SIZE, DEFAULT_THRESHOLD, cluster_faces, embed_faces
 from kyara.dataset import labelled_files
 from kyara.pipeline import Recognizer
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the scores are test code, in tests/
+from tests.clustering_scores import clustering_scores
+
 ROOT = Path(__file__).resolve().parents[1]
+
 DATA = ROOT.parent / "shared" / "data"
 UNSEEN = ("ceci", "erb", "gigi", "bae", "irys")
 PER_CHARACTER = 50

@@ -18,9 +18,10 @@ import statistics
 import time
 from pathlib import Path
 
+from kyara.cut import as_is, cuts_of
 from kyara.detection import DEFAULT_DETECTOR, DETECTORS
 from kyara.imageio import list_images, load_image
-from kyara.pipeline import Recognizer, face_crop
+from kyara.pipeline import Recognizer
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -44,19 +45,19 @@ def main() -> None:
         started = time.perf_counter()
         faces = recognizer.detector.detect(image)
         detect_s.append(time.perf_counter() - started)
-        crops += [face_crop(image, face) for face in faces]
+        crops += cuts_of(image, faces) if faces else []
         scale = 1024 / max(image.size)
         large = image.resize((round(image.width * scale), round(image.height * scale)))
         started = time.perf_counter()
         recognizer.detector.detect(large)
         detect_1024_s.append(time.perf_counter() - started)
-    for crop in crops[:200] or [load_image(paths[0])]:
+    for crop in crops[:200] or [as_is(load_image(paths[0]))]:
         started = time.perf_counter()
-        recognizer.classifier.predict(recognizer.embedder.embed([crop]))
+        recognizer.classify(recognizer.embed([crop]))
         face_s.append(time.perf_counter() - started)
     started = time.perf_counter()
     batch = crops[:64]
-    recognizer.classifier.predict(recognizer.embedder.embed(batch))
+    recognizer.classify(recognizer.embed(batch))
     batched = (time.perf_counter() - started) / max(1, len(batch))
     report = {
         "images": len(paths),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -20,21 +21,13 @@ from PIL import Image
 
 import kyara
 from kyara.bundle import atomic_write_bytes, atomic_write_text
-from kyara.explanation import (
-    GRID,
-    deletion_area,
-    deletion_curve,
-    explain,
-    explain_crop,
-    input_pixels,
-    randomized_model,
-    rank_correlation,
-    saliency_map,
-    scorer,
-    write_overlay,
-)
-from kyara.pipeline import CROP_LIFT, CROP_MARGIN, Recognizer, face_crop
+from kyara.cut import CROP_LIFT, CROP_MARGIN, cut_face
+from kyara.explanation import GRID, explain, explain_crop, input_pixels, saliency_map, scorer, write_overlay
+from kyara.pipeline import Recognizer
 from kyara.plots import png, pyplot
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the honesty checks are test code, in tests/
+from tests.explanation_checks import deletion_area, deletion_curve, randomized_model, rank_correlation
 
 HERE = Path(__file__).parent
 DATA = HERE.parent.parent / "shared" / "data"
@@ -236,7 +229,7 @@ def illustration_study(recognizer: Recognizer, pictures: int) -> dict:
     for name in random.Random(0).sample(files, pictures):
         picture = kyara.load_image(DATA / name)
         for face in recognizer.detect(picture):
-            heatmap = explain_crop(face_crop(picture, face), recognizer).heatmap
+            heatmap = explain_crop(cut_face(picture, face).pixels, recognizer).heatmap
             support = np.clip(heatmap, 0, None)
             size = heatmap.shape[0]
             low, high = round(size * (0.5 - 0.5 / CROP_MARGIN)), round(size * (0.5 + 0.5 / CROP_MARGIN))

@@ -8,6 +8,7 @@ for face in kyara.recognize("party.png"):
 __version__ = "0.1.0"
 
 from kyara.bundle import ModelBundle, load_bundle, save_bundle
+from kyara.cluster import cluster_folder
 from kyara.detection import DetectedFace
 from kyara.errors import ImageError, ImageTooLargeError, KyaraError, ModelError
 from kyara.explanation import Explanation, explain
@@ -29,6 +30,7 @@ __all__ = [
     "Recognizer",
     "__version__",
     "characters",
+    "cluster_folder",
     "detect",
     "enroll",
     "explain",

@@ -13,7 +13,7 @@ import errno
 import io
 import json
 import os
-import tempfile
+import secrets
 import zipfile
 from dataclasses import dataclass, field
 from importlib import resources
@@ -23,9 +23,6 @@ from typing import Any
 import numpy as np
 
 from kyara.errors import ModelError, StorageError
-
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)  # reading the umask means setting it; put it back at once
 
 FORMAT = "kyara-model"
 FORMAT_VERSION = 1
@@ -140,13 +137,14 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a temporary file beside `path`, flush it to disk, then rename it over `path`.
     A full disk raises `StorageError` and leaves `path` as it was."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    temporary = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
+    # Created as open() creates files (0o666 less the umask), where mkstemp would make them owner-only.
+    handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(handle, "wb") as file:
             file.write(data)
             file.flush()
             os.fsync(file.fileno())
-        os.chmod(temporary, 0o666 & ~_UMASK)  # mkstemp makes owner-only files; use the usual mode
         os.replace(temporary, path)
     except BaseException as exc:
         Path(temporary).unlink(missing_ok=True)

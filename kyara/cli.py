@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import glob
 import io
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -13,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from kyara.errors import KyaraError
+from kyara.errors import ImageError, KyaraError
 from kyara.imageio import IMAGE_SUFFIXES, list_images
 from kyara.train.data import DEFAULT_GRAYSCALE_P
 
@@ -60,13 +62,24 @@ def _escape_undecodable_names() -> None:
             stream.reconfigure(errors="backslashreplace")
 
 
-def _or_exit(make):
-    """Call `make()`; a KyaraError (a bad model, a broken detector) ends the command with status 2."""
-    try:
-        return make()
-    except KyaraError as exc:
-        err.print(f"[red]error[/red] {exc}", highlight=False)
-        raise typer.Exit(2) from None
+def command(function: Callable[..., None]) -> Callable[..., None]:
+    """`app.command()` with the one mapping of failures to exit statuses (README): a KyaraError
+    ends the command with 1 when an input could not be read (ImageError), else with 2 (the
+    command could not start: bad model, missing folder, bad options, missing extra)."""
+
+    @functools.wraps(function)
+    def run(*args: object, **kwargs: object) -> None:
+        try:
+            function(*args, **kwargs)
+        except KyaraError as exc:
+            err.print(f"[red]error[/red] {exc}", highlight=False)
+            raise typer.Exit(1 if isinstance(exc, ImageError) else 2) from None
+
+    return app.command()(run)
+
+
+def needs_extra(extra: str, purpose: str, exc: ImportError) -> KyaraError:
+    return KyaraError(f"{purpose} needs the {extra} extra (kyara[{extra}]): {exc}")
 
 
 def _summarise(skipped: list[str], document: dict | None, line: str) -> None:
@@ -89,7 +102,7 @@ def _run_batch(paths: list[str], work) -> tuple[list[dict], bool]:
     return results, failed
 
 
-@app.command()
+@command
 def recognize(
     paths: Paths,
     as_json: JsonFlag = False,
@@ -101,7 +114,7 @@ def recognize(
     from kyara.detection import DEFAULT_DETECTOR
     from kyara.pipeline import Recognizer, image_report
 
-    recognizer = _or_exit(lambda: Recognizer(model, detector or DEFAULT_DETECTOR))
+    recognizer = Recognizer(model, detector or DEFAULT_DETECTOR)
 
     def work(path: str) -> dict:
         picture = recognizer.load(path)
@@ -115,14 +128,14 @@ def recognize(
     raise typer.Exit(1 if failed else 0)
 
 
-@app.command()
+@command
 def detect(paths: Paths, as_json: JsonFlag = False, detector_name: DetectorOption = None) -> None:
     """Find the anime faces in each image (boxes; landmarks and colours from animeface)."""
     from kyara.detection import DEFAULT_DETECTOR, get_detector
     from kyara.imageio import load_image
     from kyara.pipeline import image_report
 
-    detector = _or_exit(lambda: get_detector(detector_name or DEFAULT_DETECTOR))
+    detector = get_detector(detector_name or DEFAULT_DETECTOR)
 
     def work(path: str) -> dict:
         picture = load_image(path)
@@ -162,7 +175,7 @@ def _print_recognitions(results: list[dict]) -> None:
         console.print(table)
 
 
-@app.command()
+@command
 def evaluate(
     folder: Annotated[list[Path], typer.Argument(help="One folder per character (several roots allowed).")],
     model: ModelOption = None,
@@ -175,23 +188,9 @@ def evaluate(
     as_json: JsonFlag = False,
 ) -> None:
     """Measure a model on labelled folders: top-1/top-5, macro-F1, per character, grayscale, calibration."""
-    from kyara.evaluate import check_report_folder, evaluate_few_shot, write_report
-    from kyara.evaluate import evaluate as run_evaluation
-    from kyara.pipeline import Recognizer
+    from kyara.evaluate import evaluate_folders
 
-    try:
-        if report:
-            check_report_folder(report)
-        recognizer = Recognizer(model)
-        if shots:
-            result = evaluate_few_shot(recognizer, folder, shots, repeats, seed)
-        else:
-            result = run_evaluation(recognizer, folder)
-        if report:
-            write_report(result, report, title=f"{recognizer.bundle.name} on {', '.join(map(str, folder))}")
-    except KyaraError as exc:
-        err.print(f"[red]error[/red] {exc}", highlight=False)
-        raise typer.Exit(2) from None
+    result = evaluate_folders(folder, model, shots, repeats, seed, report)
     _summarise(
         [s["error"] for s in result.skipped],
         result.to_dict() if as_json else None,
@@ -200,7 +199,7 @@ def evaluate(
     )
 
 
-@app.command()
+@command
 def train(
     folder: Annotated[list[Path], typer.Argument(help="One folder per character: face crops or full illustrations.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the .kyara model.")],
@@ -236,25 +235,20 @@ def train(
         from kyara.train.cli_support import train_command
         from kyara.train.trainer import TrainConfig
     except ImportError as exc:
-        err.print(f"[red]error[/red] training needs the train extra (torch): {exc}", highlight=False)
-        raise typer.Exit(2) from None
-    try:
-        config = TrainConfig(
-            backbone=backbone,
-            mode=mode,
-            epochs=epochs,
-            input_size=input_size,
-            grayscale_p=grayscale,
-            seed=seed,
-            ood_weight=0.0,
-        )
-        train_command(folder, output, start, config, checkpoint, err)
-    except KyaraError as exc:
-        err.print(f"[red]error[/red] {exc}", highlight=False)
-        raise typer.Exit(2) from None
+        raise needs_extra("train", "training", exc) from exc
+    config = TrainConfig(
+        backbone=backbone,
+        mode=mode,
+        epochs=epochs,
+        input_size=input_size,
+        grayscale_p=grayscale,
+        seed=seed,
+        ood_weight=0.0,
+    )
+    train_command(folder, output, start, config, checkpoint, err)
 
 
-@app.command()
+@command
 def compare(
     folder: Annotated[list[Path], typer.Argument(help="One folder per character: face crops or full illustrations.")],
     report: Annotated[Path, typer.Option("--report", help="Writes experiments.md/.json and a plot here.")],
@@ -273,8 +267,7 @@ def compare(
         from kyara.train.compare import compare as run_comparison
         from kyara.train.compare import grid
     except ImportError as exc:
-        err.print(f"[red]error[/red] comparing needs the train extra (torch): {exc}", highlight=False)
-        raise typer.Exit(2) from None
+        raise needs_extra("train", "comparing", exc) from exc
     from kyara.detection import get_detector
     from kyara.train.nets import BACKBONES
 
@@ -285,14 +278,9 @@ def compare(
             raise ValueError(f"input sizes must be 32 to 512 px, got {sizes}")
         gray = {"off": [False], "on": [True], "both": [False, True]}[grayscale]
     except (ValueError, KeyError) as exc:
-        err.print(f"[red]error[/red] bad grid option: {exc}", highlight=False)
-        raise typer.Exit(2) from None
+        raise KyaraError(f"bad grid option: {exc}") from None
     settings = grid(chosen_backbones, chosen_modes, chosen_sizes, gray)
-    rows = _or_exit(
-        lambda: run_comparison(
-            folder, report, settings, epochs, per_character, seed, get_detector(), warn=_warn_on_stderr
-        )
-    )
+    rows = run_comparison(folder, report, settings, epochs, per_character, seed, get_detector(), warn=_warn_on_stderr)
     best = max(rows, key=lambda r: r["top1"])
     print(f"{len(rows)} settings measured; best top-1 {best['top1']:.4f}; see {report / 'experiments.md'}")
 
@@ -309,7 +297,7 @@ def _choices(listed: str, allowed) -> list[str]:
     return chosen
 
 
-@app.command()
+@command
 def crop(
     source: Annotated[Path, typer.Argument(help="Raw pictures (sub-folders, e.g. one per character, are kept).")],
     target: Annotated[Path, typer.Argument(help="Where the face crops go.")],
@@ -323,10 +311,8 @@ def crop(
     from kyara.detection import get_detector
 
     if not source.is_dir():
-        err.print(f"[red]error[/red] {source}: not a folder", highlight=False)
-        raise typer.Exit(2)
-    detector = _or_exit(get_detector)
-    summary = _or_exit(lambda: crop_folder(source, target, detector, margin, size, dedupe))
+        raise KyaraError(f"{source}: not a folder")
+    summary = crop_folder(source, target, get_detector(), margin, size, dedupe)
     _summarise(
         summary.unreadable,
         summary.to_dict() if as_json else None,
@@ -336,36 +322,40 @@ def crop(
     )
 
 
-@app.command()
+@command
 def enroll(
     name: Annotated[str, typer.Argument(help="The character's name (becomes its label).")],
     images: Annotated[list[str], typer.Argument(help="Pictures of the character: face crops or illustrations.")],
     model: ModelOption = None,
+    detector: DetectorOption = None,
 ) -> None:
     """Teach the model a character from a few pictures, without retraining."""
+    from kyara.detection import DEFAULT_DETECTOR
     from kyara.gallery import enroll as enroll_pictures
+    from kyara.pipeline import Recognizer
 
-    result = _or_exit(lambda: enroll_pictures(name, expand_paths(images), model))
+    recognizer = Recognizer(model, detector or DEFAULT_DETECTOR)
+    result = enroll_pictures(name, expand_paths(images), recognizer)
     for message in result.skipped:
         err.print(f"[yellow]skipped[/yellow] {message}", highlight=False)
     print(f"enrolled {result.added} picture(s) of {result.name} into {result.model}")
 
 
-@app.command()
+@command
 def forget(name: Annotated[str, typer.Argument()], model: ModelOption = None) -> None:
     """Remove a character (enrolled or trained) from the model."""
     from kyara.gallery import forget as forget_character
 
-    removed = _or_exit(lambda: forget_character(name, model))
+    removed = forget_character(name, model)
     print(f"forgot {name} ({removed} vector(s) removed)")
 
 
-@app.command()
+@command
 def characters(model: ModelOption = None, as_json: JsonFlag = False) -> None:
     """List the characters the model knows, with image counts."""
     from kyara.gallery import characters as list_characters
 
-    known = _or_exit(lambda: list_characters(model))
+    known = list_characters(model)
     if as_json:
         print(json.dumps(known, ensure_ascii=False, indent=2))
         return
@@ -380,7 +370,7 @@ def characters(model: ModelOption = None, as_json: JsonFlag = False) -> None:
 DbOption = Annotated[Path, typer.Option("--db", help="The collection index: a .kyaradb folder.")]
 
 
-@app.command()
+@command
 def index(
     root: Annotated[Path, typer.Argument(help="The picture folder to index (searched recursively).")],
     db: DbOption,
@@ -392,17 +382,9 @@ def index(
     as_json: JsonFlag = False,
 ) -> None:
     """Index the faces of a picture folder for find and search (incremental: run it again to update)."""
-    from kyara.index import CollectionIndex
+    from kyara.index import index_folder
 
-    if not root.is_dir():
-        err.print(f"[red]error[/red] {root}: not a folder", highlight=False)
-        raise typer.Exit(2)
-
-    def update():
-        with CollectionIndex.open(db, model, create=True) as collection:
-            return collection.update(root, reembed=reembed, moved=moved), collection.stats()
-
-    summary, stats = _or_exit(update)
+    summary, stats = index_folder(root, db, model, reembed, moved)
     _summarise(
         summary.unreadable,
         {**summary.to_dict(), "index": stats} if as_json else None,
@@ -414,7 +396,7 @@ def index(
     raise typer.Exit(1 if summary.unreadable else 0)
 
 
-@app.command()
+@command
 def find(
     name: Annotated[str, typer.Argument(help="A character the model knows (see `kyara characters`).")],
     db: DbOption,
@@ -425,12 +407,9 @@ def find(
     """List every indexed picture where a character appears, with the face's box and confidence."""
     from kyara.index import CollectionIndex
 
-    def look_up():
-        with CollectionIndex.open(db, model) as collection:
-            known = name in collection.recognizer.classifier.labels
-            return str(collection.root), collection.find(name, min_confidence), known
-
-    root, faces, known = _or_exit(look_up)
+    with CollectionIndex.open(db, model) as collection:
+        root, faces = str(collection.root), collection.find(name, min_confidence)
+        known = name in collection.recognizer.classifier.labels
     if not known:
         err.print(f"[yellow]warning[/yellow] {name!r} is not a character of the model (see `kyara characters`)")
     if as_json:
@@ -444,7 +423,7 @@ def find(
     Console().print(table)
 
 
-@app.command()
+@command
 def search(
     image: Annotated[str, typer.Argument(help="A picture or a face crop.")],
     db: DbOption,
@@ -453,15 +432,10 @@ def search(
     as_json: JsonFlag = False,
 ) -> None:
     """Find the indexed faces most similar to each face of a picture."""
-    from kyara.errors import ImageError
     from kyara.index import CollectionIndex
 
-    try:
-        with CollectionIndex.open(db, model) as collection:
-            root, query = str(collection.root), collection.search(image, top_k)
-    except KyaraError as exc:
-        err.print(f"[red]error[/red] {exc}", highlight=False)
-        raise typer.Exit(1 if isinstance(exc, ImageError) else 2) from None
+    with CollectionIndex.open(db, model) as collection:
+        root, query = str(collection.root), collection.search(image, top_k)
     if as_json:
         document = {"root": root, "query": image, "faces": [face.to_dict() for face in query]}
         print(json.dumps(document, ensure_ascii=False, indent=2))
@@ -477,7 +451,7 @@ def search(
         console.print(table)
 
 
-@app.command()
+@command
 def cluster(
     paths: Paths,
     output: Annotated[Path, typer.Option("-o", "--output", help="Where the cluster folders go.")],
@@ -490,29 +464,18 @@ def cluster(
             help="Cosine distance where groups stop merging (0.75; 0.5 for a linear-mode model).",
         ),
     ] = None,
-    min_size: Annotated[int | None, typer.Option("--min-size", min=1, help="Smaller groups go to noise/ (3).")] = None,
+    min_size: Annotated[int, typer.Option("--min-size", min=1, help="Smaller groups go to noise/.")] = 3,
     force: Annotated[bool, typer.Option("--force", help="Replace the clusters of a non-empty output.")] = False,
     model: ModelOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Group the faces of unlabelled pictures by character: one folder per group, plus noise/."""
-    from kyara.cluster import check_target, cluster_faces, embed_faces, hierarchy, threshold_for, write_clusters
-    from kyara.imageio import resolved
-    from kyara.pipeline import Recognizer
+    from kyara.cluster import cluster_folder
 
-    _or_exit(lambda: check_target(output, force))
-    _or_exit(hierarchy)
-    recognizer = _or_exit(lambda: Recognizer(model))
-    written = _or_exit(lambda: resolved(output))  # an earlier run's clusters inside the input are not input
-    pictures = _or_exit(lambda: [Path(p) for p in expand_paths(paths) if not resolved(p).is_relative_to(written)])
-    face_set = _or_exit(lambda: embed_faces(recognizer, pictures))
-    if not face_set.faces:
-        _summarise(face_set.unreadable, None, "no face found: nothing to group")
+    summary = cluster_folder(expand_paths(paths), output, model, threshold, min_size, force)
+    if not summary.faces:
+        _summarise(summary.unreadable, None, "no face found: nothing to group")
         raise typer.Exit(1)
-    settings = {"min_size": min_size} if min_size is not None else {}
-    cut = threshold_for(recognizer.bundle) if threshold is None else threshold
-    groups = _or_exit(lambda: cluster_faces(face_set.embeddings, cut, **settings))
-    summary = _or_exit(lambda: write_clusters(face_set, groups, output, recognizer.detector, force))
     _summarise(
         summary.unreadable,
         summary.to_dict() if as_json else None,
@@ -522,7 +485,7 @@ def cluster(
     raise typer.Exit(1 if summary.unreadable else 0)
 
 
-@app.command()
+@command
 def serve(
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=0, max=65535)] = 8000,
@@ -555,8 +518,7 @@ def serve(
 
         from kyara.server import Limits, create_app, uvicorn_options
     except ImportError as exc:
-        err.print(f"[red]error[/red] serving needs the serve extra (kyara[serve]): {exc}", highlight=False)
-        raise typer.Exit(2) from None
+        raise needs_extra("serve", "serving", exc) from exc
     given = {
         "max_body_bytes": None if max_body_mb is None else round(max_body_mb * 1024 * 1024),
         "max_pixels": None if max_megapixels is None else round(max_megapixels * 1_000_000),
@@ -567,11 +529,11 @@ def serve(
     from kyara.detection import DEFAULT_DETECTOR
 
     writes = {"token": token, "read_only": read_only, "allow_anonymous_writes": allow_anonymous_writes, "host": host}
-    application = _or_exit(lambda: create_app(model, limits, detector or DEFAULT_DETECTOR, **writes))
+    application = create_app(model, limits, detector or DEFAULT_DETECTOR, **writes)
     uvicorn.run(application, host=host, port=port, **uvicorn_options(limits))
 
 
-@app.command()
+@command
 def explain(
     image: Annotated[str, typer.Argument(help="The picture to explain.")],
     output: Annotated[
@@ -587,19 +549,15 @@ def explain(
     as_json: JsonFlag = False,
 ) -> None:
     """Show what each face's recognition rests on: a heat map over every face (warm: for the label, blue: against)."""
-    from kyara.errors import ImageError
     from kyara.explanation import explain as explain_picture
     from kyara.explanation import output_format, write_overlay
     from kyara.pipeline import Recognizer
 
-    _or_exit(lambda: output_format(output))
-    recognizer = _or_exit(lambda: Recognizer(model))
+    output_format(output)
+    recognizer = Recognizer(model)
+    explanations = explain_picture(image, recognizer, label, versus)
     try:
-        explanations = explain_picture(image, recognizer, label, versus)
         write_overlay(output, recognizer.load(image), explanations)
-    except KyaraError as exc:
-        err.print(f"[red]error[/red] {exc}", highlight=False)
-        raise typer.Exit(1 if isinstance(exc, ImageError) else 2) from None
     except OSError as exc:
         err.print(f"[red]error[/red] {output}: cannot write ({exc.strerror or exc})", highlight=False)
         raise typer.Exit(1) from None

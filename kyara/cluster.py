@@ -1,18 +1,20 @@
 """Group the faces of unlabelled pictures by character, ready to be named into a training set.
 
-A small, nearly square picture is one face, taken whole without detecting (as training takes
-it); otherwise each face the detector finds is one. Faces are embedded with the model and grouped
+Pictures give their faces as training takes them (`cut.cuts_to_train`: a small, nearly square
+picture is one face, taken whole without detecting). Faces are embedded with the model and grouped
 by average-linkage agglomerative clustering on cosine distance, cut at a distance threshold: no
 number of characters to guess, and a face joins a group only when it is close to the group as a
 whole, not to a single look-alike. Groups smaller than `min_size` are noise. `write_clusters`
 writes one folder per group (largest first) plus `noise/`, and `clusters.json` with where every
-face came from and the model's guess for each group.
+face came from and the model's guess for each group. How pure the groups are is measured by
+benchmarks/cluster_quality.py, with tests/clustering_scores.py.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import tempfile
 from collections import Counter
@@ -21,15 +23,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 from kyara.bundle import ModelBundle
-from kyara.crop import faces_in
+from kyara.crop import training_cuts
+from kyara.cut import FaceCut
 from kyara.detection import Detector
 from kyara.errors import KyaraError
-from kyara.imageio import check_utf8, load_image, shortened
-from kyara.pipeline import Recognizer, looks_like_face_crop
+from kyara.imageio import check_utf8, load_image, resolved, shortened
+from kyara.pipeline import Model, Recognizer
 
 DEFAULT_THRESHOLD = 0.75
 """Cosine distance at which groups stop merging, measured in docs/collection.md for fine-tuned
@@ -81,11 +83,11 @@ def embed_faces(recognizer: Recognizer, paths: Sequence[Path], progress: bool = 
     """Every face of every picture, embedded (detections are cached per file content)."""
     face_set = FaceSet([], np.zeros((0, recognizer.embedder.dim), np.float32))
     chunks = [face_set.embeddings]
-    pending: list[tuple[Path, int, Image.Image]] = []
+    pending: list[tuple[Path, int, FaceCut]] = []
 
     def flush() -> None:
-        vectors = recognizer.embedder.embed([crop for _, _, crop in pending])
-        predictions = recognizer.classifier.predict(vectors, top_k=1)
+        vectors = recognizer.embed([cut for _, _, cut in pending])
+        predictions = recognizer.classify(vectors, top_k=1)
         face_set.faces += [FaceRef(path, number, p.label) for (path, number, _), p in zip(pending, predictions)]
         chunks.append(vectors)
         pending.clear()
@@ -99,18 +101,39 @@ def embed_faces(recognizer: Recognizer, paths: Sequence[Path], progress: bool = 
         except KyaraError as exc:  # an unreadable picture (ImageError) or name
             face_set.unreadable.append(str(exc))
             continue
-        if looks_like_face_crop(picture):  # taken whole without detecting, as training takes it
-            pending.append((Path(path), 0, picture))
-        else:
-            crops = faces_in(Path(path), picture, recognizer.detector)
-            if not crops:
-                face_set.without_face.append(str(path))
-            pending += [(Path(path), number, crop) for number, crop in enumerate(crops, 1)]
+        cuts = training_cuts(Path(path), picture, recognizer.detector)
+        if not cuts:
+            face_set.without_face.append(str(path))
+        pending += [(Path(path), 0 if cut.whole else number, cut) for number, cut in enumerate(cuts, 1)]
         if len(pending) >= EMBED_BATCH:
             flush()
     flush()
     face_set.embeddings = np.concatenate(chunks)
     return face_set
+
+
+def cluster_folder(
+    pictures: Sequence[str | os.PathLike],
+    target: Path,
+    model: Model = None,
+    threshold: float | None = None,
+    min_size: int = DEFAULT_MIN_SIZE,
+    force: bool = False,
+    progress: bool = True,
+) -> ClusterSummary:
+    """`kyara cluster`: group the faces of `pictures` (files; an earlier run's output among them
+    is left out) and write the groups under `target`. `threshold`: the model's default cut
+    (`threshold_for`). Nothing is written when no face is found (the summary counts 0 faces)."""
+    check_target(target, force)
+    hierarchy()  # said now, not after hours of embedding
+    recognizer = model if isinstance(model, Recognizer) else Recognizer(model)
+    written = resolved(target)
+    face_set = embed_faces(recognizer, [Path(p) for p in pictures if not resolved(p).is_relative_to(written)], progress)
+    if not face_set.faces:
+        return ClusterSummary(str(target), 0, [], 0, face_set.unreadable, face_set.without_face)
+    cut = threshold_for(recognizer.bundle) if threshold is None else threshold
+    groups = cluster_faces(face_set.embeddings, cut, min_size)
+    return write_clusters(face_set, groups, target, recognizer.detector, force)
 
 
 def threshold_for(bundle: ModelBundle) -> float:
@@ -182,7 +205,7 @@ def _write_faces(
 ) -> tuple[list[dict], list[dict]]:
     folders = [f"cluster-{n + 1:03d}" for n in range(int(assignment.max(initial=-1)) + 1)]
     members: dict[str, list[dict]] = {folder: [] for folder in [*folders, NOISE]}
-    source, crops = None, []
+    source, cuts = None, []
     for index, (face, group) in enumerate(zip(face_set.faces, assignment.tolist())):
         folder = folders[group] if group >= 0 else NOISE
         (staging / folder).mkdir(exist_ok=True)
@@ -194,11 +217,11 @@ def _write_faces(
         else:
             name += f"-{face.number}.png"
             if face.source != source:  # a picture's faces come one after another
-                source, crops = face.source, faces_in(face.source, load_image(face.source), detector)
-            if face.number > len(crops):
+                source, cuts = face.source, training_cuts(face.source, load_image(face.source), detector)
+            if face.number > len(cuts):
                 raise KyaraError(f"{face.source}: changed while its faces were being grouped; run again")
             buffer = io.BytesIO()
-            crops[face.number - 1].save(buffer, "PNG")
+            cuts[face.number - 1].pixels.save(buffer, "PNG")
             (staging / folder / name).write_bytes(buffer.getvalue())
         members[folder].append(
             {"file": f"{folder}/{name}", "source": str(face.source), "face": face.number, "guess": face.guess}
@@ -236,39 +259,3 @@ def _publish(staging: Path, target: Path) -> None:
         shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
     for new in sorted(staging.iterdir(), key=lambda p: p.name == SUMMARY):
         new.rename(target / new.name)
-
-
-def clustering_scores(truth: Sequence[str], assignment: np.ndarray) -> dict:
-    """Purity (share of clustered faces in their group's majority character), adjusted Rand index
-    (each noise face counted as a group of its own), noise share and number of groups."""
-    assignment = np.asarray(assignment)
-    clustered = assignment >= 0
-    majority = sum(
-        Counter(t for t, keep in zip(truth, assignment == group) if keep).most_common(1)[0][1]
-        for group in np.unique(assignment[clustered])
-    )
-    singletons = np.where(clustered, assignment, -1 - np.arange(len(assignment)))
-    return {
-        "faces": len(assignment),
-        "groups": len(np.unique(assignment[clustered])),
-        "characters": len(set(truth)),
-        "purity": round(majority / max(1, int(clustered.sum())), 4),
-        "ari": round(adjusted_rand_index(list(truth), singletons.tolist()), 4),
-        "noise_share": round(1 - float(clustered.mean()), 4) if len(assignment) else 0.0,
-    }
-
-
-def adjusted_rand_index(truth: Sequence, predicted: Sequence) -> float:
-    """Agreement of two partitions, 1 = identical, about 0 = chance (Hubert and Arabie, 1985)."""
-    _, rows = np.unique([str(t) for t in truth], return_inverse=True)
-    _, columns = np.unique([str(p) for p in predicted], return_inverse=True)
-    table = np.zeros((rows.max(initial=-1) + 1, columns.max(initial=-1) + 1), np.int64)
-    np.add.at(table, (rows, columns), 1)
-
-    def pairs(counts: np.ndarray) -> float:
-        return float((counts * (counts - 1) // 2).sum())
-
-    together, by_truth, by_prediction = pairs(table), pairs(table.sum(axis=1)), pairs(table.sum(axis=0))
-    expected = by_truth * by_prediction / max(1.0, pairs(np.array([len(rows)])))
-    best = (by_truth + by_prediction) / 2
-    return 1.0 if best == expected else (together - expected) / (best - expected)

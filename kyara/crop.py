@@ -20,11 +20,11 @@ from tqdm import tqdm
 
 from kyara import __version__ as kyara_version
 from kyara.bundle import atomic_write_bytes
+from kyara.cut import CROP_MARGIN, FaceCut, cuts_to_learn, cuts_to_train
 from kyara.dedupe import NEAR_DUPLICATE_BITS, phash
 from kyara.detection import DetectedFace, Detector
 from kyara.errors import ImageError, KyaraError
 from kyara.imageio import list_images, load_image, resolved, shortened
-from kyara.pipeline import CROP_MARGIN, face_crop, face_to_learn, faces_to_name, looks_like_face_crop
 
 
 def cache_dir() -> Path:
@@ -59,25 +59,9 @@ def _face_from_dict(item: dict) -> DetectedFace:
     )
 
 
-def faces_of(path: Path, image: Image.Image, detector: Detector) -> list[DetectedFace]:
-    """The faces to cut from the picture at `path`, most confident first: the detector's (cached),
-    or the whole picture when it is a face crop already (`pipeline.faces_to_name`)."""
-    faces = faces_to_name(image, detect_cached(path, image, detector))
-    return sorted(faces, key=lambda f: f.score, reverse=True)
-
-
-def faces_in(path: Path, image: Image.Image, detector: Detector, margin: float = CROP_MARGIN) -> list[Image.Image]:
-    """Every face of a picture as an upright crop, most confident first (a face crop: itself)."""
-    return [face_crop(image, face, margin) for face in faces_of(path, image, detector)]
-
-
-def training_face(path: Path, image: Image.Image, detector: Detector) -> Image.Image | None:
-    """The face a picture teaches (`pipeline.face_to_learn`; None: none). A small, nearly square
-    picture is taken whole without detecting: in a training folder it is a face crop, and
-    detecting 10,000 crops would add minutes to a run (20 ms each on 2 cores)."""
-    if looks_like_face_crop(image):
-        return image
-    return face_to_learn(image, faces_of(path, image, detector))
+def training_cuts(path: Path, picture: Image.Image, detector: Detector) -> list[FaceCut]:
+    """`cut.cuts_to_train` of the picture at `path`, its detections cached."""
+    return cuts_to_train(picture, lambda image: detect_cached(path, image, detector))
 
 
 @dataclass
@@ -116,8 +100,7 @@ def crop_folder(
         except ImageError as exc:
             summary.unreadable.append(str(exc))
             continue
-        # A face crop in which no face is found is kept whole, as training would take it.
-        crops = faces_in(path, image, detector, margin) or ([image] if looks_like_face_crop(image) else [])
+        crops = [cut.pixels for cut in cuts_to_learn(image, detect_cached(path, image, detector), margin)]
         summary.faces += len(crops)
         if not crops:
             summary.without_face.append(str(path))

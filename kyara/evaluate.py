@@ -22,7 +22,7 @@ from kyara.classify import Classifier, gallery_prototype
 from kyara.dataset import LabelledFile, character_folders, labelled_files
 from kyara.errors import ImageError, KyaraError
 from kyara.metrics import expected_calibration_error
-from kyara.pipeline import Recognizer, input_crops
+from kyara.pipeline import Model, Recognizer, as_recognizer
 from kyara.plots import png, pyplot
 
 
@@ -78,15 +78,15 @@ def embed_files(recognizer: Recognizer, files: Sequence[LabelledFile]) -> tuple[
         except ImageError as exc:
             skipped.append({"path": str(file.path), "error": str(exc)})
             continue
-        faces = recognizer.faces(picture)
+        cuts = recognizer.cuts_to_name(picture)
         gray = ImageOps.grayscale(picture).convert("RGB")
         embedded.append(
             EmbeddedImage(
                 file,
-                recognizer.embedder.embed(input_crops(picture, faces)),
-                recognizer.embedder.embed(input_crops(gray, faces)),
-                np.array([f.score for f in faces] or [0.0]),
-                bool(faces),
+                recognizer.embed(cuts),
+                recognizer.embed([cut.of(gray) for cut in cuts]),
+                np.array([cut.score for cut in cuts]),
+                not cuts[0].fallback,
             )
         )
     return embedded, skipped
@@ -211,8 +211,29 @@ def _embed_folders(recognizer: Recognizer, folder: Path | Sequence[Path]) -> tup
     return images, empty + skipped
 
 
-def evaluate(recognizer: Recognizer, folder: Path | Sequence[Path]) -> Report:
-    """Closed-set accuracy of `recognizer`'s model on a folder per character."""
+def evaluate_folders(
+    folder: Path | Sequence[Path],
+    model: Model = None,
+    shots: int | None = None,
+    repeats: int = 1,
+    seed: int = 0,
+    report: Path | None = None,
+) -> Report:
+    """`kyara evaluate`: `evaluate`, or `evaluate_few_shot` with `shots`; the report's files are
+    written to the folder `report` if given (checked before the long part)."""
+    if report:
+        check_report_folder(report)
+    recognizer = as_recognizer(model)
+    result = evaluate_few_shot(recognizer, folder, shots, repeats, seed) if shots else evaluate(recognizer, folder)
+    if report:
+        roots = [folder] if isinstance(folder, Path | str) else folder
+        write_report(result, report, title=f"{recognizer.bundle.name} on {', '.join(map(str, roots))}")
+    return result
+
+
+def evaluate(model: Model, folder: Path | Sequence[Path]) -> Report:
+    """Closed-set accuracy of the model on a folder per character."""
+    recognizer = as_recognizer(model)
     if not recognizer.classifier.labels:
         raise KyaraError("the model knows no characters: there is nothing to evaluate")
     images, skipped = _embed_folders(recognizer, folder)
@@ -220,13 +241,14 @@ def evaluate(recognizer: Recognizer, folder: Path | Sequence[Path]) -> Report:
 
 
 def evaluate_few_shot(
-    recognizer: Recognizer, folder: Path | Sequence[Path], shots: int, repeats: int = 1, seed: int = 0
+    model: Model, folder: Path | Sequence[Path], shots: int, repeats: int = 1, seed: int = 0
 ) -> Report:
     """Enroll `shots` seeded images per character into an empty gallery, query with the rest.
 
     Only the model's embedder is used, so characters it never trained on can be measured.
     Figures are averaged over `repeats` draws; per-class figures and plots come from the first.
     """
+    recognizer = as_recognizer(model)
     images, skipped = _embed_folders(recognizer, folder)
     skipped += _too_few_to_query(images, shots)
     reports = [_few_shot_draw(recognizer, images, shots, seed + r, skipped) for r in range(repeats)]

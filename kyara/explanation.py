@@ -8,8 +8,8 @@ The score is the face's similarity to a character (`Classifier.similarities`: a 
 estimated cosine to an enrolled character's centre) or, for "why A and not B", the similarity to
 A minus the similarity to B.
 
-The checks that a map is honest (after Adebayo et al., 2018, "Sanity Checks for Saliency Maps")
-are here too: a deletion curve, and a copy of the model with randomized weights.
+The checks that a map is honest (after Adebayo et al., 2018, "Sanity Checks for Saliency Maps":
+a deletion curve, a copy of the model with randomized weights) are in tests/explanation_checks.py.
 """
 
 from __future__ import annotations
@@ -17,29 +17,20 @@ from __future__ import annotations
 import functools
 import io
 import math
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont
+from PIL import Image, ImageDraw, ImageEnhance, ImageFont
 
 from kyara.bundle import atomic_write_bytes
 from kyara.classify import Classifier
-from kyara.detection import DetectedFace
+from kyara.cut import FaceCut, as_is
 from kyara.embedding import Embedder
 from kyara.errors import KyaraError
 from kyara.imageio import ImageSource, load_image
-from kyara.pipeline import (
-    CROP_LIFT,
-    CROP_MARGIN,
-    Recognizer,
-    default_recognizer,
-    input_crops,
-    is_whole_picture,
-)
+from kyara.pipeline import Model, Recognizer, as_recognizer
 
 GRID = 8
 """Cells per side of the crop: finer grids need more masks for the same noise."""
@@ -49,8 +40,6 @@ KEEP = 0.5
 GREY = 128.0
 """What a hidden cell shows: flat grey takes away shape and colour alike."""
 RIDGE = 1.0
-DELETION_BLUR = 1 / 12
-"""Blur radius of the deletion baseline, as a share of the crop side."""
 
 OUTPUT_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
 MUTED_COLOUR = 0.35
@@ -105,7 +94,7 @@ class Explanation:
 
 def explain(
     image: ImageSource,
-    model: str | os.PathLike | Recognizer | None = None,
+    model: Model = None,
     label: str | None = None,
     versus: str | None = None,
     max_faces: int | None = None,
@@ -114,49 +103,22 @@ def explain(
     `label` (default: each face's best guess), or "`label` and not `versus`". A face whose label
     is `versus` itself is explained against its runner-up. `max_faces`: only the most face-like
     ones (each map takes about 0.4 s on 2 cores)."""
-    recognizer = _recognizer(model)
+    recognizer = as_recognizer(model)
     _check_labels(recognizer.classifier, label, versus)
-    picture = recognizer.load(image)
-    faces = recognizer.faces(picture)[:max_faces]
-    crops = input_crops(picture, faces)
-    if not faces:
-        side = max(picture.size)  # square_on_white pads the picture to a square, centred as here
-        square = (-round((side - picture.width) / 2), -round((side - picture.height) / 2), side, side)
-        return [_explain(recognizer, crops[0], label, versus, (0, 0, *picture.size), square, 0.0, fallback=True)]
-    return [
-        _explain(recognizer, crop, label, versus, face.box, crop_square(picture, face), face.angle)
-        for face, crop in zip(faces, crops)
-    ]
+    cuts = recognizer.cuts_to_name(recognizer.load(image))
+    return [_explain(recognizer, cut, label, versus) for cut in cuts[:max_faces]]
 
 
 def explain_crop(
     crop: ImageSource,
-    model: str | os.PathLike | Recognizer | None = None,
+    model: Model = None,
     label: str | None = None,
     versus: str | None = None,
 ) -> Explanation:
     """Like `explain` for a picture that is already a face crop (no detection)."""
-    recognizer = _recognizer(model)
+    recognizer = as_recognizer(model)
     _check_labels(recognizer.classifier, label, versus)
-    picture = recognizer.load(crop)
-    whole = (0, 0, *picture.size)
-    return _explain(recognizer, picture, label, versus, whole, whole, 0.0)
-
-
-def crop_square(picture: Image.Image, face: DetectedFace) -> tuple[int, int, int, int]:
-    """The square `pipeline.face_crop` cuts from `picture`, in its pixels, before it is turned upright."""
-    if is_whole_picture(picture, face):
-        return face.box  # a face crop named whole is used as it is
-    cx, cy = face.center
-    side = max(face.box[2], face.box[3]) * CROP_MARGIN
-    # face_crop lifts the crop in the upright frame: the lift points along the turned vertical.
-    turn = math.radians(face.angle)
-    cx, cy = cx + side * CROP_LIFT * math.sin(turn), cy - side * CROP_LIFT * math.cos(turn)
-    return round(cx - side / 2), round(cy - side / 2), round(side), round(side)
-
-
-def _recognizer(model: str | os.PathLike | Recognizer | None) -> Recognizer:
-    return model if isinstance(model, Recognizer) else default_recognizer(model)
+    return _explain(recognizer, as_is(recognizer.load(crop)), label, versus)
 
 
 def _check_labels(classifier: Classifier, label: str | None, versus: str | None) -> None:
@@ -169,17 +131,8 @@ def _check_labels(classifier: Classifier, label: str | None, versus: str | None)
         raise KyaraError(f"explaining {label!r} against itself: give two different characters")
 
 
-def _explain(
-    recognizer: Recognizer,
-    crop: Image.Image,
-    label: str | None,
-    versus: str | None,
-    box: tuple[int, int, int, int],
-    square: tuple[int, int, int, int],
-    angle: float,
-    fallback: bool = False,
-) -> Explanation:
-    pixels = input_pixels(crop, recognizer.embedder.input_size)
+def _explain(recognizer: Recognizer, cut: FaceCut, label: str | None, versus: str | None) -> Explanation:
+    pixels = input_pixels(cut.pixels, recognizer.embedder.input_size)
     prediction = recognizer.classifier.predict(recognizer.embedder.embed([Image.fromarray(pixels)]), top_k=2)[0]
     guesses = [guess.label for guess in prediction.top_k]
     label = label or guesses[0]
@@ -187,7 +140,8 @@ def _explain(
         versus = next((g for g in guesses if g != label), None)
     score = scorer(recognizer.classifier, label, versus)
     intact, heatmap = saliency_map(recognizer.embedder, pixels, score)
-    return Explanation(box, square, angle, label, versus, intact, heatmap, prediction.label == label, fallback)
+    known = prediction.label == label
+    return Explanation(cut.box, cut.square, cut.angle, label, versus, intact, heatmap, known, cut.fallback)
 
 
 def scorer(classifier: Classifier, label: str, versus: str | None = None) -> Score:
@@ -360,76 +314,3 @@ def _draw_caption(
 
 def _padding(font: ImageFont.FreeTypeFont) -> int:
     return max(2, font.size // 5)
-
-
-# ---- Honesty checks (Adebayo et al., 2018) ------------------------------------------------------
-
-
-def deletion_curve(
-    embedder: Embedder,
-    crop: Image.Image,
-    heatmap: np.ndarray,
-    score: Score,
-    steps: int = 16,
-    fill: Literal["blur", "grey"] = "blur",
-) -> np.ndarray:
-    """The score as the crop's pixels are replaced by a blurred copy (or flat grey), highest
-    `heatmap` first: `steps + 1` values from the intact crop to the fully replaced one. A map that
-    finds what the score rests on makes the curve fall faster than a random order does. Blur is
-    the fair default: grey dots scattered at random are a pattern of their own, which the network
-    reacts to more than to the loss of the pixels under them."""
-    size = embedder.input_size
-    if heatmap.shape != (size, size):
-        raise KyaraError(f"the heat map is {heatmap.shape}, the model sees {size} x {size}")
-    pixels = input_pixels(crop, size)
-    if fill == "blur":
-        replacement = np.asarray(Image.fromarray(pixels).filter(ImageFilter.GaussianBlur(size * DELETION_BLUR)))
-    else:
-        replacement = np.full_like(pixels, round(GREY))
-    rank = np.empty(size * size, np.int64)
-    rank[np.argsort(-heatmap.ravel(), kind="stable")] = np.arange(size * size)
-    counts = np.round(np.linspace(0, size * size, steps + 1)).astype(np.int64)
-    deleted = (rank[None, :] < counts[:, None]).reshape(steps + 1, size, size, 1)
-    return score(embedder.embed([Image.fromarray(a) for a in np.where(deleted, replacement, pixels)]))
-
-
-def deletion_area(curve: np.ndarray) -> float:
-    """Area under a deletion curve rescaled to run from 1 (intact) to 0 (all deleted): lower means
-    the map found the score's support sooner. NaN when deleting everything leaves the score as is."""
-    span = float(curve[0] - curve[-1])
-    if abs(span) < 1e-6:
-        return math.nan
-    scaled = (np.asarray(curve, np.float64) - curve[-1]) / span
-    return float((scaled[1:] + scaled[:-1]).mean() / 2)
-
-
-def randomized_model(model: bytes, share: float = 1.0, seed: int = 0) -> bytes:
-    """A copy of an ONNX embedder whose top `share` of weight layers (Conv, Gemm, MatMul; counted
-    from the output, as in cascading randomization) hold random values of the same mean and spread.
-    Needs the `onnx` package (in the `train` and `test` extras)."""
-    try:
-        import onnx
-        from onnx import numpy_helper
-    except ImportError as exc:
-        raise KyaraError("randomizing a model needs the onnx package: pip install onnx") from exc
-    graph = onnx.load_from_string(model)
-    stored = {tensor.name for tensor in graph.graph.initializer}
-    layers = [
-        [name for name in node.input[1:] if name in stored]
-        for node in graph.graph.node
-        if node.op_type in ("Conv", "Gemm", "MatMul")
-    ]
-    chosen = {name for layer in layers[len(layers) - max(1, round(share * len(layers))) :] for name in layer}
-    rng = np.random.default_rng(seed)
-    for tensor in graph.graph.initializer:
-        if tensor.name in chosen:
-            values = numpy_helper.to_array(tensor)
-            noise = rng.normal(values.mean(), values.std() or 1e-3, values.shape).astype(values.dtype)
-            tensor.CopyFrom(numpy_helper.from_array(noise, tensor.name))
-    return graph.SerializeToString()
-
-
-def rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman's rank correlation of two maps of the same shape."""
-    ranks = [np.argsort(np.argsort(m.ravel(), kind="stable"), kind="stable") for m in (a, b)]
-    return float(np.corrcoef(*ranks)[0, 1])

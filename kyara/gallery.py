@@ -28,7 +28,7 @@ from kyara.bundle import (
 )
 from kyara.errors import ImageError, KyaraError, ModelError, NoFaceError
 from kyara.imageio import DEFAULT_MAX_PIXELS, ImageSource
-from kyara.pipeline import Recognizer, face_to_learn, forget_loaded_models
+from kyara.pipeline import Model, Recognizer, forget_loaded_models
 
 MAX_NAME_LENGTH = 100
 
@@ -86,37 +86,43 @@ def clean_name(name: str) -> str:
 
 
 def embed_enrollment(recognizer: Recognizer, images: Sequence[ImageSource]) -> tuple[np.ndarray, list[str]]:
-    """One embedding per picture: its best face, or the picture itself if it is a face crop."""
-    crops, skipped = [], []
+    """One embedding per picture: the first of its `cuts_to_learn` (its most face-like face, or
+    the picture itself if it is a face crop)."""
+    cuts, skipped = [], []
     for number, image in enumerate(images, 1):
         try:
             picture = recognizer.load(image)
         except ImageError as exc:
             skipped.append(str(exc))
             continue
-        crop = face_to_learn(picture, recognizer.faces(picture))  # as recognize sees the picture
-        if crop is None:
+        learned = recognizer.cuts_to_learn(picture)
+        if learned:
+            cuts.append(learned[0])
+        else:
             # A path names itself; bytes, arrays and images are named by their place.
             named = str(image) if isinstance(image, str | os.PathLike) else f"picture {number}"
             skipped.append(f"{named}: no face found")
-        else:
-            crops.append(crop)
-    return recognizer.embedder.embed(crops), skipped
+    return recognizer.embed(cuts), skipped
 
 
 def enroll(
     name: str,
     images: Sequence[ImageSource],
-    model: str | os.PathLike | None = None,
+    model: Model = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> EnrollResult:
     """Add pictures of `name` to the model's gallery; the character is recognized from then on.
-    Pictures are decoded one at a time (at most `max_pixels` each), and only their faces kept."""
+    Pictures are decoded one at a time (at most `max_pixels` each), and only their faces kept.
+    `model` given as a `Recognizer`: its model file is changed, and its detector finds the faces
+    (the recognizer itself keeps the model it loaded; make a new one to see the character)."""
     name = clean_name(name)
-    path = editable_model_path(model)
+    path = editable_model_path(_model_file(model))
     with locked(path):
         bundle = load_bundle(path)
-        vectors, skipped = embed_enrollment(Recognizer(bundle, max_pixels=max_pixels), images)
+        if isinstance(model, Recognizer) and model.bundle.onnx != bundle.onnx:
+            raise ModelError(f"{path} holds another model than the recognizer's: load it again")
+        recognizer = model if isinstance(model, Recognizer) else Recognizer(bundle, max_pixels=max_pixels)
+        vectors, skipped = embed_enrollment(recognizer, images)
         if len(vectors) == 0:
             raise NoFaceError(f"no usable picture of {name}: " + "; ".join(skipped))
         bundle.add_to_gallery(vectors, [name] * len(vectors))
@@ -125,8 +131,17 @@ def enroll(
     return EnrollResult(name, len(vectors), skipped, str(path))
 
 
-def forget(name: str, model: str | os.PathLike | None = None) -> int:
+def _model_file(model: Model) -> str | os.PathLike | None:
+    if not isinstance(model, Recognizer):
+        return model
+    if model.from_memory:
+        raise ModelError("this recognizer's model was given in memory: there is no file to enroll into")
+    return model.model_file
+
+
+def forget(name: str, model: Model = None) -> int:
     """Remove a character (enrolled pictures, and its trained head row if any). Returns what went."""
+    model = _model_file(model)
     known = load_bundle(resolve_model_path(model)).all_labels()
     # A trained name is a folder's name as it was (maybe decomposed Unicode or spaced); an
     # enrolled one was cleaned. Said before anything is written: no user copy to forget nobody.
@@ -150,9 +165,10 @@ def forget(name: str, model: str | os.PathLike | None = None) -> int:
     return removed
 
 
-def characters(model: str | os.PathLike | None = None) -> list[dict]:
+def characters(model: Model = None) -> list[dict]:
     """Every character the model knows: trained or not, and how many enrolled pictures."""
-    return characters_of(load_bundle(resolve_model_path(model)))
+    bundle = model.bundle if isinstance(model, Recognizer) else load_bundle(resolve_model_path(model))
+    return characters_of(bundle)
 
 
 def characters_of(bundle: ModelBundle) -> list[dict]:

@@ -34,7 +34,7 @@ def held_out(key: str) -> list[Path]:
     """Files the default model never trained on, as listed by its build (`docs/...metrics.json`)."""
     data_path()
     if not METRICS.exists():
-        pytest.skip(f"{METRICS} is not there (made by python -m kyara.train.default_model)")
+        pytest.skip(f"{METRICS} is not there (made by python scripts/default_model.py)")
     return [DATA / f for f in json.loads(METRICS.read_text())[key]]
 
 

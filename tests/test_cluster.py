@@ -12,18 +12,11 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from kyara.cli import app
-from kyara.cluster import (
-    SUMMARY,
-    adjusted_rand_index,
-    cluster_faces,
-    clustering_scores,
-    embed_faces,
-    threshold_for,
-    write_clusters,
-)
+from kyara.cluster import SUMMARY, cluster_faces, embed_faces, threshold_for, write_clusters
 from kyara.detection import AnimeFaceDetector
 from kyara.errors import KyaraError
 from kyara.pipeline import Recognizer
+from tests.clustering_scores import adjusted_rand_index, clustering_scores
 from tests.conftest import data_path
 
 runner = CliRunner()

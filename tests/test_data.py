@@ -7,7 +7,6 @@ import shutil
 import numpy as np
 from PIL import Image
 
-from kyara.pipeline import face_crop
 from kyara.train.data import load_folders, split_by_group
 from tests.conftest import data_path
 
@@ -52,7 +51,7 @@ def test_a_group_shared_by_two_characters_stays_on_one_side():
 def test_what_a_training_picture_teaches(tmp_path, monkeypatch, recognizer, held_out_files):
     """A face crop is taken whole without detecting; an illustration teaches its best face, cut as
     recognition cuts it; an illustration without a face teaches nothing."""
-    from kyara.crop import training_face
+    from kyara.crop import training_cuts
 
     class NoDetection:
         name = "none"
@@ -63,13 +62,14 @@ def test_what_a_training_picture_teaches(tmp_path, monkeypatch, recognizer, held
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     crop = Image.open(held_out_files[0]).convert("RGB")
     crop.save(tmp_path / "crop.png")
-    assert training_face(tmp_path / "crop.png", crop, NoDetection()) is crop
+    (whole,) = training_cuts(tmp_path / "crop.png", crop, NoDetection())
+    assert whole.pixels is crop and whole.whole
     canvas = Image.new("RGB", (900, 900), (250, 250, 240))
     canvas.paste(crop.resize((200, 200)), (600, 80))
     poster = Image.new("RGB", (900, 600), (250, 250, 240))
     for name, picture in {"canvas.png": canvas, "poster.png": poster}.items():
         picture.save(tmp_path / name)
-    face = training_face(tmp_path / "canvas.png", canvas, recognizer.detector)
-    (expected,) = recognizer.faces(canvas)
-    assert face.size == face_crop(canvas, expected).size and face.width < 450
-    assert training_face(tmp_path / "poster.png", poster, recognizer.detector) is None
+    face = training_cuts(tmp_path / "canvas.png", canvas, recognizer.detector)[0].pixels
+    (expected,) = recognizer.cuts_to_name(canvas)
+    assert face.size == expected.pixels.size and face.width < 450
+    assert training_cuts(tmp_path / "poster.png", poster, recognizer.detector) == []

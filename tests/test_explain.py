@@ -15,21 +15,11 @@ from typer.testing import CliRunner
 
 import kyara
 from kyara.cli import app
-from kyara.explanation import (
-    caption_boxes,
-    crop_square,
-    deletion_area,
-    deletion_curve,
-    explain_crop,
-    input_pixels,
-    overlay,
-    randomized_model,
-    rank_correlation,
-    saliency_map,
-    scorer,
-)
-from kyara.pipeline import Recognizer, face_crop
+from kyara.cut import cut_face
+from kyara.explanation import caption_boxes, explain_crop, input_pixels, overlay, saliency_map, scorer
+from kyara.pipeline import Recognizer
 from tests.conftest import ROOT, data_path
+from tests.explanation_checks import deletion_area, deletion_curve, randomized_model, rank_correlation
 
 EXAMPLE = ROOT / "docs" / "example.png"
 runner = CliRunner()
@@ -74,12 +64,13 @@ def test_heat_map_sits_where_the_face_was_cut(recognizer):
     faces = recognizer.detect(picture)
     assert any(face.angle for face in faces)  # our drawing has a tilted face
     for face in faces:
-        x, y, width, height = crop_square(picture, face)
+        cut = cut_face(picture, face)
+        x, y, width, height = cut.square
         centre = (x + width / 2, y + height / 2)
         turned = picture.rotate(face.angle, Image.Resampling.BILINEAR, center=centre, fillcolor=(255, 255, 255))
         ours = np.asarray(turned.crop((x, y, x + width, y + height)), np.float32)
-        cut = np.asarray(face_crop(picture, face).resize((width, height)), np.float32)
-        assert np.abs(ours - cut).mean() < 8
+        shown = np.asarray(cut.pixels.resize((width, height)), np.float32)
+        assert np.abs(ours - shown).mean() < 8
 
 
 def test_deleting_salient_pixels_first_lowers_the_score_faster_than_random(recognizer, held_out_faces):

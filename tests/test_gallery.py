@@ -52,6 +52,18 @@ def test_enroll_recognize_forget(model, tmp_path):
     assert "Aoi (OC)" not in load_bundle(model).all_labels()
 
 
+def test_enrollment_finds_faces_with_the_callers_recognizer(model):
+    recognizer = Recognizer(model)
+    detected = []
+    detect = recognizer.detector.detect
+    recognizer.detector = type("Counting", (), {"detect": lambda _, image: detected.append(image) or detect(image)})()
+    result = enroll("Aoi (OC)", [picture(PURPLE, 340, (255, 255, 255))], recognizer)
+    assert result.added == 1 and len(detected) == 1 and result.model == str(model)
+    assert "Aoi (OC)" in load_bundle(model).all_labels() and "Aoi (OC)" not in recognizer.bundle.all_labels()
+    with pytest.raises(ModelError, match="in memory"):
+        enroll("Aoi (OC)", [picture(PURPLE, 340, (255, 255, 255))], Recognizer(load_bundle(model)))
+
+
 def test_failed_enrollment_changes_nothing(model, tmp_path):
     before = model.read_bytes()
     blank = tmp_path / "blank.png"

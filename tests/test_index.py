@@ -14,12 +14,14 @@ from typer.testing import CliRunner
 from kyara import index as index_module
 from kyara.bundle import default_model_path, load_bundle
 from kyara.cli import app
+from kyara.cut import cut_face
 from kyara.detection import AnimeFaceDetector, DetectedFace
 from kyara.errors import KyaraError
 from kyara.gallery import enroll, forget, locked
 from kyara.imageio import load_image
 from kyara.index import DATABASE, VECTORS, CollectionIndex
-from kyara.pipeline import Recognizer, face_crop
+from kyara.index import update as index_update
+from kyara.pipeline import Recognizer
 from tests.conftest import data_path, same_values
 
 runner = CliRunner()
@@ -93,7 +95,8 @@ def indexed(base, tmp_path, upright):
 def save_crop(root, face, destination):
     """The face cut out of its picture and saved as a face crop."""
     picture = load_image(root / face.path)
-    face_crop(picture, DetectedFace(face.box, face.detector_score, face.angle)).resize((160, 160)).save(destination)
+    cut = cut_face(picture, DetectedFace(face.box, face.detector_score, face.angle))
+    cut.pixels.resize((160, 160)).save(destination)
     return destination
 
 
@@ -189,7 +192,7 @@ def test_find_and_search(indexed):
 def test_a_killed_run_goes_on_where_it_stopped(base, tmp_path, upright, monkeypatch):
     root = shutil.copytree(base[0], tmp_path / "pictures")
     db = tmp_path / "killed.kyaradb"
-    monkeypatch.setattr(index_module, "FILES_PER_COMMIT", 2)
+    monkeypatch.setattr(index_update, "FILES_PER_COMMIT", 2)
     killed = CollectionIndex(db, with_detector(upright, fail_after=4), create=True)
     with killed, pytest.raises(RuntimeError):
         killed.update(root, progress=False)

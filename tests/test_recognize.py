@@ -72,22 +72,22 @@ def test_fallback_uses_whole_image_when_no_face(recognizer):
 
 def test_what_is_cut_stays_small_whatever_the_picture(recognizer, face_crop_path):
     """A strip picture padded to a square, or a huge face, would take gigabytes at full size."""
+    from kyara.cut import MAX_CUT_SIDE, cut_face, padded_whole
     from kyara.detection import DetectedFace
-    from kyara.pipeline import MAX_CUT_SIDE, face_crop, square_on_white
 
     strip = Image.new("RGB", (6000, 1), (90, 60, 160))
-    assert square_on_white(strip).size == (MAX_CUT_SIDE, MAX_CUT_SIDE)
+    assert padded_whole(strip).pixels.size == (MAX_CUT_SIDE, MAX_CUT_SIDE)
     [result] = recognizer.recognize(strip)
     assert result.fallback and result.box == (0, 0, 6000, 1)
     small = Image.new("RGB", (200, 100), (90, 60, 160))
-    assert np.array_equal(np.asarray(square_on_white(small))[50:150], np.asarray(small))  # centred, unscaled
+    assert np.array_equal(np.asarray(padded_whole(small).pixels)[50:150], np.asarray(small))  # centred, unscaled
     face = Image.open(face_crop_path).convert("RGB")
     poster = Image.new("RGB", (3000, 3000), (255, 255, 255))
     poster.paste(face.resize((2000, 2000)), (500, 500))
     for angle in (0.0, 20.0):
-        crop = face_crop(poster, DetectedFace((700, 700, 1600, 1600), 0.9, angle=angle))
+        crop = cut_face(poster, DetectedFace((700, 700, 1600, 1600), 0.9, angle=angle)).pixels
         assert crop.width == crop.height <= MAX_CUT_SIDE and crop.width > MAX_CUT_SIDE // 2
-    upright = face_crop(poster, DetectedFace((700, 700, 1600, 1600), 0.9))
+    upright = cut_face(poster, DetectedFace((700, 700, 1600, 1600), 0.9)).pixels
     assert recognizer.recognize_crop(upright).top_k[0].label == recognizer.recognize_crop(face).top_k[0].label
 
 
@@ -109,17 +109,15 @@ def test_fan_art_of_new_game_characters(recognizer):
 
 
 def test_a_face_crop_is_named_whole_while_a_small_picture_keeps_its_faces(recognizer, held_out_files):
-    from kyara.pipeline import face_crop
-
     squares = [Image.open(p).convert("RGB") for p in sample_per_character(held_out_files, 1)[:20]]
     crops = squares + [crop.crop((0, 0, crop.width, crop.height * 4 // 5)) for crop in squares[:10]]  # 5:4
     found = [(crop, recognizer.detector.detect(crop)) for crop in crops]
     filled = [(crop, faces) for crop, faces in found if faces and max(faces[0].box[2:]) >= crop.width / 2]
     assert len(filled) >= 5  # the detector does find most faces of crops
     for crop, _ in filled:
-        (face,) = recognizer.faces(crop)
-        assert face.box == (0, 0, *crop.size)
-        assert face_crop(crop, face) is crop
+        (cut,) = recognizer.cuts_to_name(crop)
+        assert cut.whole and cut.box == cut.square == (0, 0, *crop.size)
+        assert cut.pixels is crop
         assert same_values(recognizer.recognize(crop)[0].top_k, recognizer.recognize_crop(crop).top_k)
     assert any(crop.width != crop.height for crop, _ in filled)
 
@@ -127,7 +125,7 @@ def test_a_face_crop_is_named_whole_while_a_small_picture_keeps_its_faces(recogn
     crop = filled[0][0]
     canvas = Image.new("RGB", (480, 480), (250, 250, 240))
     canvas.paste(crop.resize((150, 150)), (300, 40))
-    faces = recognizer.faces(canvas)
+    faces = [cut.face for cut in recognizer.cuts_to_name(canvas)]
     assert faces == recognizer.detector.detect(canvas) and max(faces[0].box[2:]) < 240
 
 

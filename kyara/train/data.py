@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from kyara.crop import training_face
+from kyara.crop import training_cuts
 from kyara.dataset import character_folders
 from kyara.dedupe import group_near_duplicates, phash
 from kyara.detection import Detector
@@ -73,10 +73,11 @@ def load_folders(roots: Sequence[Path], side: int = STORE_SIDE, detector: Detect
                 skipped.append((path, str(exc)))
                 continue
             if detector is not None:
-                image = training_face(path, image, detector)
-                if image is None:
+                cuts = training_cuts(path, image, detector)
+                if not cuts:
                     skipped.append((path, f"{path}: no face found in this illustration"))
                     continue
+                image = cuts[0].pixels
             pixels.append(np.asarray(image.resize((side, side), Image.Resampling.BILINEAR)))
             labels.append(label)
             paths.append(path)

@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kyara.train.trainer import EmbeddingNet, preprocess
+from kyara.train.augment import preprocess
+from kyara.train.trainer import EmbeddingNet
 
 READOUT_DIM = 256
 WHITENING_POWER = 0.3

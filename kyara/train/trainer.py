@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from kyara.bundle import atomic_write_bytes
 from kyara.errors import KyaraError
+from kyara.train.augment import augment, preprocess, to_gray
 from kyara.train.data import DEFAULT_GRAYSCALE_P, LabelledImages
 from kyara.train.nets import BACKBONES
 
@@ -134,13 +135,14 @@ def train(
             batch = order[step * config.batch_size : (step + 1) * config.batch_size]
             if len(batch) < 2:
                 continue  # batch norm cannot train on a single picture
-            images = augment(pixels[batch], config, generator)
+            images = augment(pixels[batch], config.input_size, config.grayscale_p, generator)
             use_outliers = outliers is not None and config.ood_weight > 0
             if use_outliers:
                 pick = torch.randint(len(outliers), (config.ood_batch_size,), generator=generator)
                 # One forward pass for both, so batch-norm statistics describe the mix seen at
                 # test time rather than whichever small batch came last.
-                images = torch.cat([images, augment(torch.from_numpy(outliers[pick.numpy()]), config, generator)])
+                others = torch.from_numpy(outliers[pick.numpy()])
+                images = torch.cat([images, augment(others, config.input_size, config.grayscale_p, generator)])
             embeddings = net(images)
             loss = _classification_loss(embeddings[: len(batch)], head, labels[batch], config)
             if use_outliers:
@@ -244,7 +246,7 @@ def backbone_features(
     for i in tqdm(range(0, len(pixels), batch_size), desc="features", leave=False):
         images = preprocess(pixels[i : i + batch_size], size)
         if grayscale is not None:
-            images = torch.where(grayscale[i : i + batch_size].view(-1, 1, 1, 1), _to_gray(images), images)
+            images = torch.where(grayscale[i : i + batch_size].view(-1, 1, 1, 1), to_gray(images), images)
         chunks.append(net.backbone((images - net.mean) / net.std))
     return torch.cat(chunks) if chunks else torch.zeros(0, net.project.in_features)
 
@@ -308,62 +310,6 @@ def _outlier_loss(embeddings: torch.Tensor, head: torch.Tensor, config: TrainCon
     """Cross-entropy to the uniform distribution: other characters should match no class."""
     cosine = embeddings @ F.normalize(head, dim=1).T
     return -F.log_softmax(config.scale * cosine, dim=1).mean()
-
-
-def augment(batch: torch.Tensor, config: TrainConfig, generator: torch.Generator) -> torch.Tensor:
-    """Drawing-friendly augmentation of a uint8 NHWC batch -> float NCHW at the input size.
-
-    Random zoom (in and out), aspect, shift, rotation (+-15 deg) and flip in one affine warp;
-    brightness, contrast and saturation jitter but no hue shift (hair colour identifies
-    characters); grayscale for manga; occasional low resolution like small faces in a picture.
-    """
-    images = batch.permute(0, 3, 1, 2).float() / 255.0
-    n = images.shape[0]
-
-    def uniform(low: float, high: float) -> torch.Tensor:
-        return low + (high - low) * torch.rand(n, generator=generator)
-
-    angle = uniform(-15, 15) * math.pi / 180
-    zoom = torch.exp(uniform(math.log(0.8), math.log(1.2)))
-    aspect = torch.exp(uniform(-0.1, 0.1))
-    flip = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0)
-    sx, sy = zoom * aspect * flip, zoom / aspect
-    theta = torch.stack(
-        [
-            torch.stack([sx * torch.cos(angle), -sy * torch.sin(angle), uniform(-0.08, 0.08)], 1),
-            torch.stack([sx * torch.sin(angle), sy * torch.cos(angle), uniform(-0.08, 0.08)], 1),
-        ],
-        1,
-    )
-    size = config.input_size
-    grid = F.affine_grid(theta, [n, 3, size, size], align_corners=False)
-    images = F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
-
-    gray = _to_gray(images)
-    saturation = uniform(0.7, 1.3).view(n, 1, 1, 1)
-    images = gray + (images - gray) * saturation
-    mean = images.mean(dim=(1, 2, 3), keepdim=True)
-    images = (images - mean) * uniform(0.75, 1.25).view(n, 1, 1, 1) + mean
-    images = images * uniform(0.8, 1.2).view(n, 1, 1, 1)
-    to_gray = (torch.rand(n, generator=generator) < config.grayscale_p).view(n, 1, 1, 1)
-    images = torch.where(to_gray, _to_gray(images), images)
-    if float(torch.rand(1, generator=generator)) < 0.2:
-        low = int(torch.randint(size // 3, size * 2 // 3, (1,), generator=generator))
-        images = F.interpolate(
-            F.interpolate(images, size=low, mode="bilinear", antialias=True), size=size, mode="bilinear"
-        )
-    return images.clamp(0, 1).contiguous()
-
-
-def _to_gray(images: torch.Tensor) -> torch.Tensor:
-    """Luma (ITU-R 601) of an NCHW batch, broadcastable against the colour images."""
-    return images.mul(torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
-
-
-def preprocess(batch: np.ndarray, size: int) -> torch.Tensor:
-    """Evaluation-time input: uint8 NHWC -> float NCHW resized to `size`."""
-    images = torch.from_numpy(batch).permute(0, 3, 1, 2).float() / 255.0
-    return F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
 
 
 @torch.no_grad()

@@ -14,11 +14,12 @@ from tqdm import tqdm
 
 from kyara.bundle import ModelBundle
 from kyara.classify import Classifier
+from kyara.cut import cuts_of
 from kyara.dataset import LabelledFile, labelled_files
 from kyara.detection import AnimeFaceDetector
 from kyara.errors import ImageError
 from kyara.evaluate import embed_files, report_for
-from kyara.pipeline import Recognizer, face_crop
+from kyara.pipeline import Recognizer
 
 TOP_K = 5
 
@@ -52,7 +53,7 @@ def enroll_faces(bundle: ModelBundle, files: list[LabelledFile]) -> int:
         faces = recognizer.detector.detect(picture)
         if not faces or file.label not in labels:
             continue
-        embeddings = recognizer.embedder.embed([face_crop(picture, face) for face in faces])
+        embeddings = recognizer.embed(cuts_of(picture, faces))
         probabilities = recognizer.classifier.probabilities(recognizer.classifier.similarities(embeddings))
         column = labels.index(file.label)
         best = int(probabilities[:, column].argmax())

@@ -1,0 +1,65 @@
+"""A searchable index of a picture collection: where every face is, who it is, who looks alike.
+
+A `.kyaradb` is a directory holding two stores, so that they travel and are locked together:
+
+- `collection.sqlite`, the source of truth: files (path relative to the indexed root, size, mtime,
+  SHA-256), their faces (box, angle, label, confidence, embedding as float16), files that could
+  not be read, and the identity of the model (a hash of its embedder and one of its classifier).
+- `vectors.usearch`, an HNSW index (usearch) of the face embeddings keyed by face id. It is
+  derived from SQLite: opening an index removes the vectors of faces that are gone and adds the
+  missing ones, so a run killed at any moment leaves two stores that agree once reopened.
+
+Updating is incremental: a file whose size and mtime are unchanged is skipped, one whose content
+is unchanged is not decoded again, a moved file keeps its faces, and SQLite is committed every few
+files so a killed run goes on where it stopped. A changed gallery (enroll, forget) only means new
+labels, recomputed from the stored embeddings without detecting again. A different embedder makes
+the stored vectors incomparable: `update(..., reembed=True)` cuts the faces again from the stored
+boxes and embeds them, still without detecting.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from kyara.errors import KyaraError
+from kyara.index.labels import IndexedFace
+from kyara.index.queries import EXACT_UP_TO, IndexQueries, QueryFace, SearchHit
+from kyara.index.store import DATABASE, FORMAT_VERSION, VECTORS
+from kyara.index.update import FILES_PER_COMMIT, IndexUpdates, UpdateSummary
+from kyara.pipeline import Model
+
+__all__ = [
+    "DATABASE",
+    "EXACT_UP_TO",
+    "FILES_PER_COMMIT",
+    "FORMAT_VERSION",
+    "VECTORS",
+    "CollectionIndex",
+    "IndexedFace",
+    "QueryFace",
+    "SearchHit",
+    "UpdateSummary",
+    "index_folder",
+]
+
+
+class CollectionIndex(IndexUpdates, IndexQueries):
+    """An index of the faces in a picture folder. Open one with `CollectionIndex.open`: `store`
+    opens it, `update` writes it, `labels` keeps its labels current, `queries` reads it."""
+
+
+def index_folder(
+    root: str | os.PathLike,
+    db: str | os.PathLike,
+    model: Model = None,
+    reembed: bool = False,
+    moved: bool = False,
+    progress: bool = True,
+) -> tuple[UpdateSummary, dict]:
+    """`kyara index`: make or update the index at `db` of the pictures under `root` (see
+    `CollectionIndex.update`); returns what the update did and the index's `stats` after it."""
+    if not Path(root).is_dir():
+        raise KyaraError(f"{root}: not a folder")  # before an index is made for it
+    with CollectionIndex.open(db, model, create=True) as collection:
+        return collection.update(root, reembed=reembed, moved=moved, progress=progress), collection.stats()

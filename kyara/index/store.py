@@ -1,0 +1,246 @@
+"""Opening a `.kyaradb` (see `kyara.index`): its schema, the identity of the model it was built
+with, and the vector index kept in agreement with SQLite."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Self
+
+import numpy as np
+
+from kyara.errors import KyaraError
+from kyara.gallery import locked
+from kyara.imageio import check_utf8
+from kyara.pipeline import Model, Recognizer
+
+FORMAT_VERSION = 2
+"""2: a face crop is one face, the whole picture (`cut.cuts_to_name`). An index of format 1
+made before that rule (session 6) cut the face out of face crops again; its next update reads such
+files afresh (`IndexUpdates._forget_face_crops`)."""
+DATABASE = "collection.sqlite"
+VECTORS = "vectors.usearch"
+SQL_CHUNK = 500
+"""Ids per `IN (...)` query: far below SQLite's limit on bound parameters."""
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS files (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    path TEXT NOT NULL UNIQUE,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    width INTEGER NOT NULL,
+    height INTEGER NOT NULL,
+    embedder TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS faces (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    file_id INTEGER NOT NULL REFERENCES files(id) ON DELETE CASCADE,
+    x INTEGER NOT NULL,
+    y INTEGER NOT NULL,
+    w INTEGER NOT NULL,
+    h INTEGER NOT NULL,
+    detector_score REAL NOT NULL,
+    angle REAL NOT NULL,
+    fallback INTEGER NOT NULL,
+    label TEXT,
+    confidence REAL NOT NULL,
+    similarity REAL NOT NULL,
+    embedding BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS faces_file ON faces(file_id);
+CREATE INDEX IF NOT EXISTS faces_label ON faces(label);
+CREATE TABLE IF NOT EXISTS unreadable (
+    path TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    error TEXT NOT NULL
+);
+"""
+# AUTOINCREMENT: a face id is never reused, so a vector left behind by a killed run can never be
+# taken for another face's.
+
+FACE_COLUMNS = "faces.id, files.path, x, y, w, h, detector_score, angle, fallback, label, confidence, similarity"
+FACES = "FROM faces JOIN files ON files.id = faces.file_id"
+CURRENT_FACES = f"{FACES} WHERE files.embedder = ?"
+"""Faces embedded with a given embedder (the only ones in the vector index)."""
+
+
+class IndexStore:
+    """The two stores of one `.kyaradb`, opened with one model."""
+
+    def __init__(self, db: str | os.PathLike, recognizer: Recognizer, create: bool = False) -> None:
+        self.path = Path(db).expanduser()
+        self.recognizer = recognizer
+        self.embedder_id = hashlib.sha256(recognizer.bundle.onnx).hexdigest()
+        self.classifier_id = _classifier_id(recognizer)
+        self.dim = recognizer.embedder.dim
+        self._connection = self._connect(create)
+        try:
+            self._check_format()
+            self._vectors = _empty_vectors(self.dim)
+            self._vectors_changed = False
+            if self._meta("embedder") == self.embedder_id:
+                self._load_vectors()
+        except BaseException:
+            self.close()
+            raise
+
+    @classmethod
+    def open(cls, db: str | os.PathLike, model: Model = None, create: bool = False) -> Self:
+        """The index at `db` with `model` (default: the user's copy of the model or the built-in)."""
+        return cls(db, model if isinstance(model, Recognizer) else Recognizer(model), create)
+
+    def close(self) -> None:
+        self._connection.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @property
+    def root(self) -> Path | None:
+        stored = self._meta("root")
+        return Path(stored) if stored else None
+
+    def _connect(self, create: bool) -> sqlite3.Connection:
+        database = self.path / DATABASE
+        if not database.is_file():
+            if not create:
+                raise KyaraError(f"{self.path}: no collection index here (make one with `kyara index FOLDER --db ...`)")
+            check_utf8(self.path)
+            if self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir())):
+                raise KyaraError(f"{self.path}: exists and is not a kyara collection index; choose another --db")
+            try:
+                self.path.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise KyaraError(f"{self.path}: cannot create the index here ({exc.strerror or exc})") from exc
+        try:
+            connection = sqlite3.connect(database, timeout=60)
+        except sqlite3.DatabaseError as exc:
+            raise KyaraError(f"{database}: not a usable collection database ({exc})") from exc
+        try:
+            connection.execute("PRAGMA foreign_keys = ON")
+            connection.execute("PRAGMA journal_mode = WAL")  # readers (find, search) never wait for `index`
+            connection.executescript(SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            connection.close()
+            raise KyaraError(f"{database}: not a usable collection database ({exc})") from exc
+        return connection
+
+    def _check_format(self) -> None:
+        version = self._meta("format_version")
+        if version is not None and not (version.isdigit() and int(version) <= FORMAT_VERSION):
+            raise KyaraError(f"{self.path}: made by a newer kyara (index format {version}); upgrade kyara to use it")
+        if self._meta("embedder") is None:
+            self._set_meta(
+                format_version=str(FORMAT_VERSION),
+                embedder=self.embedder_id,
+                model=self.recognizer.bundle.name,
+                classifier=self.classifier_id,
+            )
+
+    def _meta(self, key: str) -> str | None:
+        row = self._connection.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def _set_meta(self, **values: str) -> None:
+        with self._connection:
+            self._connection.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", values.items())
+
+    def _require_same_embedder(self) -> None:
+        if self._meta("embedder") != self.embedder_id:
+            raise KyaraError(
+                f"{self.path} was indexed with another embedder (model {self._meta('model')!r}), whose vectors "
+                f"cannot be compared with those of {self.recognizer.bundle.name!r}. Re-embed it with "
+                f"`kyara index {self.root or 'FOLDER'} --db {self.path} --reembed` (faces are cut again from the "
+                "stored boxes; nothing is detected again), or pass the model it was built with (--model)."
+            )
+
+    def _load_vectors(self) -> None:
+        """Read the vector index, then make it agree with SQLite (see the module docstring)."""
+        from usearch.index import Index
+
+        file = self.path / VECTORS
+        restored = None
+        with contextlib.suppress(Exception):  # a missing or damaged file is rebuilt from SQLite
+            restored = Index.restore(str(file)) if file.is_file() else None
+        usable = restored is not None and restored.ndim == self.dim
+        self._vectors = restored if usable else _empty_vectors(self.dim)
+        rows = self._connection.execute(f"SELECT faces.id {CURRENT_FACES}", (self.embedder_id,))
+        wanted = np.fromiter((row[0] for row in rows), np.uint64)
+        present = np.asarray(self._vectors.keys, np.uint64)
+        extra = np.setdiff1d(present, wanted)
+        missing = np.setdiff1d(wanted, present)
+        if len(extra):
+            self._vectors.remove(extra)
+        for ids in chunks(missing.tolist(), SQL_CHUNK):
+            marks = ",".join("?" * len(ids))
+            rows = self._connection.execute(f"SELECT id, embedding FROM faces WHERE id IN ({marks})", ids).fetchall()
+            self._vectors.add(np.array([r[0] for r in rows], np.uint64), self._decode([r[1] for r in rows]))
+        # A rebuilt file is written back by the next writer (`update`, `save_vectors`).
+        self._vectors_changed = not usable or bool(len(extra) or len(missing))
+
+    def save_vectors(self) -> None:
+        """Write the vector index now. `update` does it itself; opening an index whose vector file
+        was missing or stale only rebuilds it in memory, and this keeps the rebuilt one."""
+        with locked(self.path / DATABASE):
+            self._save_vectors()
+
+    def _save_vectors(self) -> None:
+        """Replace the vector file atomically. Only writers call this, under the lock, so one
+        temporary name is enough; usearch streams it to disk (a large index is not held twice)."""
+        if not self._vectors_changed:
+            return
+        temporary = self.path / f".{VECTORS}.tmp"
+        try:
+            self._vectors.save(str(temporary))
+            with temporary.open("rb") as file:
+                os.fsync(file.fileno())
+            os.replace(temporary, self.path / VECTORS)
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
+        self._vectors_changed = False
+    def _face_ids_of(self, file_ids: list[int]) -> list[int]:
+        found: list[int] = []
+        for ids in chunks(file_ids, SQL_CHUNK):
+            marks = ",".join("?" * len(ids))
+            found += [r[0] for r in self._connection.execute(f"SELECT id FROM faces WHERE file_id IN ({marks})", ids)]
+        return found
+
+
+    def _decode(self, blobs: list[bytes]) -> np.ndarray:
+        vectors = np.frombuffer(b"".join(blobs), np.float16).reshape(len(blobs), self.dim).astype(np.float32)
+        return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+
+
+
+def _empty_vectors(dim: int):
+    try:
+        from usearch.index import Index
+    except ImportError as exc:
+        raise KyaraError(f"the collection index needs the index extra: pip install 'kyara[index]' ({exc})") from exc
+    return Index(ndim=dim, metric="cos", dtype="f16")
+
+
+def _classifier_id(recognizer: Recognizer) -> str:
+    """Changes whenever a label would: new gallery, head, threshold or temperature."""
+    classifier = recognizer.classifier
+    digest = hashlib.sha256(repr((classifier.labels, classifier.temperature, classifier.unknown_threshold)).encode())
+    digest.update(np.ascontiguousarray(classifier.prototypes).tobytes())
+    return digest.hexdigest()
+
+
+def chunks(items: list, size: int) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
