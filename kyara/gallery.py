@@ -136,6 +136,8 @@ def _model_file(model: Model) -> str | os.PathLike | None:
         return model
     if model.from_memory:
         raise ModelError("this recognizer's model was given in memory: there is no file to enroll into")
+    if model.model_file is None or Path(model.model_file).resolve() == default_model_path().resolve():
+        return None  # the shipped model is never changed: the user's copy is
     return model.model_file
 
 

@@ -185,7 +185,8 @@ class Service:
             pictures = [face_at(self.recognizer.load(uploads[0].data), box)]
         with self.writing:
             try:
-                result = enroll(name, pictures, self.model, self.limits.max_pixels)
+                # The server's own recognizer: its detector finds the faces, no new ONNX sessions.
+                result = enroll(name, pictures, self.recognizer, self.limits.max_pixels)
             except NoFaceError:
                 names = ", ".join(upload.name for upload in uploads)
                 raise HTTPException(422, f"no face found in {names}: send a face crop or the face's box") from None

@@ -404,3 +404,24 @@ def test_a_full_queue_is_answered_503_with_retry_after(model):
 
     idle = Service(model, Limits(concurrency=1, max_waiting=0))  # no queue: only a busy worker refuses
     assert anyio.run(idle.run, sum, [1, 2]) == 3
+
+
+def test_enrollment_finds_faces_with_the_servers_own_detector(tmp_path):
+    """kyara serve --detector X enrolls with X too, and opens no new ONNX sessions to do it."""
+    from kyara.detection import CnnDetector
+
+    class Counting(CnnDetector):
+        calls = 0
+
+        def detect(self, image):
+            Counting.calls += 1
+            return super().detect(image)
+
+    model = tmp_path / "model.kyara"
+    shutil.copyfile(default_model_path(), model)
+    client = TestClient(create_app(model, LIMITS, Counting()))
+    crop = png(drawing_module().draw_character(200, *PURPLE).convert("RGB"))
+    before = Counting.calls
+    response = client.post("/api/characters/Aoi/images", files={"file": ("aoi.png", crop, "image/png")})
+    assert response.status_code == 201, response.text
+    assert Counting.calls > before and "Aoi" in load_bundle(model).gallery_labels
