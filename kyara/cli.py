@@ -7,12 +7,14 @@ import glob
 import io
 import json
 import sys
+import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from kyara.errors import ImageError, KyaraError
@@ -72,10 +74,24 @@ def command(function: Callable[..., None]) -> Callable[..., None]:
         try:
             function(*args, **kwargs)
         except KyaraError as exc:
-            err.print(f"[red]error[/red] {exc}", highlight=False)
+            err.print(f"[red]error[/red] {shown(exc)}", highlight=False)
             raise typer.Exit(1 if isinstance(exc, ImageError) else 2) from None
 
     return app.command()(run)
+
+
+def shown(value: object) -> str:
+    """User data (paths, names, messages) as rich must print it: literally. Square brackets would
+    be read as markup ("kyara[index]" printed as "kyara", "[bold]X" in bold) and control characters
+    (an ESC in a file name) would reach the terminal raw."""
+    visible = (ch.encode("unicode_escape").decode() if unicodedata.category(ch) == "Cc" else ch for ch in str(value))
+    return escape("".join(visible))
+
+
+def stdout_console() -> Console:
+    """The console for tables: as wide as a table needs when the output is not a terminal, so that
+    piped or redirected tables never cut a path."""
+    return Console() if sys.stdout.isatty() else Console(width=1000)
 
 
 def needs_extra(extra: str, purpose: str, exc: ImportError) -> KyaraError:
@@ -85,7 +101,7 @@ def needs_extra(extra: str, purpose: str, exc: ImportError) -> KyaraError:
 def _summarise(skipped: list[str], document: dict | None, line: str) -> None:
     """Skipped inputs to stderr; then the JSON document if one is given, else the summary line."""
     for message in skipped:
-        err.print(f"[yellow]skipped[/yellow] {message}", highlight=False)
+        err.print(f"[yellow]skipped[/yellow] {shown(message)}", highlight=False)
     print(json.dumps(document, ensure_ascii=False, indent=2) if document is not None else line)
 
 
@@ -97,7 +113,7 @@ def _run_batch(paths: list[str], work) -> tuple[list[dict], bool]:
             results.append({"path": path, **work(path)})
         except KyaraError as exc:
             failed = True
-            err.print(f"[red]error[/red] {exc}", highlight=False)
+            err.print(f"[red]error[/red] {shown(exc)}", highlight=False)
             results.append({"path": path, "error": str(exc)})
     return results, failed
 
@@ -153,22 +169,22 @@ def detect(paths: Paths, as_json: JsonFlag = False, detector_name: DetectorOptio
 
 
 def _print_recognitions(results: list[dict]) -> None:
-    console = Console()
+    console = stdout_console()
     for result in results:
         if "error" in result:
             continue
-        table = Table(title=f"{result['path']} ({result['width']}x{result['height']})", title_justify="left")
+        table = Table(title=f"{shown(result['path'])} ({result['width']}x{result['height']})", title_justify="left")
         for column in ("box", "character", "confidence", "other guesses"):
             table.add_column(column)
         for face in result["faces"]:
             guesses = face["top_k"]
             if face["label"]:
-                name, others = face["label"], guesses[1:]
+                name, others = shown(face["label"]), guesses[1:]
             else:
-                name, others = f"[yellow]unknown[/yellow] (closest: {guesses[0]['label']})", guesses
+                name, others = f"[yellow]unknown[/yellow] (closest: {shown(guesses[0]['label'])})", guesses
             if face["fallback"]:
                 name += " [dim](no face found, whole image)[/dim]"
-            listed = ", ".join(f"{g['label']} {g['confidence']:.0%}" for g in others)
+            listed = ", ".join(f"{shown(g['label'])} {g['confidence']:.0%}" for g in others)
             # An unknown face's confidence is its closest guess's, listed with the other guesses.
             confidence = f"{face['confidence']:.0%}" if face["label"] else "-"
             table.add_row(str(face["box"]), name, confidence, listed)
@@ -286,7 +302,7 @@ def compare(
 
 
 def _warn_on_stderr(message: str) -> None:
-    err.print(f"[yellow]warning[/yellow] {message}", highlight=False)
+    err.print(f"[yellow]warning[/yellow] {shown(message)}", highlight=False)
 
 
 def _choices(listed: str, allowed) -> list[str]:
@@ -337,7 +353,7 @@ def enroll(
     recognizer = Recognizer(model, detector or DEFAULT_DETECTOR)
     result = enroll_pictures(name, expand_paths(images), recognizer)
     for message in result.skipped:
-        err.print(f"[yellow]skipped[/yellow] {message}", highlight=False)
+        err.print(f"[yellow]skipped[/yellow] {shown(message)}", highlight=False)
     print(f"enrolled {result.added} picture(s) of {result.name} into {result.model}")
 
 
@@ -363,8 +379,8 @@ def characters(model: ModelOption = None, as_json: JsonFlag = False) -> None:
     for column in ("character", "trained on", "enrolled"):
         table.add_column(column)
     for entry in known:
-        table.add_row(entry["name"], str(entry["training_images"] or "-"), str(entry["enrolled_images"] or "-"))
-    Console().print(table)
+        table.add_row(shown(entry["name"]), str(entry["training_images"] or "-"), str(entry["enrolled_images"] or "-"))
+    stdout_console().print(table)
 
 
 DbOption = Annotated[Path, typer.Option("--db", help="The collection index: a .kyaradb folder.")]
@@ -411,16 +427,18 @@ def find(
         root, faces = str(collection.root), collection.find(name, min_confidence)
         known = name in collection.recognizer.classifier.labels
     if not known:
-        err.print(f"[yellow]warning[/yellow] {name!r} is not a character of the model (see `kyara characters`)")
+        unknown = f"{shown(repr(name))} is not a character of the model (see `kyara characters`)"
+        err.print(f"[yellow]warning[/yellow] {unknown}", highlight=False)
     if as_json:
         print(json.dumps({"root": root, "name": name, "faces": [f.to_dict() for f in faces]}, ensure_ascii=False))
         return
-    table = Table(title=f"{name} in {root}: {len({f.path for f in faces})} pictures", title_justify="left")
+    title = f"{shown(name)} in {shown(root)}: {len({f.path for f in faces})} pictures"
+    table = Table(title=title, title_justify="left")
     for column in ("picture", "box", "confidence"):
         table.add_column(column)
     for face in faces:
-        table.add_row(face.path, str(list(face.box)), f"{face.confidence:.0%}")
-    Console().print(table)
+        table.add_row(shown(face.path), str(list(face.box)), f"{face.confidence:.0%}")
+    stdout_console().print(table)
 
 
 @command
@@ -440,14 +458,15 @@ def search(
         document = {"root": root, "query": image, "faces": [face.to_dict() for face in query]}
         print(json.dumps(document, ensure_ascii=False, indent=2))
         return
-    console = Console()
+    console = stdout_console()
     for face in query:
-        title = f"{image} face at {list(face.box)}" + (" (no face found, whole image)" if face.fallback else "")
+        title = f"{shown(image)} face at {list(face.box)}" + (" (no face found, whole image)" if face.fallback else "")
         table = Table(title=title, title_justify="left")
         for column in ("similarity", "picture", "box", "character"):
             table.add_column(column)
         for hit in face.hits:
-            table.add_row(f"{hit.similarity:.3f}", hit.face.path, str(list(hit.face.box)), hit.face.label or "unknown")
+            label = shown(hit.face.label or "unknown")
+            table.add_row(f"{hit.similarity:.3f}", shown(hit.face.path), str(list(hit.face.box)), label)
         console.print(table)
 
 
@@ -559,7 +578,7 @@ def explain(
     try:
         write_overlay(output, recognizer.load(image), explanations)
     except OSError as exc:
-        err.print(f"[red]error[/red] {output}: cannot write ({exc.strerror or exc})", highlight=False)
+        err.print(f"[red]error[/red] {shown(output)}: cannot write ({shown(exc.strerror or exc)})", highlight=False)
         raise typer.Exit(1) from None
     if as_json:
         faces = [explanation.to_dict() for explanation in explanations]

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -81,3 +82,25 @@ def test_names_that_are_not_utf8_are_printed_escaped(tmp_path, face_crop_path):
     assert result.exit_code == 0, result.output
     (image,) = json.loads(result.stdout)["images"]
     assert image["path"].startswith(str(tmp_path)) and "\udcff" in image["path"] and image["faces"]
+
+
+def test_user_text_is_printed_literally_never_as_markup_or_raw_control_characters(tmp_path):
+    """Square brackets in paths and messages are not rich markup; an ESC in a file name is shown escaped."""
+    from kyara.cli import shown
+
+    assert "kyara[index]" in rendered(shown("pip install 'kyara[index]'"))
+    assert rendered(shown("[bold]X")) == "[bold]X"
+    assert "\x1b" not in shown("a\x1b[31mred.png") and "\\x1b" in shown("a\x1b[31mred.png")
+    picture = tmp_path / "[a]x.png"
+    picture.write_bytes(b"not a picture")
+    result = CliRunner().invoke(app, ["recognize", str(picture)])
+    assert result.exit_code == 1 and "[a]x.png" in result.stderr
+
+
+def rendered(markup: str) -> str:
+    """What rich prints for `markup`, without styles."""
+    from rich.console import Console
+
+    console = Console(file=io.StringIO(), width=200, color_system=None)
+    console.print(markup, end="")
+    return console.file.getvalue()
