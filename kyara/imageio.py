@@ -57,6 +57,8 @@ def _read(source: ImageSource, max_pixels: int, decode: bool) -> Image.Image:
             _check_size(image.size, max_pixels, name)
             if not decode:
                 return image
+            if stream is None:
+                _load_given(image)
             if stream is not None:
                 image.seek(0)
                 image.load()
@@ -77,6 +79,13 @@ def _read(source: ImageSource, max_pixels: int, decode: bool) -> Image.Image:
     finally:
         if stream is not None:
             stream.close()
+
+
+def _load_given(image: Image.Image) -> None:
+    try:
+        image.load()
+    except ValueError as exc:  # Pillow's word for a closed image
+        raise ImageError(f"image: cannot be read ({exc}); give an open image") from exc
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -109,9 +118,14 @@ def _open_stream(source: ImageSource) -> tuple[str, BinaryIO]:
             raise ImageError("<bytes>: empty input")
         return "<bytes>", io.BytesIO(bytes(source))
     if isinstance(source, str | PathLike):
+        if not str(source):
+            raise ImageError("an empty path: give a file name")
         return str(source), _open_file(Path(source))
     if hasattr(source, "read"):
-        data = source.read()
+        try:
+            data = source.read()
+        except (OSError, ValueError) as exc:  # ValueError: a closed file
+            raise ImageError(f"<stream>: cannot be read ({exc})") from exc
         if not isinstance(data, bytes | bytearray):
             raise ImageError("<stream>: open the file in binary mode ('rb')")
         if not data:
@@ -122,6 +136,8 @@ def _open_stream(source: ImageSource) -> tuple[str, BinaryIO]:
 
 def _open_file(path: Path) -> BinaryIO:
     try:
+        if not path.exists() and path.is_symlink():
+            raise ImageError(f"{path}: a broken symbolic link or a loop of them")
         if not path.exists():
             raise ImageError(f"{path}: no such file")
         if not path.is_file():

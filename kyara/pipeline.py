@@ -22,7 +22,7 @@ from kyara.cut import CROP_MARGIN as CROP_MARGIN  # kyara.server sizes enrolled 
 from kyara.cut import FaceCut, as_is, cut_face, cuts_to_learn, cuts_to_name
 from kyara.detection import DEFAULT_DETECTOR, DetectedFace, Detector, get_detector
 from kyara.embedding import Embedder
-from kyara.errors import ModelError
+from kyara.errors import KyaraError, ModelError
 from kyara.imageio import DEFAULT_MAX_PIXELS, ImageSource, load_image
 
 
@@ -118,11 +118,12 @@ class Recognizer:
         return self.embedder.embed([cut.pixels for cut in cuts])
 
     def classify(self, vectors: np.ndarray, top_k: int = 5) -> list[Prediction]:
-        return self.classifier.predict(vectors, top_k)
+        return self.classifier.predict(vectors, checked_top_k(top_k))
 
     def recognize(self, image: ImageSource, top_k: int = 5) -> list[FaceResult]:
         """Every face in `image` (most face-like first), each with its ranked guesses; the whole
         image, marked `fallback`, if no face is found."""
+        checked_top_k(top_k)  # before the work, not after it
         cuts = self.cuts_to_name(self.load(image))
         predictions = self.classify(self.embed(cuts), top_k)
         return [FaceResult.of(cut, prediction) for cut, prediction in zip(cuts, predictions)]
@@ -132,6 +133,13 @@ class Recognizer:
         cut = as_is(self.load(crop))
         (prediction,) = self.classify(self.embed([cut]), top_k)
         return replace(FaceResult.of(cut, prediction), detector_score=1.0)
+
+
+def checked_top_k(top_k: object) -> int:
+    """`top_k` as the API takes it: a whole number of guesses, at least one."""
+    if isinstance(top_k, bool) or not isinstance(top_k, int | np.integer) or top_k < 1:
+        raise KyaraError(f"top_k must be a whole number of at least 1, not {top_k!r}")
+    return int(top_k)
 
 
 def face_crop(picture: Image.Image, face: DetectedFace) -> Image.Image:

@@ -9,6 +9,7 @@ from PIL import Image, ImageFile
 
 from kyara.errors import ImageError, ImageTooLargeError
 from kyara.imageio import load_image
+from tests.conftest import ROOT
 
 
 @pytest.fixture(scope="module")
@@ -147,3 +148,30 @@ def test_running_out_of_memory_is_not_a_corrupt_image(face, monkeypatch):
     monkeypatch.setattr(ImageFile.ImageFile, "load", exhausted)  # while decoding
     with pytest.raises(MemoryError):
         load_image(encoded(face, "PNG"))
+
+
+def test_api_edge_cases_are_kyara_errors_with_clear_messages(tmp_path):
+    """Issue 15, 11: an empty path, bad top_k, closed files and images, a symlink loop."""
+    import kyara
+    from kyara.errors import KyaraError
+
+    example = ROOT / "docs" / "example.png"
+    recognizer = kyara.Recognizer()
+    with pytest.raises(KyaraError, match="empty path"):
+        recognizer.recognize("")
+    for top_k in (0, -1, None, "3", True):
+        with pytest.raises(KyaraError, match="top_k"):
+            recognizer.recognize(example, top_k=top_k)
+    closed = example.open("rb")
+    closed.close()
+    with pytest.raises(KyaraError, match="cannot be read"):
+        recognizer.recognize(closed)
+    image = Image.open(example)
+    image.close()
+    with pytest.raises(KyaraError, match="open image"):
+        recognizer.recognize(image)
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    with pytest.raises(KyaraError, match="loop"):
+        recognizer.recognize(tmp_path / "a")
+    assert len(recognizer.recognize(example, top_k=2)[0].top_k) == 2
