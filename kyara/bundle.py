@@ -9,11 +9,15 @@ bundle from a stranger cannot run code.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import glob
 import io
 import json
 import os
 import secrets
+import stat
+import time
 import zipfile
 from dataclasses import dataclass, field
 from importlib import resources
@@ -22,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from kyara.errors import ModelError, StorageError
+from kyara.errors import KyaraError, ModelError, StorageError
 
 FORMAT = "kyara-model"
 FORMAT_VERSION = 1
@@ -135,8 +139,11 @@ def save_bundle(bundle: ModelBundle, path: str | os.PathLike) -> None:
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a temporary file beside `path`, flush it to disk, then rename it over `path`.
-    A full disk raises `StorageError` and leaves `path` as it was."""
+    A full disk raises `StorageError` and leaves `path` as it was. A file without write permission
+    is refused, never replaced; a replaced file keeps its permissions."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    mode = _writable_mode(path)
+    _remove_stale_temporaries(path)
     temporary = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
     # Created as open() creates files (0o666 less the umask), where mkstemp would make them owner-only.
     handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
@@ -145,12 +152,38 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             file.write(data)
             file.flush()
             os.fsync(file.fileno())
+        if mode is not None:
+            os.chmod(temporary, mode)
         os.replace(temporary, path)
     except BaseException as exc:
         Path(temporary).unlink(missing_ok=True)
         if isinstance(exc, OSError) and exc.errno in NO_ROOM:
             raise StorageError(exc.errno, f"no room left to write {path} ({exc.strerror}); it was not changed") from exc
         raise
+
+
+def _writable_mode(path: Path) -> int | None:
+    """The permissions of the file at `path` (None when there is none), refusing a read-only file:
+    root may write anything, but a file made read-only was made so on purpose."""
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        return None
+    if not mode & 0o222:
+        raise KyaraError(f"{path} is read-only (mode {mode:o}): make it writable to change it")
+    return mode
+
+
+STALE_TEMPORARY_SECONDS = 600
+"""A temporary file this old beside a target was left by a killed write (writes take seconds)."""
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    now = time.time()
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        with contextlib.suppress(OSError):  # gone already, or not ours to remove
+            if now - stale.stat().st_mtime > STALE_TEMPORARY_SECONDS:
+                stale.unlink()
 
 
 NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})

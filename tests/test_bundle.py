@@ -150,3 +150,32 @@ def test_default_model_is_shipped_and_small():
     model = load_bundle(path)
     assert len(model.labels) == 34 and model.embedding_dim == model.head.shape[1]
     assert np.allclose(np.linalg.norm(model.head, axis=1), 1, atol=1e-3)
+
+
+def test_writes_respect_read_only_files_keep_permissions_and_clear_stale_temporaries(tmp_path):
+    """Issue 15, 8 and 9: a chmod 444 model is refused (not silently replaced with mode 644), a
+    replaced file keeps its mode, and a killed write's temporary file goes at the next write."""
+    import os
+    import stat
+    import time
+
+    from kyara.bundle import STALE_TEMPORARY_SECONDS, atomic_write_bytes
+    from kyara.errors import KyaraError
+
+    target = tmp_path / "model.kyara"
+    atomic_write_bytes(target, b"one")
+    target.chmod(0o640)
+    atomic_write_bytes(target, b"two")
+    assert target.read_bytes() == b"two" and stat.S_IMODE(target.stat().st_mode) == 0o640
+    target.chmod(0o444)
+    with pytest.raises(KyaraError, match="read-only"):
+        atomic_write_bytes(target, b"three")
+    assert target.read_bytes() == b"two"
+    target.chmod(0o644)
+    stale, fresh = tmp_path / ".model.kyara.dead.tmp", tmp_path / ".model.kyara.busy.tmp"
+    stale.write_bytes(b"x" * 100)
+    fresh.write_bytes(b"y")
+    old = time.time() - STALE_TEMPORARY_SECONDS - 60
+    os.utime(stale, (old, old))
+    atomic_write_bytes(target, b"four")
+    assert not stale.exists() and fresh.exists()  # another writer's file, still at work, stays
