@@ -215,7 +215,19 @@ def _check_metadata(metadata: dict[str, Any]) -> None:
 
 def load_bundle(path: str | os.PathLike) -> ModelBundle:
     """Read a `.kyara` file, checking its format; raises `ModelError` with the reason otherwise."""
-    path = Path(path)
+    try:
+        return _read_bundle(Path(path))
+    except ModelError as exc:
+        if Path(path).is_file() and Path(path).resolve() == user_model_path().resolve():
+            # Every command reads this copy when there is one: say how to recover.
+            raise ModelError(
+                f"{exc}. It is your copy of the default model (kyara enroll and forget change it):"
+                " move it away to go back to the shipped model"
+            ) from exc
+        raise
+
+
+def _read_bundle(path: Path) -> ModelBundle:
     if not path.is_file():
         raise ModelError(f"{path}: no such model file")
     try:

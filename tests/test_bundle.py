@@ -179,3 +179,17 @@ def test_writes_respect_read_only_files_keep_permissions_and_clear_stale_tempora
     os.utime(stale, (old, old))
     atomic_write_bytes(target, b"four")
     assert not stale.exists() and fresh.exists()  # another writer's file, still at work, stays
+
+
+def test_a_damaged_user_copy_says_how_to_recover(tmp_path, monkeypatch):
+    """Issue 15, 12: every command reads the user's copy of the default model; when it is damaged
+    the error names it and says what to do."""
+    from kyara.bundle import user_model_path
+    from kyara.pipeline import Recognizer
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    user_model_path().parent.mkdir(parents=True)
+    user_model_path().write_bytes(b"PK\x03\x04 not a zip")
+    with pytest.raises(ModelError, match="your copy of the default model") as raised:
+        Recognizer()
+    assert str(user_model_path()) in str(raised.value) and "move it away" in str(raised.value)
