@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from tqdm import tqdm
 
 from kyara.errors import ImageError, KyaraError
 from kyara.imageio import IMAGE_SUFFIXES, list_images
@@ -43,7 +44,10 @@ def expand_paths(arguments: list[str]) -> list[str]:
         path = Path(argument)
         try:
             if path.is_dir():
-                expanded += [str(p) for p in list_images(path)]
+                found = [str(p) for p in list_images(path)]
+                if not found:
+                    err.print(f"[yellow]warning[/yellow] {shown(argument)}: no image files in it", highlight=False)
+                expanded += found
                 continue
             if not path.exists() and glob.has_magic(argument):
                 matches = sorted(glob.glob(argument, recursive=True))
@@ -108,7 +112,8 @@ def _summarise(skipped: list[str], document: dict | None, line: str) -> None:
 def _run_batch(paths: list[str], work) -> tuple[list[dict], bool]:
     """Apply `work(path) -> dict` to each path; a failing file becomes {"path", "error"}."""
     results, failed = [], False
-    for path in expand_paths(paths):
+    # A long run says how far it is, on stderr and only at a terminal, so piped JSON stays clean.
+    for path in tqdm(expand_paths(paths), desc="pictures", unit="pic", disable=not sys.stderr.isatty(), leave=False):
         try:
             results.append({"path": path, **work(path)})
         except KyaraError as exc:

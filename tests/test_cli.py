@@ -104,3 +104,10 @@ def rendered(markup: str) -> str:
     console = Console(file=io.StringIO(), width=200, color_system=None)
     console.print(markup, end="")
     return console.file.getvalue()
+
+
+def test_an_empty_folder_is_reported_not_silently_skipped(tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = CliRunner().invoke(app, ["recognize", str(tmp_path / "empty"), "--json"])
+    assert result.exit_code == 0 and "no image files" in result.stderr
+    assert json.loads(result.stdout)["images"] == []
