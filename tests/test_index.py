@@ -357,3 +357,44 @@ def test_cli_index_find_search(base, tmp_path):
     assert result.exit_code == 2 and "no collection index" in result.stderr
     result = runner.invoke(app, ["find", "Yagami Kou", "--db", str(db)])
     assert result.exit_code == 0 and "not a character of the model" in result.stderr
+
+
+def test_a_damaged_or_read_only_index_is_said_so(base, tmp_path, upright, monkeypatch):
+    """Issue 15, 7: an emptied database or a dropped table is an error, not an empty collection;
+    an index that cannot be written (a read-only mount) is still read."""
+    for damage in ("emptied", "dropped"):
+        db = shutil.copytree(base[1], tmp_path / f"{damage}.kyaradb")
+        if damage == "emptied":
+            (db / DATABASE).write_bytes(b"")
+            (db / f"{DATABASE}-wal").unlink(missing_ok=True)
+        else:
+            with contextlib.closing(sqlite3.connect(db / DATABASE)) as connection:
+                connection.execute("DROP TABLE faces")
+                connection.commit()
+        with pytest.raises(KyaraError, match="damaged collection index"):
+            CollectionIndex(db, upright)
+    copy = shutil.copytree(base[1], tmp_path / "read-only.kyaradb")
+    with CollectionIndex(copy, upright) as collection:
+        found = collection.find("takimoto_hifumi")
+    with read_only_mount(copy) as read_only, CollectionIndex(read_only, upright) as collection:
+        assert found and same_values(collection.find("takimoto_hifumi"), found)
+
+
+@contextlib.contextmanager
+def read_only_mount(folder: Path):
+    """`folder` bind-mounted read-only (root writes through file modes; not through a read-only mount)."""
+    import subprocess
+
+    target = folder.with_name(folder.name + "-mounted")
+    target.mkdir()
+    mounted = subprocess.run(["mount", "--bind", str(folder), str(target)], capture_output=True).returncode == 0
+    if mounted:
+        mounted = subprocess.run(["mount", "-o", "remount,bind,ro", str(target)], capture_output=True).returncode == 0
+        if not mounted:
+            subprocess.run(["umount", str(target)], capture_output=True)
+    if not mounted:
+        pytest.skip("cannot bind-mount read-only here (needs root and mount)")
+    try:
+        yield target
+    finally:
+        subprocess.run(["umount", str(target)], capture_output=True)

@@ -63,6 +63,9 @@ CREATE TABLE IF NOT EXISTS unreadable (
     error TEXT NOT NULL
 );
 """
+TABLES = ("meta", "files", "faces", "unreadable")
+"""The tables SCHEMA makes: an index without one of them is damaged."""
+
 # AUTOINCREMENT: a face id is never reused, so a vector left behind by a killed run can never be
 # taken for another face's.
 
@@ -123,18 +126,45 @@ class IndexStore:
                 self.path.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise KyaraError(f"{self.path}: cannot create the index here ({exc.strerror or exc})") from exc
+        if not create and not os.access(self.path, os.W_OK):
+            return self._connect_read_only(database)
         try:
             connection = sqlite3.connect(database, timeout=60)
         except sqlite3.DatabaseError as exc:
             raise KyaraError(f"{database}: not a usable collection database ({exc})") from exc
         try:
+            self._check_tables(connection, database, create)
             connection.execute("PRAGMA foreign_keys = ON")
             connection.execute("PRAGMA journal_mode = WAL")  # readers (find, search) never wait for `index`
             connection.executescript(SCHEMA)
         except sqlite3.DatabaseError as exc:
             connection.close()
             raise KyaraError(f"{database}: not a usable collection database ({exc})") from exc
+        except KyaraError:
+            connection.close()
+            raise
         return connection
+
+    def _connect_read_only(self, database: Path) -> sqlite3.Connection:
+        """An index on a read-only mount or folder: read as it is (SQLite could not make its WAL files)."""
+        try:
+            connection = sqlite3.connect(f"{database.as_uri()}?immutable=1", uri=True)
+            self._check_tables(connection, database, create=False)
+        except sqlite3.DatabaseError as exc:
+            raise KyaraError(f"{database}: not a usable collection database ({exc})") from exc
+        return connection
+
+    @staticmethod
+    def _check_tables(connection: sqlite3.Connection, database: Path, create: bool) -> None:
+        """An index whose tables went missing (an emptied file, a dropped table) must not pass for an
+        empty collection: that would answer every query with nothing."""
+        present = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        missing = sorted(set(TABLES) - present)
+        if missing and (present or not create):
+            raise KyaraError(
+                f"{database}: a damaged collection index (no {', '.join(missing)} table); remove the folder "
+                "and make it again with `kyara index FOLDER --db ...`"
+            )
 
     def _check_format(self) -> None:
         version = self._meta("format_version")
