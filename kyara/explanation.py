@@ -260,7 +260,8 @@ def _corners(explanation: Explanation) -> list[tuple[float, float]]:
 def _caption_parts(explanation: Explanation) -> list[tuple[str, tuple[int, int, int]]]:
     name = explanation.label if explanation.known else f"{explanation.label}?"
     if explanation.versus is None:
-        return [(f"{name} {explanation.score:.2f}", FOR_COLOUR)]
+        # A similarity, not recognize's calibrated confidence: the caption says which it is.
+        return [(f"{name} similarity {explanation.score:.2f}", FOR_COLOUR)]
     return [
         (name, FOR_COLOUR),
         (" vs ", (230, 230, 230)),

@@ -349,7 +349,7 @@ def test_cli_index_find_search(base, tmp_path):
     result = runner.invoke(app, ["search", str(query), "--db", str(db), "--top-k", "4", "--json"])
     assert result.exit_code == 0, result.output
     (face,) = json.loads(result.stdout)["faces"]
-    assert len(face["hits"]) == 4 and all(0 < hit["match"] <= 1.001 for hit in face["hits"])
+    assert len(face["hits"]) == 4 and all(0 < hit["similarity"] <= 1.001 for hit in face["hits"])
 
     result = runner.invoke(app, ["search", str(root / "broken.png"), "--db", str(db)])
     assert result.exit_code == 1 and "broken.png" in result.stderr

@@ -23,7 +23,7 @@ class SearchHit:
     """Cosine similarity between the query face and this face."""
 
     def to_dict(self) -> dict:
-        return {**self.face.to_dict(), "match": round(self.similarity, 4)}
+        return {**self.face.to_dict(), "similarity": round(self.similarity, 4)}
 
 
 @dataclass(frozen=True)
