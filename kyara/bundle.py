@@ -66,8 +66,13 @@ class ModelBundle:
         if self.gallery.size == 0:
             self.gallery = np.zeros((0, self.embedding_dim), np.float32)
         self.gallery = np.asarray(self.gallery, np.float32)
-        if self.gallery.shape != (len(self.gallery_labels), self.embedding_dim):
-            raise ModelError(f"gallery has shape {self.gallery.shape} for {len(self.gallery_labels)} labels")
+        expected = (len(self.gallery_labels), self.embedding_dim)
+        if self.gallery.shape != expected:
+            # The gallery's rows are the enrolled pictures, its columns the head's embedding size.
+            raise ModelError(
+                f"the gallery has shape {self.gallery.shape}, expected {expected}: one row per enrolled picture"
+                f" ({len(self.gallery_labels)}), as many columns as the head's embedding ({self.embedding_dim})"
+            )
         if not (np.isfinite(self.head).all() and np.isfinite(self.gallery).all()):
             raise ModelError("the head or the gallery holds numbers that are not finite")
         if not (
