@@ -10,7 +10,7 @@ score first, raising a score threshold only removes detections, so one pass give
 "threshold_cross_checked" picks a threshold on half of the pictures and measures it on the other half, and the
 reverse: the benchmark's figures without the optimism of a threshold tuned on the same pictures.
 "animeface" is animeface-2009 on the upright picture only, "animeface+rotations" with its rotated retries
-(DEFAULT_ANGLES), "cnn" kyara's own detector (kyara.train.detector), "cnn@PATH" the same with the model file at
+(DEFAULT_ANGLES), "cnn" kyara's own detector (tools/train_detector.py), "cnn@PATH" the same with the model file at
 PATH (to compare detectors in one run); any other name is built with
 kyara.detection.get_detector, so a backend added to DETECTORS plugs in by name.
 """

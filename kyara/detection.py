@@ -1,7 +1,7 @@
 """Anime face detection behind one small interface, with box merging shared by every backend.
 
 A `Detector` takes an RGB image and returns `DetectedFace`s in original image pixels. Two backends:
-- `CnnDetector` ("cnn"): kyara's own CNN (a MobileNetV2 CenterNet trained by `kyara.train.detector`,
+- `CnnDetector` ("cnn"): kyara's own CNN (a MobileNetV2 CenterNet trained by `tools/train_detector.py`,
   shipped as ONNX). It finds tilted, side and monochrome faces itself and estimates each face's tilt.
 - `AnimeFaceDetector` ("animeface"): nagadomi's animeface-2009 (the `animeface` package). It only
   sees roughly upright faces, so it also looks at rotated copies of the picture and maps what it
@@ -209,12 +209,12 @@ def containment(a: Sequence[float], b: Sequence[float]) -> float:
 CNN_MODEL = Path(__file__).parent / "models" / "detector.onnx"
 CNN_SETTINGS = {"input_side": 384, "stride": 8, "min_score": 0.46}
 """The CNN's settings where its ONNX file carries none (`kyara.*` metadata, written by
-kyara.train.detector): the longer side the picture is scaled to, the output grid's cell, and the
+tools/train_detector.py): the longer side the picture is scaled to, the output grid's cell, and the
 lowest heat-map peak kept as a face. Each detector file states its own, chosen on the benchmark."""
 
 
 class CnnDetector:
-    """kyara's own CNN face detector (`kyara.train.detector`), run with ONNX Runtime.
+    """kyara's own CNN face detector (`tools/train_detector.py`), run with ONNX Runtime.
 
     The picture is scaled so that its longer side is `input_side` pixels; the network marks face
     centres on a grid of `stride`-pixel cells with each face's side and tilt; peaks above `min_score`

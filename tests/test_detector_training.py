@@ -9,7 +9,7 @@ from PIL import Image
 from kyara.detection import _decode
 
 pytest.importorskip("torch")
-from kyara.train.detector import Face, Label, Sample, _paste_oval, merged, targets
+from tools.train_detector import Face, Label, Sample, _paste_oval, merged, targets
 
 
 def test_training_targets_decode_back_to_the_same_faces():

@@ -117,7 +117,7 @@ def write_labels(out: Path, proposal_files: dict[str, Path], checked: dict[str, 
             else:
                 pictures[key] = proposals
     labels = {
-        "about": "Training labels of kyara's face detector (kyara.train.detector): per picture (root/relative path;"
+        "about": "Training labels of kyara's face detector (tools/train_detector.py): per picture (root/relative path;"
         " roots: pictures = tools/build_data.py's output, shared = ../shared/data), face proposals of"
         " tools/face_proposals.py with the proposer ('by') and its score, or faces boxed by a person ('hand')"
         " on the pictures listed in hand_checked. Made by: python tools/face_proposals.py labels ...",

@@ -1,7 +1,7 @@
 """Train kyara's anime face detector offline, reproducibly (fixed seed), and export it to ONNX.
 
     python tools/build_data.py --out build/data          # the pictures, from public snapshots
-    python -m kyara.train.detector --data ../shared/data --pictures build/data --out kyara/models/detector.onnx
+    python tools/train_detector.py --data ../shared/data --pictures build/data --out kyara/models/detector.onnx
 
 There is no public detection set with boxes, so training pictures are made on the fly (256 px):
 - real illustrations of many series and styles (fan art, character portraits, screenshots, manga
@@ -43,7 +43,7 @@ from kyara.imageio import list_images, load_image
 from kyara.train.nets import FaceCenterNet
 from kyara.train.trainer import arrays_to_state, onnx_bytes
 
-REPOSITORY = Path(__file__).resolve().parents[2]
+REPOSITORY = Path(__file__).resolve().parents[1]
 BENCHMARK = REPOSITORY / "benchmarks" / "detection_boxes.json"
 LABELS = REPOSITORY / "tools" / "detector-labels.json"
 FACE_FOLDERS = ("holoen-faces", "danbooru6-faces", "newgame-faces")
