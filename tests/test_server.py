@@ -4,9 +4,7 @@ import io
 import json
 import re
 import shutil
-import struct
 import threading
-import zlib
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -23,6 +21,7 @@ from kyara.cli import app as cli
 from kyara.gallery import enroll
 from kyara.server import WEB, Limits, create_app
 from tests.conftest import ROOT, drawing_module, held_out
+from tests.crafted import png_header_only
 
 EXAMPLE = ROOT / "docs" / "example.png"
 LIMITS = Limits(max_body_bytes=3 * 1024 * 1024, max_pixels=4_000_000, concurrency=2)
@@ -55,18 +54,6 @@ def character_picture(size: int = 360) -> Image.Image:
     canvas = Image.new("RGB", (size + 300, size + 80), (250, 250, 200))
     canvas.paste(head, (150, 40), head)
     return canvas
-
-
-def png_header_only(width: int, height: int) -> bytes:
-    """A PNG whose header claims `width` x `height` pixels, with almost no data behind it."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(bytes(64))) + chunk(b"IEND", b"")
-    )
 
 
 def without_colours(document: dict) -> dict:

@@ -521,7 +521,7 @@ def train_detector(
         f"{len(maker.illustrations)} pictures with {sure} sure and {len(labels) - sure} unsure faces, "
         f"{len(maker.crops)} face crops, {len(maker.patches)} non-face patches"
     )
-    config, rng = maker.config, maker.rng
+    rng = maker.rng
     if log is not None:
         log.parent.mkdir(parents=True, exist_ok=True)
     optimizer = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
