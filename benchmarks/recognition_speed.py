@@ -5,7 +5,8 @@
 - detect_ms: median time to detect faces in one illustration (as stored: about 768 px);
 - detect_ms_1024: the same with each illustration scaled so that its longer side is 1024 px;
 - face_ms: median time to embed and classify one face crop (target <= 15 ms on 2 cores);
-- peak_rss_mb: the process's peak resident memory.
+- peak_rss_mb: the process's peak resident memory;
+- wheel_mb: the size of kyara's wheel, models included (target <= 35 MB).
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ import json
 import os
 import resource
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -23,7 +27,17 @@ from kyara.detection import DEFAULT_DETECTOR, DETECTORS
 from kyara.imageio import list_images, load_image
 from kyara.pipeline import Recognizer
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+
+
+def wheel_mb() -> float:
+    """The size of the wheel `pip wheel` builds from this checkout (no dependencies)."""
+    with tempfile.TemporaryDirectory() as scratch:
+        command = [sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation", "-q", "-w"]
+        subprocess.run([*command, scratch], check=True, capture_output=True)
+        (wheel,) = Path(scratch).glob("kyara-*.whl")
+        return round(wheel.stat().st_size / 1e6, 1)
 
 
 def median_ms(samples: list[float]) -> float:
@@ -69,6 +83,7 @@ def main() -> None:
         "face_ms": median_ms(face_s),
         "face_ms_batched_64": round(1000 * batched, 2),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "wheel_mb": wheel_mb(),
     }
     print(json.dumps(report, indent=2))
 

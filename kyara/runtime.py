@@ -24,12 +24,16 @@ def open_session(
 ) -> ort.InferenceSession:
     """An ONNX Runtime session on the CPU; `what` names the model in errors ("the detector").
     `varying_shapes`: inputs change shape from call to call (the detector follows each picture's
-    aspect ratio), so no memory arena, which would keep the largest shape's memory for good."""
+    aspect ratio), so no memory pattern, which is planned for one shape. The memory arena stays:
+    it keeps the largest call's memory, which the detector's bounded input side keeps to tens of
+    MB, whereas without it every call mallocs blocks of a size that follows the picture, and glibc
+    let small objects made between calls pin them: detecting and cutting 300 face crops of varied
+    sizes grew the process by 1.2 GB (with the arena: +100 MB, and 10 % faster)."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or default_threads()
     options.inter_op_num_threads = 1
     if varying_shapes:
-        options.enable_cpu_mem_arena = options.enable_mem_pattern = False
+        options.enable_mem_pattern = False
     try:
         return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own untyped errors for bad graphs

@@ -16,7 +16,6 @@ from kyara.bundle import ModelBundle
 from kyara.classify import Classifier
 from kyara.cut import cuts_of
 from kyara.dataset import LabelledFile, labelled_files
-from kyara.detection import AnimeFaceDetector
 from kyara.errors import ImageError
 from kyara.evaluate import embed_files, report_for
 from kyara.pipeline import Recognizer
@@ -40,9 +39,7 @@ def split_files(root: Path, seed: int) -> tuple[list[LabelledFile], list[Labelle
 
 def enroll_faces(bundle: ModelBundle, files: list[LabelledFile]) -> int:
     """Add the best matching face of each picture to `bundle`'s gallery; returns how many."""
-    # Upright detection only: enrollment needs faces that are surely right, not every face. No
-    # score threshold, as when the shipped model was built, so that the build stays reproducible.
-    recognizer = Recognizer(bundle, detector=AnimeFaceDetector(angles=(0.0,), min_score=0.0))
+    recognizer = Recognizer(bundle)
     labels = recognizer.classifier.labels
     vectors, names = [], []
     for file in tqdm(files, desc="illustration faces"):
@@ -67,8 +64,7 @@ def enroll_faces(bundle: ModelBundle, files: list[LabelledFile]) -> int:
 
 def measure(before: ModelBundle, after: ModelBundle, files: list[LabelledFile]) -> dict:
     """Top-1/top-5 of the most confident face on held-out illustrations, without and with them."""
-    # The detector the shipped model was measured with: its figures stay reproducible.
-    images, _ = embed_files(Recognizer(after, detector=AnimeFaceDetector(min_score=0.0)), files)
+    images, _ = embed_files(Recognizer(after), files)
     models = {"before": before, "after": after}
     reports = {name: report_for(Classifier.from_bundle(model), images) for name, model in models.items()}
     return {

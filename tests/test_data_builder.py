@@ -82,3 +82,29 @@ def test_no_training_label_is_a_reserved_character():
 
     known = {label.lower() for label in load_bundle(default_model_path()).all_labels()}
     assert not any(name in label for label in known for name in reserved_names)
+
+
+def test_the_recognition_corpus_names_a_character_once_and_refuses_reserved_ones(tmp_path, monkeypatch):
+    """scripts/corpus.py: moeimouto's numbered folder and danbooru6's folder of the same character are
+    one class; a folder of a reserved character stops the build."""
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "scripts"))
+    import corpus
+
+    data, faces = tmp_path / "data", tmp_path / "faces"
+    folders = ["holoen-faces/gura", "newgame-faces/toyama_rin", "danbooru6-faces/aisaka_taiga",
+               "moeimouto/030_aisaka_taiga", "moeimouto/054_horo"]  # fmt: skip
+    for index, folder in enumerate(folders):
+        root = data if "moeimouto" not in folder else faces
+        (root / folder).mkdir(parents=True)
+        for shade in range(2):
+            Image.new("RGB", (96, 96), (40 * index, 90 * shade, 200)).save(root / folder / f"{shade}.png")
+    (faces / "naruto").mkdir()
+    loaded = corpus.load_corpus(data, faces, tmp_path / "corpus.npz").images
+    assert loaded.classes == ["aisaka_taiga", "gura", "horo", "toyama_rin"]
+    assert loaded.counts()["aisaka_taiga"] == 4
+    assert corpus.series_of("aisaka_taiga") == "toradora" and corpus.series_of("gura") == "hololive_en"
+
+    (faces / "moeimouto" / "000_hatsune_miku").mkdir()
+    Image.new("RGB", (96, 96), "white").save(faces / "moeimouto" / "000_hatsune_miku" / "0.png")
+    with pytest.raises(SystemExit, match="reserved"):
+        corpus.load_corpus(data, faces, tmp_path / "other.npz")

@@ -188,3 +188,37 @@ def test_illustrations_are_reduced_to_faces_once_then_from_the_cache(tmp_path, m
     monkeypatch.setattr(detector, "detect", no_detection)
     second = load_folders([tmp_path / "raw"], detector=detector)
     np.testing.assert_array_equal(second.pixels, first.pixels)
+
+
+def test_balanced_epochs_draw_small_characters_as_often_as_their_weight_says():
+    import torch
+
+    from kyara.train.trainer import _epoch_order
+
+    labels = np.array([0] * 900 + [1] * 100)
+    generator = torch.Generator().manual_seed(0)
+    plain = _epoch_order(labels, 1000, 0.0, generator)
+    assert sorted(plain.tolist()) == list(range(1000))  # one pass, each picture once
+    even = labels[_epoch_order(labels, 4000, 1.0, generator).numpy()]
+    assert abs((even == 1).mean() - 0.5) < 0.05  # characters evenly
+    root = labels[_epoch_order(labels, 4000, 0.5, generator).numpy()]
+    assert abs((root == 1).mean() - 0.25) < 0.05  # sqrt(100) / (sqrt(900) + sqrt(100))
+
+
+def test_manga_copies_are_black_and_white_with_inked_outlines():
+    import torch
+
+    from kyara.train.augment import manga_like, to_gray
+
+    folder = data_path("holoen-faces", "gura")
+    crop = np.asarray(Image.open(sorted(folder.iterdir())[0]).convert("RGB").resize((128, 128)))
+    images = torch.from_numpy(crop[None].copy()).permute(0, 3, 1, 2).float() / 255
+    inked = manga_like(images, torch.Generator().manual_seed(0))
+    assert inked.shape == images.shape
+    assert torch.equal(inked[:, 0], inked[:, 1]) and set(inked.unique().tolist()) <= {0.0, 1.0}
+    gray = to_gray(images)[0, 0]
+    edges = (gray[1:, :] - gray[:-1, :]).abs()[:, :-1] + (gray[:, 1:] - gray[:, :-1]).abs()[:-1, :]
+    black = inked[0, 0, :-1, :-1] == 0
+    # Ink follows the drawing's outlines: black pixels sit where the luma changes much more often.
+    assert edges[black].mean() > 2 * edges[~black].mean()
+    assert 0.05 < black.float().mean() < 0.7

@@ -40,7 +40,6 @@ class IndexedFace:
         }
 
 
-
 class LabelledStore(IndexStore):
     """An index whose faces carry this model's labels."""
 
@@ -102,5 +101,3 @@ class LabelledStore(IndexStore):
 def face_from_row(row: tuple) -> IndexedFace:
     face_id, path, x, y, w, h, score, angle, fallback, label, confidence, similarity = row
     return IndexedFace(face_id, path, (x, y, w, h), score, angle, bool(fallback), label, confidence, similarity)
-
-

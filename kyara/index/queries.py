@@ -16,6 +16,7 @@ EXACT_UP_TO = 50_000
 """Up to this many faces, search compares the query with every face (2.4 ms at 50,000 on 2 cores):
 perfect recall where it is cheap; beyond, the HNSW graph answers."""
 
+
 @dataclass(frozen=True)
 class SearchHit:
     face: IndexedFace
@@ -36,7 +37,6 @@ class QueryFace:
 
     def to_dict(self) -> dict:
         return {"box": list(self.box), "fallback": self.fallback, "hits": [h.to_dict() for h in self.hits]}
-
 
 
 class IndexQueries(LabelledStore):
@@ -114,5 +114,3 @@ def _match_rows(matches) -> list[tuple[np.ndarray, np.ndarray]]:
     if hasattr(matches, "counts"):
         return [(k[:n], d[:n]) for k, d, n in zip(matches.keys, matches.distances, matches.counts)]
     return [(matches.keys, matches.distances)]
-
-

@@ -240,6 +240,7 @@ class IndexStore:
             temporary.unlink(missing_ok=True)
             raise
         self._vectors_changed = False
+
     def _face_ids_of(self, file_ids: list[int]) -> list[int]:
         found: list[int] = []
         for ids in chunks(file_ids, SQL_CHUNK):
@@ -247,11 +248,9 @@ class IndexStore:
             found += [r[0] for r in self._connection.execute(f"SELECT id FROM faces WHERE file_id IN ({marks})", ids)]
         return found
 
-
     def _decode(self, blobs: list[bytes]) -> np.ndarray:
         vectors = np.frombuffer(b"".join(blobs), np.float16).reshape(len(blobs), self.dim).astype(np.float32)
         return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-
 
 
 def _empty_vectors(dim: int):
@@ -273,4 +272,3 @@ def _classifier_id(recognizer: Recognizer) -> str:
 def chunks(items: list, size: int) -> Iterator[list]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
-

@@ -27,6 +27,7 @@ from kyara.index.store import DATABASE, FORMAT_VERSION
 FILES_PER_COMMIT = 16
 """A killed run loses at most this many files of work."""
 
+
 @dataclass
 class UpdateSummary:
     """What one `update` did. `seconds` says where the time went."""
@@ -315,6 +316,7 @@ class IndexUpdates(LabelledStore):
                 vector.astype(np.float16).tobytes(),
             ),
         ).lastrowid
+
     def _drop_missing(self, on_disk: dict[str, Path], gone: dict[str, list[_Stored]], summary: UpdateSummary) -> None:
         """Forget files no longer under the root (those not found again under another path)."""
         removed = [row.id for rows in gone.values() for row in rows]
@@ -327,4 +329,3 @@ class IndexUpdates(LabelledStore):
             self._vectors.remove(np.array(faces, np.uint64))
             self._vectors_changed = True
         summary.removed = len(removed)
-

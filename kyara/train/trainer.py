@@ -51,6 +51,9 @@ class TrainConfig:
     ood_batch_size: int = 16
     ood_weight: float = 0.5
     grayscale_p: float = DEFAULT_GRAYSCALE_P
+    manga_p: float = 0.0
+    steps_per_epoch: int = 0  # 0: one pass over the training pictures
+    balance: float = 0.0  # pictures drawn with weight count**-balance: 0 as they come, 1 evenly per character
     seed: int = 0
     threads: int = 2
 
@@ -108,7 +111,7 @@ def train(
     net, generator = _start(config, start)
     head = nn.Parameter(F.normalize(torch.randn(len(data.classes), config.embedding_dim, generator=generator), dim=1))
     optimizer = _optimizer(net, head, config)
-    steps_per_epoch = max(1, math.ceil(len(data.labels) / config.batch_size))
+    steps_per_epoch = config.steps_per_epoch or max(1, math.ceil(len(data.labels) / config.batch_size))
     total_steps = max(4, config.epochs * steps_per_epoch)
     # OneCycleLR divides by zero when its warm-up phase is a single step.
     warm_up = min(0.5, max(0.1, 2 / total_steps))
@@ -129,20 +132,21 @@ def train(
     while state["epoch"] < config.epochs and state["stale"] < config.patience:
         epoch = state["epoch"] + 1
         net.train()
-        order = torch.randperm(len(labels), generator=generator)
+        order = _epoch_order(data.labels, steps_per_epoch * config.batch_size, config.balance, generator)
         losses = []
         for step in tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{config.epochs}", leave=False):
             batch = order[step * config.batch_size : (step + 1) * config.batch_size]
             if len(batch) < 2:
                 continue  # batch norm cannot train on a single picture
-            images = augment(pixels[batch], config.input_size, config.grayscale_p, generator)
+            images = augment(pixels[batch], config.input_size, config.grayscale_p, generator, config.manga_p)
             use_outliers = outliers is not None and config.ood_weight > 0
             if use_outliers:
                 pick = torch.randint(len(outliers), (config.ood_batch_size,), generator=generator)
                 # One forward pass for both, so batch-norm statistics describe the mix seen at
                 # test time rather than whichever small batch came last.
                 others = torch.from_numpy(outliers[pick.numpy()])
-                images = torch.cat([images, augment(others, config.input_size, config.grayscale_p, generator)])
+                others = augment(others, config.input_size, config.grayscale_p, generator, config.manga_p)
+                images = torch.cat([images, others])
             embeddings = net(images)
             loss = _classification_loss(embeddings[: len(batch)], head, labels[batch], config)
             if use_outliers:
@@ -175,6 +179,16 @@ def train(
     net.load_state_dict(state["best"][0])
     net.eval()
     return TrainResult(net, state["best"][1].numpy(), state["history"], config, state["seconds"])
+
+
+def _epoch_order(labels: np.ndarray, count: int, balance: float, generator: torch.Generator) -> torch.Tensor:
+    """The pictures of one epoch, in order: a permutation when `balance` is 0 and `count` is the
+    number of pictures; else `count` draws weighted by each character's count**-balance, so
+    characters with hundreds of pictures do not crowd out those with forty."""
+    if balance == 0 and count >= len(labels):
+        return torch.randperm(len(labels), generator=generator)
+    weights = torch.from_numpy(np.bincount(labels).astype(np.float64) ** -balance)[torch.from_numpy(labels)]
+    return torch.multinomial(weights, count, replacement=count > len(labels), generator=generator)
 
 
 def _start(config: TrainConfig, start: dict[str, torch.Tensor] | None) -> tuple[EmbeddingNet, torch.Generator]:

@@ -1,0 +1,262 @@
+"""The recognition corpus: every labelled character kyara trains on, its series, and its splits.
+
+    python scripts/corpus.py --data ../shared/data --faces build/data/faces   # counts per source
+
+Sources: the 34 characters of ../shared/data (holoen-faces, newgame-faces, danbooru6-faces) and
+what `tools/build_data.py` writes under build/data/faces (105 moeimouto characters, 10 Naruto
+characters). A character is named the same whatever its source (moeimouto's `030_aisaka_taiga` and
+danbooru6's `aisaka_taiga` are one). The ten moeimouto characters reserved for independent
+evaluation are refused here too, should a folder of them ever appear.
+
+Near-duplicates are grouped over the whole corpus (pHash and source picture), so a split never puts
+two copies of one drawing on both sides. The series-held-out protocol (scripts/heldout.py) leaves
+out every character of `HELD_OUT_SERIES`, plus five Hololive EN characters (`HELD_OUT_HOLOEN`),
+whose series stays in training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from kyara.cut import cut_face
+from kyara.detection import get_detector
+from kyara.errors import ImageError
+from kyara.imageio import load_image
+from kyara.train.data import STORE_SIDE, LabelledImages, load_folders
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_SOURCES = ("holoen-faces", "newgame-faces", "danbooru6-faces")
+BUILT_SOURCES = ("moeimouto", "naruto")
+sys.path.insert(0, str(ROOT / "tools"))
+from build_data import RESERVED_MOEIMOUTO  # noqa: E402  (the one list of reserved characters)
+
+RESERVED = frozenset(re.sub(r"^\d{3}_", "", name) for name in RESERVED_MOEIMOUTO)
+"""The ten moeimouto characters kept for independent evaluation, as `label_of` names them."""
+
+NARUTO_NAMES = {
+    "gaara": "gaara",
+    "jiraya": "jiraiya",
+    "kakashi": "hatake_kakashi",
+    "naruto": "uzumaki_naruto",
+    "orochimaru": "orochimaru",
+    "pain": "pain",
+    "rock_lee": "rock_lee",
+    "sakura": "haruno_sakura",
+    "sasuke": "uchiha_sasuke",
+    "tsunade": "tsunade",
+}
+"""The Naruto folders' names are first names (one misspelt); full names keep them apart from others'."""
+
+SERIES = {
+    "hololive_en": "ame bae biboo calli ceci erb fauna fuwawa gigi gura ina irys kiara kronii mococo mumei nerissa "
+    "raora sana shiori",
+    "new_game": "ahagon_umiko hazuki_shizuku lijima_yun sakura_nene suzukaze_aoba takimoto_hifumi toyama_rin "
+    "yagami_kou",
+    "fate": "abigail_williams_(fate) saber tohsaka_rin matou_sakura illyasviel_von_einzbern",
+    "persona": "aegis_(persona)",
+    "toradora": "aisaka_taiga kawashima_ami",
+    "overlord": "albedo",
+    "idolmaster": "anastasia_(idolmaster) amami_haruka takatsuki_yayoi miura_azusa kisaragi_chihaya "
+    "akizuki_ritsuko kikuchi_makoto",
+    "konosuba": "aqua_(konosuba)",
+    "naruto": " ".join(NARUTO_NAMES.values()),
+    "haruhi": "nagato_yuki asahina_mikuru kyon koizumi_itsuki",
+    "touhou": "kirisame_marisa remilia_scarlet izayoi_sakuya yakumo_yukari reisen_udongein_inaba "
+    "flandre_scarlet saigyouji_yuyuko konpaku_youmu patchouli_knowledge alice_margatroid kochiya_sanae "
+    "shameimaru_aya",
+    "lucky_star": "hiiragi_kagami hiiragi_tsukasa takara_miyuki",
+    "code_geass": "c.c kururugi_suzaku kallen_stadtfeld nunnally_lamperouge",
+    "clannad": "furukawa_nagisa fujibayashi_kyou sakagami_tomoyo ibuki_fuuko ichinose_kotomi",
+    "zero_no_tsukaima": "louise siesta",
+    "vocaloid": "kagamine_rin kagamine_len megurine_luka",
+    "evangelion": "ayanami_rei souryuu_asuka_langley ikari_shinji",
+    "k-on": "hirasawa_yui tainaka_ritsu kotobuki_tsumugi nakano_azusa",
+    "gurren_lagann": "yoko",
+    "to_love-ru": "lala_satalin_deviluke sairenji_haruna golden_darkness",
+    "nanoha": "yagami_hayate subaru_nakajima erio_mondial",
+    "macross_frontier": "sheryl_nome ranka_lee saotome_alto",
+    "to_heart_2": "kousaka_tamaki kusugawa_sasara",
+    "spice_and_wolf": "horo",
+    "kannagi": "nagi",
+    "cardcaptor_sakura": "li_syaoran daidouji_tomoyo",
+    "higurashi": "furude_rika ryuuguu_rena",
+    "hayate_no_gotoku": "sanzenin_nagi katsura_hinagiku",
+    "yoake_mae_yori_ruriiro_na": "feena_fam_earthlight asagiri_mai",
+    "hidamari_sketch": "miyamura_miyako",
+    "kimi_ga_nozomu_eien": "hayase_mitsuki",
+    "moetan": "nijihara_ink",
+    "melonbooks": "melon-chan",
+    "chobits": "chii",
+    "tsukihime": "arcueid_brunestud",
+    "gundam_00": "setsuna_f_seiei",
+    "shuffle": "primula",
+    "queens_blade": "reina nanael",
+    "galaxy_angel": "milfeulle_sakuraba",
+    "d_gray-man": "allen_walker",
+    "akaneiro_ni_somaru_saka": "suzumiya_akane",
+    "nanatsuiro_drops": "akihime_sumomo",
+    "aria": "aika_granzchesta",
+    "magic_knight_rayearth": "shidou_hikaru",
+    "da_capo": "shirakawa_kotori",
+    "negima": "kagurazaka_asuna",
+    "nogizaka_haruka_no_himitsu": "nogizaka_haruka",
+    "ichigo_mashimaro": "ana_coppola ito_nobue ito_chika",
+}
+"""Series of each character, where known for certain; a character not listed is its own series."""
+
+HELD_OUT_SERIES = ("idolmaster", "clannad", "ichigo_mashimaro", "higurashi", "hayate_no_gotoku")
+"""Whole series the held-out protocol never trains on: 19 characters, none of their series in training."""
+HELD_OUT_HOLOEN = ("bae", "ceci", "erb", "gigi", "irys")
+"""Five Hololive EN characters held out while the other fifteen train (new faces of a known series)."""
+
+
+def label_of(folder: Path) -> str:
+    """The character's name for a source folder: moeimouto's number dropped, Naruto's full name."""
+    if folder.parent.name == "naruto":
+        return NARUTO_NAMES[folder.name]
+    return re.sub(r"^\d{3}_", "", folder.name) if folder.parent.name == "moeimouto" else folder.name
+
+
+def series_of(label: str) -> str:
+    for series, members in SERIES.items():
+        if label in members.split():
+            return series
+    return label
+
+
+def source_of(path: Path) -> str:
+    """The source folder a picture comes from: holoen-faces, moeimouto, ..."""
+    return path.parent.parent.name
+
+
+@dataclass
+class Corpus:
+    """Every picture at `STORE_SIDE`, labelled by character name, grouped by near-duplicates."""
+
+    images: LabelledImages
+
+    @property
+    def series(self) -> np.ndarray:
+        return np.array([series_of(name) for name in self.images.classes])[self.images.labels]
+
+    def held_out_classes(self) -> list[str]:
+        return [c for c in self.images.classes if series_of(c) in HELD_OUT_SERIES or c in HELD_OUT_HOLOEN]
+
+
+def roots(data: Path, faces: Path) -> list[Path]:
+    return [data / name for name in SHARED_SOURCES] + [faces / name for name in BUILT_SOURCES]
+
+
+def load_corpus(data: Path, faces: Path, cache: Path) -> Corpus:
+    """The corpus, from `cache` when it was made from the same folders (loading takes minutes)."""
+    folders = roots(data, faces)
+    key = json.dumps([str(f.resolve()) for f in folders])
+    if cache.exists():
+        saved = np.load(cache, allow_pickle=False)
+        if str(saved["key"]) == key:
+            return Corpus(
+                LabelledImages(
+                    saved["pixels"],
+                    saved["labels"],
+                    saved["groups"],
+                    [str(c) for c in saved["classes"]],
+                    [Path(p) for p in saved["paths"]],
+                )
+            )
+    # Naruto's pictures are illustrations: the detector cuts their most confident face; the other
+    # sources are face crops, which `load_folders` takes whole.
+    images = merge_names(load_folders(folders, detector=get_detector("cnn")))
+    refused = sorted(set(images.classes) & set(RESERVED))
+    if refused:
+        raise SystemExit(f"reserved characters found in the corpus: {', '.join(refused)}")
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(
+        cache,
+        key=key,
+        pixels=images.pixels,
+        labels=images.labels,
+        groups=images.groups,
+        classes=np.array(images.classes),
+        paths=np.array([str(p) for p in images.paths]),
+    )
+    return Corpus(images)
+
+
+def merge_names(images: LabelledImages) -> LabelledImages:
+    """Folders relabelled with `label_of`; folders naming the same character become one class."""
+    names = sorted({label_of(p.parent) for p in images.paths})
+    labels = np.array([names.index(label_of(p.parent)) for p in images.paths], np.int64)
+    return LabelledImages(images.pixels, labels, images.groups, names, images.paths, images.skipped)
+
+
+def detector_views(images: LabelledImages, side: int = STORE_SIDE) -> LabelledImages:
+    """Each face crop cut again as recognition cuts a face found in a larger picture (the detector's
+    box with its margin, white beyond the crop): training sees both framings of every face.
+    Pictures where no face is found give no second view."""
+    detector = get_detector("cnn")
+    keep, pixels = [], []
+    for index, path in enumerate(tqdm(images.paths, desc="detector views", leave=False)):
+        if source_of(path) == "naruto":
+            continue  # cut by the detector already
+        try:
+            picture = load_image(path)
+        except ImageError:
+            continue
+        faces = detector.detect(picture)
+        if not faces:
+            continue
+        cut = cut_face(picture, max(faces, key=lambda face: face.score))
+        if cut.whole:
+            continue
+        pixels.append(np.asarray(cut.pixels.resize((side, side), Image.Resampling.BILINEAR)))
+        keep.append(index)
+    views = images.subset(np.asarray(keep, np.int64))
+    views.pixels = np.stack(pixels) if pixels else views.pixels
+    return views
+
+
+def joined(a: LabelledImages, b: LabelledImages) -> LabelledImages:
+    """`a` then `b` (same classes), as one training set."""
+    return LabelledImages(
+        np.concatenate([a.pixels, b.pixels]),
+        np.concatenate([a.labels, b.labels]),
+        np.concatenate([a.groups, b.groups]),
+        a.classes,
+        a.paths + b.paths,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--faces", type=Path, default=ROOT / "build" / "data" / "faces")
+    parser.add_argument("--cache", type=Path, default=ROOT / "build" / "corpus.npz")
+    args = parser.parse_args()
+    corpus = load_corpus(args.data, args.faces, args.cache)
+    images = corpus.images
+    sources: dict[str, dict[str, int]] = {}
+    for path, label in zip(images.paths, images.labels):
+        counts = sources.setdefault(source_of(path), {})
+        counts[images.classes[label]] = counts.get(images.classes[label], 0) + 1
+    summary = {
+        "characters": len(images.classes),
+        "pictures": len(images.labels),
+        "near_duplicate_groups": len(np.unique(images.groups)),
+        "series": len({series_of(c) for c in images.classes}),
+        "held_out": corpus.held_out_classes(),
+        "per_source": {s: {"characters": len(c), "pictures": sum(c.values())} for s, c in sources.items()},
+    }
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
