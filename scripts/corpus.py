@@ -152,6 +152,14 @@ class Corpus:
         return [c for c in self.images.classes if series_of(c) in HELD_OUT_SERIES or c in HELD_OUT_HOLOEN]
 
 
+def corpus_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every corpus script takes: where the two kinds of sources are, the cache, the seed."""
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--faces", type=Path, default=ROOT / "build" / "data" / "faces")
+    parser.add_argument("--cache", type=Path, default=ROOT / "build" / "corpus.npz")
+    parser.add_argument("--seed", type=int, default=0)
+
+
 def roots(data: Path, faces: Path) -> list[Path]:
     return [data / name for name in SHARED_SOURCES] + [faces / name for name in BUILT_SOURCES]
 
@@ -237,9 +245,7 @@ def joined(a: LabelledImages, b: LabelledImages) -> LabelledImages:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
-    parser.add_argument("--faces", type=Path, default=ROOT / "build" / "data" / "faces")
-    parser.add_argument("--cache", type=Path, default=ROOT / "build" / "corpus.npz")
+    corpus_arguments(parser)
     args = parser.parse_args()
     corpus = load_corpus(args.data, args.faces, args.cache)
     images = corpus.images

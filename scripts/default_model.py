@@ -22,7 +22,7 @@ from pathlib import Path
 import illustrations
 import numpy as np
 import torch
-from corpus import ROOT, load_corpus, source_of
+from corpus import ROOT, corpus_arguments, load_corpus, source_of
 from PIL import Image
 from recipe import RECIPE, SPLIT, trained_network, training_set
 from tqdm import tqdm
@@ -39,24 +39,22 @@ from kyara.train.data import LabelledImages, split_by_group
 from kyara.train.fit import package
 
 ILLUSTRATIONS = "newgame-illustrations"
-FINAL_EPOCHS = 4
+FINAL_EPOCHS = 3
 FRAMINGS = ("as stored", "central 70 %", "small in a picture twice the size")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
-    parser.add_argument("--faces", type=Path, default=ROOT / "build" / "data" / "faces")
+    corpus_arguments(parser)
     parser.add_argument("--out", type=Path, default=ROOT / "kyara" / "models" / "default.kyara")
     parser.add_argument("--metrics", type=Path, default=ROOT / "docs" / "default-model-metrics.json")
     parser.add_argument("--card", type=Path, default=ROOT / "docs" / "model-card.md")
     parser.add_argument("--start", type=Path, default=ROOT / "build" / "heldout-series.pt")
     parser.add_argument("--checkpoint", type=Path, default=ROOT / "build" / "default-model.pt")
-    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
     config = replace(RECIPE, epochs=FINAL_EPOCHS, seed=args.seed)
-    data = load_corpus(args.data, args.faces, ROOT / "build" / "corpus.npz").images
+    data = load_corpus(args.data, args.faces, args.cache).images
     train_idx, val_idx, test_idx = split_by_group(data.labels, data.groups, SPLIT, args.seed)
     print(
         f"{len(data.labels)} images, {len(data.classes)} characters; "

@@ -26,7 +26,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-from corpus import HELD_OUT_HOLOEN, HELD_OUT_SERIES, ROOT, load_corpus, series_of
+from corpus import HELD_OUT_HOLOEN, HELD_OUT_SERIES, ROOT, corpus_arguments, load_corpus, series_of
 from recipe import RECIPE, SPLIT, trained_network, training_set
 
 from kyara.bundle import ModelBundle, atomic_write_text, load_bundle, save_bundle
@@ -47,16 +47,14 @@ ACCEPTANCE_LEVELS = (0.80, 0.85, 0.90, 0.95, 0.98, 0.99)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
-    parser.add_argument("--faces", type=Path, default=ROOT / "build" / "data" / "faces")
+    corpus_arguments(parser)
     parser.add_argument("--out", type=Path, default=ROOT / "build" / "heldout.kyara")
     parser.add_argument("--checkpoint", type=Path, default=ROOT / "build" / "heldout-series.pt")
     parser.add_argument("--metrics", type=Path, default=ROOT / "docs" / "heldout-metrics.json")
     parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "heldout-characters.md")
-    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    corpus = load_corpus(args.data, args.faces, ROOT / "build" / "corpus.npz")
+    corpus = load_corpus(args.data, args.faces, args.cache)
     held_names = corpus.held_out_classes()
     known = corpus.images.with_classes([c for c in corpus.images.classes if c not in held_names])
     held = corpus.images.with_classes(held_names)
