@@ -93,8 +93,8 @@ class Recognizer:
         self.embedder = Embedder(self.bundle.onnx, self.bundle.input_size, threads)
         if self.embedder.dim != self.bundle.embedding_dim:
             raise ModelError(
-                f"the model's embedder gives {self.embedder.dim}-d vectors, "
-                f"its head expects {self.bundle.embedding_dim}"
+                f"the model's embedder makes embeddings of {self.embedder.dim} numbers but its head's rows have "
+                f"{self.bundle.embedding_dim}: the head was not made for this embedder"
             )
         self.classifier = Classifier.from_bundle(self.bundle)
         self.max_pixels = max_pixels
