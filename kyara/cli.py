@@ -535,7 +535,7 @@ def serve(
     }
     limits = Limits(**{name: value for name, value in given.items() if value is not None})
     writes = {"token": token, "read_only": read_only, "allow_anonymous_writes": allow_anonymous_writes}
-    serve_forever(host, port, model, limits, detector or DEFAULT_DETECTOR, **writes)
+    serve_forever(host, port, limits, model=model, detector=detector or DEFAULT_DETECTOR, **writes)
 
 
 @command

@@ -651,19 +651,9 @@ def create_app(
     return app
 
 
-def serve(
-    host: str = "127.0.0.1",
-    port: int = 8000,
-    model: str | os.PathLike | None = None,
-    limits: Limits | None = None,
-    detector: str = DEFAULT_DETECTOR,
-    *,
-    token: str | None = None,
-    read_only: bool = False,
-    allow_anonymous_writes: bool = False,
-) -> None:
-    """`kyara serve`: the app of `create_app` on uvicorn at `host`:`port`, until interrupted."""
+def serve(host: str = "127.0.0.1", port: int = 8000, limits: Limits | None = None, **app_options: Any) -> None:
+    """`kyara serve`: `create_app(limits=limits, host=host, **app_options)` (model, detector, token,
+    read_only, allow_anonymous_writes) on uvicorn at `host`:`port`, until interrupted."""
     limits = limits or Limits()
-    writes = {"token": token, "read_only": read_only, "allow_anonymous_writes": allow_anonymous_writes}
-    application = create_app(model, limits, detector, host=host, **writes)
+    application = create_app(limits=limits, host=host, **app_options)
     uvicorn.run(application, host=host, port=port, **uvicorn_options(limits))
