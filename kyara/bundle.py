@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from kyara.errors import KyaraError, ModelError, StorageError
+from kyara.onnxfile import onnx_problem
 
 FORMAT = "kyara-model"
 FORMAT_VERSION = 1
@@ -61,18 +62,11 @@ class ModelBundle:
         _check_labels(self.labels, self.gallery_labels)
         _check_metadata(self.metadata)
         self.head = np.asarray(self.head, np.float32)
-        if self.head.ndim != 2 or self.head.shape[0] != len(self.labels):
-            raise ModelError(f"head has shape {self.head.shape} but there are {len(self.labels)} labels")
+        _check_head(self.head, self.labels)
         if self.gallery.size == 0:
             self.gallery = np.zeros((0, self.embedding_dim), np.float32)
         self.gallery = np.asarray(self.gallery, np.float32)
-        expected = (len(self.gallery_labels), self.embedding_dim)
-        if self.gallery.shape != expected:
-            # The gallery's rows are the enrolled pictures, its columns the head's embedding size.
-            raise ModelError(
-                f"the gallery has shape {self.gallery.shape}, expected {expected}: one row per enrolled picture"
-                f" ({len(self.gallery_labels)}), as many columns as the head's embedding ({self.embedding_dim})"
-            )
+        _check_gallery(self.gallery, self.gallery_labels, self.embedding_dim)
         if not (np.isfinite(self.head).all() and np.isfinite(self.gallery).all()):
             raise ModelError("the head or the gallery holds numbers that are not finite")
         if not (
@@ -206,6 +200,36 @@ def _check_labels(labels: list[str], gallery_labels: list[str]) -> None:
         raise ModelError("a trained character is listed twice")
 
 
+def _check_head(head: np.ndarray, labels: list[str]) -> None:
+    """The head is a table: one row per trained character, one column per number of an embedding."""
+    if head.ndim != 2:
+        raise ModelError(f"the head must be a table of one row per trained character, but it has shape {head.shape}")
+    if len(head) != len(labels):
+        raise ModelError(
+            f"the head has {len(head)} rows but the model names {len(labels)} trained characters:"
+            " it needs one row per character"
+        )
+
+
+def _check_gallery(gallery: np.ndarray, gallery_labels: list[str], embedding_dim: int) -> None:
+    """The gallery is a table too: one row per enrolled picture, as many columns as the head."""
+    if gallery.ndim != 2:
+        raise ModelError(
+            f"the gallery must be a table of one row per enrolled picture, but it has shape {gallery.shape}"
+        )
+    if len(gallery) != len(gallery_labels):
+        raise ModelError(
+            f"the gallery has {len(gallery)} rows but the model names {len(gallery_labels)} enrolled pictures:"
+            " it needs one row per picture"
+        )
+    if gallery.shape[1] != embedding_dim:
+        # Either may be the wrong one: only running the embedder would tell which.
+        raise ModelError(
+            f"the gallery's embeddings have {gallery.shape[1]} numbers but the head's have {embedding_dim}:"
+            " both hold the embedder's vectors, so they must be the same size"
+        )
+
+
 def _check_metadata(metadata: dict[str, Any]) -> None:
     """The parts of the metadata kyara reads must have the types it reads them as."""
     training = metadata.get("training", {}) if isinstance(metadata, dict) else None
@@ -246,10 +270,11 @@ def _read_bundle(path: Path) -> ModelBundle:
             if not isinstance(header, dict):
                 raise ModelError(f"{path}: not a kyara model (kyara.json is not an object)")
             _check_format(header, path)
+            onnx = _checked_onnx(archive.read("embedder.onnx"), path)
             return _bundle_or_error(
                 path,
                 lambda: ModelBundle(
-                    onnx=archive.read("embedder.onnx"),
+                    onnx=onnx,
                     labels=list(header["labels"]),
                     head=_load_npy(archive.read("head.npy")),
                     gallery=_load_npy(archive.read("gallery.npy")),
@@ -266,6 +291,14 @@ def _read_bundle(path: Path) -> ModelBundle:
         raise
     except Exception as exc:  # numpy, zipfile and json raise a zoo of types for damaged files
         raise ModelError(f"{path}: not a valid kyara model ({exc.__class__.__name__}: {exc})") from exc
+
+
+def _checked_onnx(onnx: bytes, path: Path) -> bytes:
+    # Its outline only: opening a session here would make every load half as slow again.
+    problem = onnx_problem(onnx)
+    if problem:
+        raise ModelError(f"{path}: embedder.onnx inside it is not a usable ONNX model: {problem}")
+    return onnx
 
 
 def _bundle_or_error(path: Path, make) -> ModelBundle:

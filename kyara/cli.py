@@ -133,15 +133,10 @@ def recognize(
 ) -> None:
     """Name the character of every face in each image."""
     from kyara.detection import DEFAULT_DETECTOR
-    from kyara.pipeline import Recognizer, image_report
+    from kyara.pipeline import Recognizer
 
     recognizer = Recognizer(model, detector or DEFAULT_DETECTOR)
-
-    def work(path: str) -> dict:
-        picture = recognizer.load(path)
-        return image_report(picture, recognizer.recognize(picture, top_k))
-
-    results, failed = _run_batch(paths, work)
+    results, failed = _run_batch(paths, lambda path: recognizer.recognition_report(path, top_k))
     if as_json:
         print(json.dumps({"images": results, "model": recognizer.bundle.describe()}, ensure_ascii=False, indent=2))
     else:
@@ -153,16 +148,10 @@ def recognize(
 def detect(paths: Paths, as_json: JsonFlag = False, detector_name: DetectorOption = None) -> None:
     """Find the anime faces in each image (boxes; landmarks and colours from animeface)."""
     from kyara.detection import DEFAULT_DETECTOR, get_detector
-    from kyara.imageio import load_image
-    from kyara.pipeline import image_report
+    from kyara.pipeline import detection_report
 
     detector = get_detector(detector_name or DEFAULT_DETECTOR)
-
-    def work(path: str) -> dict:
-        picture = load_image(path)
-        return image_report(picture, detector.detect(picture))
-
-    results, failed = _run_batch(paths, work)
+    results, failed = _run_batch(paths, lambda path: detection_report(path, detector))
     if as_json:
         print(json.dumps({"images": results, "detector": detector.name}, ensure_ascii=False, indent=2))
     else:
@@ -329,11 +318,8 @@ def crop(
 ) -> None:
     """Cut the faces out of raw illustrations, ready to train on."""
     from kyara.crop import crop_folder
-    from kyara.detection import get_detector
 
-    if not source.is_dir():
-        raise KyaraError(f"{source}: not a folder")
-    summary = crop_folder(source, target, get_detector(), margin, size, dedupe)
+    summary = crop_folder(source, target, None, margin, size, dedupe)
     _summarise(
         summary.unreadable,
         summary.to_dict() if as_json else None,
@@ -426,11 +412,9 @@ def find(
     as_json: JsonFlag = False,
 ) -> None:
     """List every indexed picture where a character appears, with the face's box and confidence."""
-    from kyara.index import CollectionIndex
+    from kyara.index import find_character
 
-    with CollectionIndex.open(db, model) as collection:
-        root, faces = str(collection.root), collection.find(name, min_confidence)
-        known = name in collection.recognizer.classifier.labels
+    root, faces, known = find_character(db, name, model, min_confidence)
     if not known:
         unknown = f"{shown(repr(name))} is not a character of the model (see `kyara characters`)"
         err.print(f"[yellow]warning[/yellow] {unknown}", highlight=False)
@@ -455,10 +439,9 @@ def search(
     as_json: JsonFlag = False,
 ) -> None:
     """Find the indexed faces most similar to each face of a picture."""
-    from kyara.index import CollectionIndex
+    from kyara.index import search_similar
 
-    with CollectionIndex.open(db, model) as collection:
-        root, query = str(collection.root), collection.search(image, top_k)
+    root, query = search_similar(db, image, model, top_k)
     if as_json:
         document = {"root": root, "query": image, "faces": [face.to_dict() for face in query]}
         print(json.dumps(document, ensure_ascii=False, indent=2))
@@ -538,11 +521,12 @@ def serve(
 ) -> None:
     """Serve the web page and the REST API (docs at /docs); needs the serve extra."""
     try:
-        import uvicorn
-
-        from kyara.server import Limits, create_app, uvicorn_options
+        from kyara.server import Limits
+        from kyara.server import serve as serve_forever
     except ImportError as exc:
         raise needs_extra("serve", "serving", exc) from exc
+    from kyara.detection import DEFAULT_DETECTOR
+
     given = {
         "max_body_bytes": None if max_body_mb is None else round(max_body_mb * 1024 * 1024),
         "max_pixels": None if max_megapixels is None else round(max_megapixels * 1_000_000),
@@ -550,11 +534,8 @@ def serve(
         "max_waiting": max_waiting,
     }
     limits = Limits(**{name: value for name, value in given.items() if value is not None})
-    from kyara.detection import DEFAULT_DETECTOR
-
-    writes = {"token": token, "read_only": read_only, "allow_anonymous_writes": allow_anonymous_writes, "host": host}
-    application = create_app(model, limits, detector or DEFAULT_DETECTOR, **writes)
-    uvicorn.run(application, host=host, port=port, **uvicorn_options(limits))
+    writes = {"token": token, "read_only": read_only, "allow_anonymous_writes": allow_anonymous_writes}
+    serve_forever(host, port, limits, model=model, detector=detector or DEFAULT_DETECTOR, **writes)
 
 
 @command
@@ -573,23 +554,18 @@ def explain(
     as_json: JsonFlag = False,
 ) -> None:
     """Show what each face's recognition rests on: a heat map over every face (warm: for the label, blue: against)."""
-    from kyara.explanation import explain as explain_picture
-    from kyara.explanation import output_format, write_overlay
-    from kyara.pipeline import Recognizer
+    from kyara.explanation import explain_to_file
 
-    output_format(output)
-    recognizer = Recognizer(model)
-    explanations = explain_picture(image, recognizer, label, versus)
     try:
-        write_overlay(output, recognizer.load(image), explanations)
-    except OSError as exc:
+        explained = explain_to_file(image, output, model, label, versus)
+    except OSError as exc:  # from writing `output`: kyara reports what it reads as KyaraError
         err.print(f"[red]error[/red] {shown(output)}: cannot write ({shown(exc.strerror or exc)})", highlight=False)
         raise typer.Exit(1) from None
     if as_json:
-        faces = [explanation.to_dict() for explanation in explanations]
-        document = {"path": image, "output": str(output), "faces": faces, "model": recognizer.bundle.describe()}
+        faces = [explanation.to_dict() for explanation in explained.explanations]
+        document = {"path": image, "output": str(output), "faces": faces, "model": explained.model}
         print(json.dumps(document, ensure_ascii=False))
         return
-    for explanation in explanations:
+    for explanation in explained.explanations:
         print(f"{list(explanation.box)}: {explanation.caption}")
     print(f"wrote {output}")

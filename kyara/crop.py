@@ -22,7 +22,7 @@ from kyara import __version__ as kyara_version
 from kyara.bundle import atomic_write_bytes
 from kyara.cut import CROP_MARGIN, FaceCut, cuts_to_learn, cuts_to_train
 from kyara.dedupe import NEAR_DUPLICATE_BITS, phash
-from kyara.detection import DetectedFace, Detector
+from kyara.detection import DetectedFace, Detector, get_detector
 from kyara.errors import ImageError, KyaraError
 from kyara.imageio import list_images, load_image, resolved, shortened
 
@@ -80,13 +80,17 @@ class CropSummary:
 def crop_folder(
     source: Path,
     target: Path,
-    detector: Detector,
+    detector: Detector | None = None,
     margin: float = CROP_MARGIN,
     size: int = 192,
     drop_duplicates: bool = True,
 ) -> CropSummary:
-    """Cut every face out of the pictures under `source` into `target`, keeping sub-folders
-    (one per character), as `size` px PNGs; near-duplicate faces within a folder are dropped."""
+    """`kyara crop`: cut every face out of the pictures under `source` into `target`, keeping
+    sub-folders (one per character), as `size` px PNGs; near-duplicate faces within a folder are
+    dropped. `detector`: the default detector unless given."""
+    if not source.is_dir():
+        raise KyaraError(f"{source}: not a folder")
+    detector = get_detector() if detector is None else detector
     summary = CropSummary()
     seen: dict[Path, list[np.ndarray]] = {}
     written = resolved(target)  # a target inside the source: earlier crops are not input

@@ -109,6 +109,32 @@ def explain(
     return [_explain(recognizer, cut, label, versus) for cut in cuts[:max_faces]]
 
 
+@dataclass(frozen=True)
+class ExplainedPicture:
+    """What `explain_to_file` drew, and the model that made it."""
+
+    explanations: list[Explanation]
+    model: dict
+    """The model's description (`ModelBundle.describe`), as `kyara explain --json` prints it."""
+
+
+def explain_to_file(
+    image: ImageSource,
+    output: Path,
+    model: Model = None,
+    label: str | None = None,
+    versus: str | None = None,
+) -> ExplainedPicture:
+    """`kyara explain`: `explain` every face of `image`, then write the picture with the heat maps
+    to `output` (`write_overlay`; a format other than .png, .jpg, .webp is refused before any work).
+    Raises `OSError` when `output` cannot be written."""
+    output_format(output)
+    recognizer = model if isinstance(model, Recognizer) else Recognizer(model)
+    explanations = explain(image, recognizer, label, versus)
+    write_overlay(output, recognizer.load(image), explanations)
+    return ExplainedPicture(explanations, recognizer.bundle.describe())
+
+
 def explain_crop(
     crop: ImageSource,
     model: Model = None,

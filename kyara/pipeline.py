@@ -93,8 +93,8 @@ class Recognizer:
         self.embedder = Embedder(self.bundle.onnx, self.bundle.input_size, threads)
         if self.embedder.dim != self.bundle.embedding_dim:
             raise ModelError(
-                f"the model's embedder gives {self.embedder.dim}-d vectors, "
-                f"its head expects {self.bundle.embedding_dim}"
+                f"the model's embedder makes embeddings of {self.embedder.dim} numbers but its head's rows have "
+                f"{self.bundle.embedding_dim}: the head was not made for this embedder"
             )
         self.classifier = Classifier.from_bundle(self.bundle)
         self.max_pixels = max_pixels
@@ -128,6 +128,11 @@ class Recognizer:
         predictions = self.classify(self.embed(cuts), top_k)
         return [FaceResult.of(cut, prediction) for cut, prediction in zip(cuts, predictions)]
 
+    def recognition_report(self, image: ImageSource, top_k: int = 5) -> dict:
+        """`recognize` as one image of `kyara recognize --json` and of the web API, less its path."""
+        picture = self.load(image)
+        return image_report(picture, self.recognize(picture, top_k))
+
     def recognize_crop(self, crop: ImageSource, top_k: int = 5) -> FaceResult:
         """Classify an image that is already a face crop (no detection)."""
         cut = as_is(self.load(crop))
@@ -150,6 +155,13 @@ def face_crop(picture: Image.Image, face: DetectedFace) -> Image.Image:
 def image_report(picture: Image.Image, faces: Sequence[FaceResult | DetectedFace]) -> dict:
     """One image of `kyara recognize/detect --json` and of the web API, less its path."""
     return {"width": picture.width, "height": picture.height, "faces": [face.to_dict() for face in faces]}
+
+
+def detection_report(image: ImageSource, detector: Detector, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
+    """The faces `detector` finds in `image`, as one image of `kyara detect --json` and of the web
+    API, less its path."""
+    picture = load_image(image, max_pixels)
+    return image_report(picture, detector.detect(picture))
 
 
 @functools.lru_cache(maxsize=4)

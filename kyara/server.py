@@ -25,6 +25,7 @@ from typing import Annotated, Any, TypeVar
 from urllib.parse import unquote_to_bytes
 
 import anyio
+import uvicorn
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
@@ -42,7 +43,7 @@ from kyara.errors import ImageError, ImageTooLargeError, KyaraError, ModelError,
 from kyara.explanation import explain
 from kyara.gallery import characters_of, clean_name, enroll, forget
 from kyara.imageio import DECODED_FORMATS, check_image
-from kyara.pipeline import CROP_MARGIN, Recognizer, face_crop, image_report
+from kyara.pipeline import CROP_MARGIN, Recognizer, detection_report, face_crop
 
 T = TypeVar("T")
 log = logging.getLogger("kyara.server")
@@ -158,8 +159,7 @@ class Service:
 
     def recognize(self, upload: Upload, top_k: int) -> dict:
         recognizer = self.recognizer
-        picture = recognizer.load(upload.data)
-        report = image_report(picture, recognizer.recognize(picture, top_k))
+        report = recognizer.recognition_report(upload.data, top_k)
         return {"path": upload.name, **report, "model": recognizer.bundle.describe()}
 
     def explain(self, upload: Upload, label: str | None, versus: str | None) -> dict:
@@ -172,8 +172,7 @@ class Service:
 
     def detect(self, upload: Upload) -> dict:
         recognizer = self.recognizer
-        picture = recognizer.load(upload.data)
-        report = image_report(picture, recognizer.detector.detect(picture))
+        report = detection_report(upload.data, recognizer.detector, recognizer.max_pixels)
         return {"path": upload.name, **report, "detector": recognizer.detector.name}
 
     def enroll(self, name: str, uploads: list[Upload], box: FaceBox | None) -> dict:
@@ -650,3 +649,11 @@ def create_app(
 
     app.mount("/", StaticFiles(directory=WEB, html=True), name="page")
     return app
+
+
+def serve(host: str = "127.0.0.1", port: int = 8000, limits: Limits | None = None, **app_options: Any) -> None:
+    """`kyara serve`: `create_app(limits=limits, host=host, **app_options)` (model, detector, token,
+    read_only, allow_anonymous_writes) on uvicorn at `host`:`port`, until interrupted."""
+    limits = limits or Limits()
+    application = create_app(limits=limits, host=host, **app_options)
+    uvicorn.run(application, host=host, port=port, **uvicorn_options(limits))

@@ -8,9 +8,6 @@ from __future__ import annotations
 import base64
 import os
 import shutil
-import socket
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +16,10 @@ from PIL import Image
 
 from kyara.bundle import default_model_path
 from tests.conftest import ROOT
+from tests.servers import serving
 
 pytest.importorskip("fastapi", reason="the server needs the serve extra")
-uvicorn = pytest.importorskip("uvicorn", reason="the server needs the serve extra")
+pytest.importorskip("uvicorn", reason="the server needs the serve extra")
 playwright = pytest.importorskip("playwright.sync_api", reason="the browser test needs playwright (test extra)")
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -48,19 +46,8 @@ def site(tmp_path_factory):
 
     model = tmp_path_factory.mktemp("browser") / "model.kyara"
     shutil.copy(default_model_path(), model)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(model), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}/"
-    server.should_exit = True
-    thread.join(10)
+    with serving(create_app(model), log_level="warning") as address:
+        yield f"{address}/"
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import zipfile
 
 import numpy as np
@@ -11,11 +12,25 @@ from kyara.bundle import FORMAT_VERSION, ModelBundle, default_model_path, load_b
 from kyara.errors import ModelError
 
 
+def tiny_onnx() -> bytes:
+    """A real ONNX model, smaller than the shipped one: loading refuses bytes that are not one."""
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("Flatten", ["image"], ["embedding"])
+    graph = helper.make_graph(
+        [node],
+        "tiny",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, 2, 2])],
+        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", 12])],
+    )
+    return helper.make_model(graph).SerializeToString()
+
+
 @pytest.fixture()
 def bundle() -> ModelBundle:
     head = np.eye(3, 4, dtype=np.float32)
     return ModelBundle(
-        onnx=b"not really onnx",
+        onnx=tiny_onnx(),
         labels=["a", "b (2)", "ç"],
         head=head,
         unknown_threshold=0.4,
@@ -34,7 +49,7 @@ def test_round_trip_keeps_everything(bundle, tmp_path):
     assert loaded.labels == bundle.labels and loaded.gallery_labels == ["new", "new"]
     assert np.array_equal(loaded.head, bundle.head) and loaded.gallery.shape == (2, 4)
     assert (loaded.onnx, loaded.unknown_threshold, loaded.temperature, loaded.input_size) == (
-        b"not really onnx",
+        bundle.onnx,
         0.4,
         0.05,
         128,
@@ -99,7 +114,7 @@ def test_garbage_is_a_model_error(tmp_path, content):
 
 
 def test_inconsistent_head_is_refused():
-    with pytest.raises(ModelError, match="labels"):
+    with pytest.raises(ModelError, match="one row per character"):
         ModelBundle(onnx=b"", labels=["a"], head=np.zeros((2, 4)), unknown_threshold=0, temperature=1, input_size=8)
 
 
@@ -193,3 +208,74 @@ def test_a_damaged_user_copy_says_how_to_recover(tmp_path, monkeypatch):
     with pytest.raises(ModelError, match="your copy of the default model") as raised:
         Recognizer()
     assert str(user_model_path()) in str(raised.value) and "move it away" in str(raised.value)
+
+
+@pytest.fixture()
+def shipped_copy(tmp_path):
+    """A copy of the shipped model, for tests that rewrite its members."""
+    path = tmp_path / "copy.kyara"
+    shutil.copyfile(default_model_path(), path)
+    return path
+
+
+def member(path, name: str) -> bytes:
+    with zipfile.ZipFile(path) as archive:
+        return archive.read(name)
+
+
+def npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "empty", "not a model"])
+def test_a_garbage_embedder_is_refused_at_load(shipped_copy, damage):
+    """Issue 15, 10: a bundle whose ONNX is garbage used to load and fail only when a Recognizer
+    was made; loading says which file is wrong and how."""
+    onnx = member(shipped_copy, "embedder.onnx")
+    replacement = {
+        "garbage": b"not an onnx model at all",
+        "truncated": onnx[: len(onnx) // 2],
+        "empty": b"",
+        "not a model": npy(np.zeros((2, 2), np.float32)),
+    }[damage]
+    rewrite(shipped_copy, "embedder.onnx", replacement)
+    with pytest.raises(ModelError, match=r"embedder\.onnx inside it is not a usable ONNX model: \w") as refused:
+        load_bundle(shipped_copy)
+    assert str(shipped_copy) in str(refused.value)
+
+
+def test_a_wrongly_shaped_head_says_what_is_wrong(shipped_copy):
+    """Issue 15, 10: a head cut to 128 columns was reported as "gallery has shape (296, 256) for
+    296 labels", blaming the gallery; one row short, as "head has shape (33, 256) but there are 34
+    labels"."""
+    head = load_bundle(shipped_copy).head
+    rewrite(shipped_copy, "head.npy", npy(head[:, :128]))
+    with pytest.raises(ModelError, match="the gallery's embeddings have 256 numbers but the head's have 128"):
+        load_bundle(shipped_copy)
+    rewrite(shipped_copy, "head.npy", npy(head[:-1]))
+    with pytest.raises(ModelError, match="the head has 33 rows but the model names 34 trained characters"):
+        load_bundle(shipped_copy)
+
+
+def test_a_head_the_embedder_does_not_fit_says_so(shipped_copy):
+    """Without a gallery to compare with, a head of the wrong width shows when the embedder runs."""
+    from kyara.pipeline import Recognizer
+
+    model = load_bundle(shipped_copy)
+    edited_header(shipped_copy, gallery_labels=[])
+    rewrite(shipped_copy, "gallery.npy", npy(np.zeros((0, 128), np.float32)))
+    rewrite(shipped_copy, "head.npy", npy(model.head[:, :128]))
+    with pytest.raises(ModelError, match="embedder makes embeddings of 256 numbers but its head's rows have 128"):
+        Recognizer(shipped_copy)
+
+
+def test_a_wrongly_shaped_gallery_says_what_is_wrong(shipped_copy):
+    gallery = load_bundle(shipped_copy).gallery
+    rewrite(shipped_copy, "gallery.npy", npy(gallery[:-1]))
+    with pytest.raises(ModelError, match="the gallery has 295 rows but the model names 296 enrolled pictures"):
+        load_bundle(shipped_copy)
+    rewrite(shipped_copy, "gallery.npy", npy(gallery[:, :128]))
+    with pytest.raises(ModelError, match="the gallery's embeddings have 128 numbers but the head's have 256"):
+        load_bundle(shipped_copy)

@@ -4,7 +4,6 @@ a client that leaves mid-body is one log line. Real uvicorn servers on loopback,
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import socket
 import threading
@@ -15,36 +14,16 @@ import pytest
 
 pytest.importorskip("fastapi", reason="the server needs the serve extra")
 import httpx
-import uvicorn
 
 from kyara.server import Admission, Limits, create_app, uvicorn_options
+from tests import servers
 from tests.conftest import drawing_module
 from tests.test_server import PURPLE, png
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@contextlib.contextmanager
 def serving(app, limits: Limits):
     """`app` served by uvicorn on loopback as `kyara serve` runs it; yields its address."""
-    port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, **uvicorn_options(limits))
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
+    return servers.serving(app, start_seconds=30, log_config=None, **uvicorn_options(limits))
 
 
 async def burst(url: str, count: int, files: dict, on_answer=None) -> list:

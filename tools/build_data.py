@@ -145,6 +145,14 @@ class Builder:
         target.write_bytes(data)
         self.entries.append(Entry(relative, **fields))
 
+    def illustration(self, repo: str, split: str, name: str, data: bytes, licence: str | None = None, **fields) -> None:
+        """A picture the face detector trains on (`split` "train") or is measured on ("benchmark"),
+        written as illustrations/<split>/<name>; its licence is the repository's unless given."""
+        licence = licence or LICENCES[repo]
+        self.write(
+            f"illustrations/{split}/{name}", data, source=repo, licence=licence, split=f"detector-{split}", **fields
+        )
+
     def snapshot(self, repo: str) -> Snapshot:
         return Snapshot(self.mirrors, repo)
 
@@ -161,14 +169,7 @@ class Builder:
             split = "train" if SERIES_IN_TRAINING.search(path) else "benchmark"
             if split == "benchmark":
                 names.add(character_key(character))
-            self.write(
-                f"illustrations/{split}/programming-books/{safe_name(path)}",
-                data,
-                source=repo,
-                licence=LICENCES[repo],
-                split=f"detector-{split}",
-                character=character,
-            )
+            self.illustration(repo, split, f"programming-books/{safe_name(path)}", data, character=character)
         return names
 
     def cc_anime(self) -> set[str]:
@@ -182,12 +183,12 @@ class Builder:
             info = infos.get(Path(path).stem, {})
             characters = info.get("characters", [])
             names.update(character_key(c) for c in characters)
-            self.write(
-                f"illustrations/benchmark/cc-anime-images/{safe_name(Path(path).name)}",
+            self.illustration(
+                repo,
+                "benchmark",
+                f"cc-anime-images/{safe_name(Path(path).name)}",
                 data,
-                source=repo,
                 licence=f"{info.get('license_type', 'see IMAGES-LICENSES.md')} by {info.get('author', '?')}",
-                split="detector-benchmark",
                 character=", ".join(characters) or None,
             )
         return names
@@ -200,14 +201,7 @@ class Builder:
                 continue
             title = parts[1]
             split = "benchmark" if title in MANTRA_BENCHMARK_TITLES else "train"
-            self.write(
-                f"illustrations/{split}/manga/{title}-{parts[3]}",
-                data,
-                source=repo,
-                licence=LICENCES[repo],
-                split=f"detector-{split}",
-                series=title,
-            )
+            self.illustration(repo, split, f"manga/{title}-{parts[3]}", data, series=title)
 
     def portraits(self, benchmark_characters: set[str]) -> None:
         """WaifuCollector's character cards: one portrait each, hundreds of series. Cards of characters
@@ -217,14 +211,7 @@ class Builder:
             name = Path(path).stem.removeprefix("Card_")
             if not is_picture(path, data) or character_key(name) in benchmark_characters:
                 continue
-            self.write(
-                f"illustrations/train/portraits/{safe_name(Path(path).name)}",
-                data,
-                source=repo,
-                licence=LICENCES[repo],
-                split="detector-train",
-                character=name,
-            )
+            self.illustration(repo, "train", f"portraits/{safe_name(Path(path).name)}", data, character=name)
 
     def naruto(self) -> None:
         """Naruto characters (8 of 10 male): detector pictures and recognition identities."""
@@ -234,10 +221,10 @@ class Builder:
             if len(parts) != 3 or not is_picture(path, data) or re.search(r"figuarts|statue|pvc", path, re.I):
                 continue
             character = safe_name(parts[1]).lower()
-            fields = {"source": repo, "licence": LICENCES[repo], "character": character, "series": "naruto"}
-            self.write(f"illustrations/train/naruto/{character}-{safe_name(parts[2])}", data, split="detector-train",
-                       **fields)  # fmt: skip
-            self.write(f"faces/naruto/{character}/{safe_name(parts[2])}", data, split="faces", **fields)
+            fields = {"character": character, "series": "naruto"}
+            self.illustration(repo, "train", f"naruto/{character}-{safe_name(parts[2])}", data, **fields)
+            self.write(f"faces/naruto/{character}/{safe_name(parts[2])}", data, source=repo, licence=LICENCES[repo],
+                       split="faces", **fields)  # fmt: skip
 
     def transfer_learning(self) -> None:
         """The seed project's raw illustrations, with those animeface-2009 could not find a face in."""
@@ -248,14 +235,8 @@ class Builder:
                 parts = path.split("/")
                 if len(parts) != 3 or not is_picture(path, data):
                     continue
-                self.write(
-                    f"illustrations/train/transfer-learning/{safe_name(folder)}-{parts[1]}-{safe_name(parts[2])}",
-                    data,
-                    source=repo,
-                    licence=LICENCES[repo],
-                    split="detector-train",
-                    character=parts[1],
-                )
+                name = f"transfer-learning/{safe_name(folder)}-{parts[1]}-{safe_name(parts[2])}"
+                self.illustration(repo, "train", name, data, character=parts[1])
 
     def moeimouto(self) -> None:
         """moeimouto face crops (pictures from one snapshot, labels from another), less the reserved ten."""

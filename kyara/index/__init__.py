@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 from kyara.errors import KyaraError
+from kyara.imageio import ImageSource
 from kyara.index.labels import IndexedFace
 from kyara.index.queries import EXACT_UP_TO, IndexQueries, QueryFace, SearchHit
 from kyara.index.store import DATABASE, FORMAT_VERSION, VECTORS
@@ -36,11 +38,15 @@ __all__ = [
     "FORMAT_VERSION",
     "VECTORS",
     "CollectionIndex",
+    "Found",
     "IndexedFace",
     "QueryFace",
     "SearchHit",
+    "Similar",
     "UpdateSummary",
+    "find_character",
     "index_folder",
+    "search_similar",
 ]
 
 
@@ -63,3 +69,32 @@ def index_folder(
         raise KyaraError(f"{root}: not a folder")  # before an index is made for it
     with CollectionIndex.open(db, model, create=True) as collection:
         return collection.update(root, reembed=reembed, moved=moved, progress=progress), collection.stats()
+
+
+class Found(NamedTuple):
+    """What `kyara find` prints: the indexed root, the character's faces, and whether the model
+    knows the name at all (an unknown name finds nothing, and deserves a warning)."""
+
+    root: str
+    faces: list[IndexedFace]
+    known: bool
+
+
+def find_character(db: str | os.PathLike, name: str, model: Model = None, min_confidence: float = 0.0) -> Found:
+    """`kyara find`: every indexed face labelled `name` (see `CollectionIndex.find`)."""
+    with CollectionIndex.open(db, model) as collection:
+        root = str(collection.root)
+        return Found(root, collection.find(name, min_confidence), name in collection.recognizer.classifier.labels)
+
+
+class Similar(NamedTuple):
+    """What `kyara search` prints: the indexed root and, per face of the query, its nearest faces."""
+
+    root: str
+    faces: list[QueryFace]
+
+
+def search_similar(db: str | os.PathLike, image: ImageSource, model: Model = None, top_k: int = 10) -> Similar:
+    """`kyara search`: the indexed faces most similar to each face of `image` (see `CollectionIndex.search`)."""
+    with CollectionIndex.open(db, model) as collection:
+        return Similar(str(collection.root), collection.search(image, top_k))
