@@ -94,7 +94,7 @@ def main() -> None:
             "images": {"train": len(train_idx), "val": len(val_idx), "test": len(test_idx)},
             "training_views": len(train_set.labels),
             "characters": train_part.counts(),
-            "started_from": f"{args.start.name} (scripts/heldout.py)",
+            "started_from": f"scripts/heldout.py's network ({args.start.name})",
             "config": asdict(config),
             "history": history,
             "seconds": round(seconds, 1),
@@ -269,8 +269,8 @@ same run. Figures on characters and series it never trained on: docs/heldout-cha
 - Training (`scripts/recipe.py`): every training face twice, as stored and as the detector cuts
   it out ({t["training_views"]} pictures in all); characters drawn with weight
   count^-{config["balance"]} per picture; framing jitter (zoom 0.65-1.3, shift), {config["grayscale_p"]:.0%}
-  grayscale, {config["manga_p"]:.0%} manga-like (inked outlines, screentone). The network starts from the
-  held-out study's ({t["started_from"]}), which trained the same recipe without 24 characters,
+  grayscale, {config["manga_p"]:.0%} manga-like (inked outlines, screentone). The network starts from
+  {t["started_from"]}, which trained the same recipe without 24 characters,
   then {len(t["history"])} more epochs of {config["steps_per_epoch"]} steps on every character,
   {t["seconds"] / 60:.0f} minutes on 2 CPU cores; validation top-1 per epoch: {history}.
 
@@ -312,6 +312,10 @@ characters and the folder names only one, so these figures undercount.
 - Test crops come from the same collections as the training crops (same boards, similar
   cropping); figures on characters and series never trained on are in docs/heldout-characters.md.
 - moeimouto's crops are 2000s art of one collection; Naruto's 10 characters rest on 30 pictures each.
+- Grayscale copies lose {100 * (m["top1"] - m["grayscale_top1"]):.0f} points of top-1 although {config["grayscale_p"]:.0%} of
+  training pictures were gray: these characters are told apart largely by hair and eye colour.
+  Manga-like copies ({m["manga_top1"]:.2f}) lose far more; real manga pages are drawn for gray, these
+  copies are colour pictures inked by a filter, a harsher test.
 - Look-alikes (the holoen twins fuwawa and mococo, a character and its alternate outfits) are the
   common confusions.
 """
