@@ -163,7 +163,7 @@ def test_default_model_is_shipped_and_small():
     path = default_model_path()
     assert path.is_file() and path.stat().st_size < 20 * 2**20
     model = load_bundle(path)
-    assert len(model.labels) == 34 and model.embedding_dim == model.head.shape[1]
+    assert len(model.labels) == 148 and model.embedding_dim == model.head.shape[1]
     assert np.allclose(np.linalg.norm(model.head, axis=1), 1, atol=1e-3)
 
 
@@ -255,7 +255,7 @@ def test_a_wrongly_shaped_head_says_what_is_wrong(shipped_copy):
     with pytest.raises(ModelError, match="the gallery's embeddings have 256 numbers but the head's have 128"):
         load_bundle(shipped_copy)
     rewrite(shipped_copy, "head.npy", npy(head[:-1]))
-    with pytest.raises(ModelError, match="the head has 33 rows but the model names 34 trained characters"):
+    with pytest.raises(ModelError, match="the head has 147 rows but the model names 148 trained characters"):
         load_bundle(shipped_copy)
 
 

@@ -31,7 +31,7 @@ def test_recognize_json_batch_with_a_bad_file(tmp_path):
     for face in good["faces"]:
         assert {"box", "detector_score", "label", "confidence", "top_k", "fallback"} <= set(face)
         assert len(face["top_k"]) == 2
-    assert document["model"]["characters"] == 34
+    assert document["model"]["characters"] == 148
     assert "broken.png" in result.stderr
 
 
