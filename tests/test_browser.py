@@ -6,6 +6,7 @@ KYARA_SCREENSHOT=docs/serve-screenshot.png python -m pytest tests/test_browser.p
 from __future__ import annotations
 
 import base64
+import math
 import os
 import shutil
 from pathlib import Path
@@ -70,6 +71,11 @@ def open_page(browser, site, **context):
     return page
 
 
+def percent(confidence: float) -> int:
+    """As the page shows it: JavaScript's Math.round rounds halves up, Python's round to even."""
+    return math.floor(confidence * 100 + 0.5)
+
+
 def test_upload_shows_boxes_names_and_top5(browser, site):
     import httpx
 
@@ -82,13 +88,13 @@ def test_upload_shows_boxes_names_and_top5(browser, site):
     assert "unknown" in names
     for number, (face, name) in enumerate(zip(expected["faces"], names), 1):
         # An unknown face shows no percentage of its own: that would be its closest guess's.
-        tag = f"{number} {name} {round(face['confidence'] * 100)}%" if face["label"] else f"{number} unknown"
+        tag = f"{number} {name} {percent(face['confidence'])}%" if face["label"] else f"{number} unknown"
         playwright.expect(boxes.nth(number - 1).locator(".tag")).to_have_text(tag)
         card = page.locator(".face").nth(number - 1)
         playwright.expect(card.locator(".name")).to_have_text(name)
         if face["label"] is None:
             closest = face["top_k"][0]
-            hint = f"closest guess: {closest['label']} ({round(closest['confidence'] * 100)}%)"
+            hint = f"closest guess: {closest['label']} ({percent(closest['confidence'])}%)"
             playwright.expect(card.locator(".hint")).to_contain_text(hint)
         playwright.expect(card.locator(".bars li")).to_have_count(5)
         assert card.locator(".teach").evaluate("d => d.open") is (face["label"] is None)

@@ -130,7 +130,7 @@ def _face_crops(count: int) -> list[Image.Image]:
 def test_cnn_detector_finds_close_ups_larger_than_its_input():
     detector = CnnDetector()
     found_whole = found_cut = 0
-    crops = _face_crops(8)
+    crops = _face_crops(32)
     for crop in crops:
         whole = crop.resize((1024, 1024), Image.Resampling.BICUBIC)  # the face spans ~750 px, twice the input
         faces = detector.detect(whole)
@@ -139,8 +139,8 @@ def test_cnn_detector_finds_close_ups_larger_than_its_input():
         cut = crop.crop((side // 6, side // 6, side - side // 6, side - side // 6)).resize((900, 900))
         faces = detector.detect(cut)  # hairline and chin cut off by the frame
         found_cut += bool(faces) and faces[0].box[2] > 0.5 * 900
-    assert found_whole >= 7, f"{found_whole} of {len(crops)} whole close-ups"
-    assert found_cut >= 6, f"{found_cut} of {len(crops)} close-ups cut by the frame"
+    assert found_whole >= 0.9 * len(crops), f"{found_whole} of {len(crops)} whole close-ups"
+    assert found_cut >= 0.75 * len(crops), f"{found_cut} of {len(crops)} close-ups cut by the frame"
 
 
 def test_cnn_detector_finds_a_face_cut_off_by_the_edge():
