@@ -234,6 +234,7 @@ def model_card(metadata: dict, bundle: ModelBundle) -> str:
         f"| all | {len(t['characters'])} | {m['test_images']} | {m['top1']:.4f} | {m['top5']:.4f} "
         f"| {m['grayscale_top1']:.4f} | {s['top1']:.4f} |"
     )
+    gray_loss = 100 * (m["top1"] - m["grayscale_top1"])
     spread = max(f["all"] for f in framing.values()) - min(f["all"] for f in framing.values())
     worst = sorted(((n, v) for n, v in m["per_character"].items() if v is not None), key=lambda item: item[1])[:8]
     history = ", ".join(f"{h['val_top1']:.3f}" for h in t["history"])
@@ -312,7 +313,7 @@ characters and the folder names only one, so these figures undercount.
 - Test crops come from the same collections as the training crops (same boards, similar
   cropping); figures on characters and series never trained on are in docs/heldout-characters.md.
 - moeimouto's crops are 2000s art of one collection; Naruto's 10 characters rest on 30 pictures each.
-- Grayscale copies lose {100 * (m["top1"] - m["grayscale_top1"]):.0f} points of top-1 although {config["grayscale_p"]:.0%} of
+- Grayscale copies lose {gray_loss:.0f} points of top-1 although {config["grayscale_p"]:.0%} of
   training pictures were gray: these characters are told apart largely by hair and eye colour.
   Manga-like copies ({m["manga_top1"]:.2f}) lose far more; real manga pages are drawn for gray, these
   copies are colour pictures inked by a filter, a harsher test.
