@@ -72,13 +72,9 @@ def same_values(actual, expected, tolerance: float = FLOAT_TOLERANCE) -> bool:
             dataclasses.asdict(actual), dataclasses.asdict(expected), tolerance
         )
     if isinstance(actual, dict) and isinstance(expected, dict):
-        return actual.keys() == expected.keys() and all(
-            same_values(actual[k], expected[k], tolerance) for k in actual
-        )
+        return actual.keys() == expected.keys() and all(same_values(actual[k], expected[k], tolerance) for k in actual)
     if isinstance(actual, list | tuple) and isinstance(expected, list | tuple):
-        return len(actual) == len(expected) and all(
-            same_values(a, e, tolerance) for a, e in zip(actual, expected)
-        )
+        return len(actual) == len(expected) and all(same_values(a, e, tolerance) for a, e in zip(actual, expected))
     if isinstance(actual, float) or isinstance(expected, float):
         numbers = isinstance(actual, int | float) and isinstance(expected, int | float)
         return numbers and abs(actual - expected) <= tolerance
