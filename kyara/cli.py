@@ -521,7 +521,7 @@ def serve(
 ) -> None:
     """Serve the web page and the REST API (docs at /docs); needs the serve extra."""
     try:
-        from kyara.server import Limits
+        from kyara.admission import Limits
         from kyara.server import serve as serve_forever
     except ImportError as exc:
         raise needs_extra("serve", "serving", exc) from exc

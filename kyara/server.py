@@ -2,27 +2,22 @@
 
 One model is loaded at start and shared by every request. Image work runs in worker threads, at
 most `Limits.concurrency` at once, so the event loop stays free to answer. Enroll and forget run
-one at a time and then swap in the changed model, so the next request sees the change. Request
-bodies are counted as they arrive: a streamed body or a false Content-Length cannot get past the
-size limit.
+one at a time and then swap in the changed model, so the next request sees the change. What a
+request may carry, and how refusals are answered, is decided in `kyara.admission`; the process's
+memory under load in `kyara.memory`.
 """
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import hmac
-import ipaddress
-import logging
 import os
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
-from urllib.parse import unquote_to_bytes
 
 import anyio
 import uvicorn
@@ -33,34 +28,35 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
 from pydantic import BaseModel
-from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
 from kyara import __version__
+from kyara.admission import (
+    IMAGE_TYPES,
+    Admission,
+    Limits,
+    Upload,
+    character_name,
+    check_exposure,
+    cleaned_or_none,
+    error,
+    http_error,
+    kyara_error,
+    read_uploads,
+    uvicorn_options,
+    validation_error,
+)
 from kyara.detection import DEFAULT_DETECTOR, DetectedFace
-from kyara.errors import ImageError, ImageTooLargeError, KyaraError, ModelError, NoFaceError, StorageError
+from kyara.errors import KyaraError, NoFaceError
 from kyara.explanation import explain
-from kyara.gallery import characters_of, clean_name, enroll, forget
-from kyara.imageio import DECODED_FORMATS, check_image
+from kyara.gallery import characters_of, enroll, forget
+from kyara.imageio import check_image
+from kyara.memory import give_back_memory, keep_memory_flat
 from kyara.pipeline import CROP_MARGIN, Recognizer, detection_report, face_crop
 
 T = TypeVar("T")
-log = logging.getLogger("kyara.server")
 
-Image.init()  # fills Image.MIME from the format plugins
-IMAGE_TYPES = frozenset({Image.MIME[name] for name in DECODED_FORMATS} | {"image/jpg", "image/x-ms-bmp"})
-"""Declared types of the formats kyara decodes; any other declared type is answered with 415."""
-UNTYPED = frozenset({"", "application/octet-stream"})
-"""No useful declared type: the bytes decide (400 if they are no image)."""
-ERROR_STATUS: dict[type[KyaraError], int] = {
-    StorageError: 507,
-    ImageTooLargeError: 413,
-    ImageError: 400,
-    ModelError: 500,
-    KyaraError: 422,
-}
-"""The first matching class gives the status of a KyaraError (subclasses first)."""
 MAX_ENROLL_FILES = 20
 ENROLL_CROP_SIDE = 256
 """Side of a face cut by its box for enrollment: well under `kyara.crop.MAX_CROP_SIDE`, so enroll
@@ -68,46 +64,9 @@ takes it as a face crop as it is, and above the model's input size, so nothing i
 SERVER_EMBED_BATCH = 4
 """Faces embedded at once by the server: ONNX Runtime keeps the memory of the largest batch each
 concurrent run has needed (several MB a face); 4 at a time runs as fast as 32 on 2 cores."""
-MMAP_THRESHOLD = 1024 * 1024
-"""Allocations from this size on get their own memory map, given back to the system when freed."""
-TRIM_EVERY_S = 1.0
-"""After a worker's job, free heap memory is given back to the system at most this often."""
 WEB = Path(str(resources.files("kyara") / "web"))
 DOCS_ASSETS = Path(str(resources.files("swagger_ui") / "static"))
 """Swagger UI's files, from the swagger-ui-py package: /docs works offline too."""
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_body_bytes: int = 20 * 1024 * 1024
-    """Largest request body; a bigger one gets 413 without being read to its end."""
-    max_pixels: int = 20_000_000
-    """Largest image decoded (width x height, about 5000 x 4000); a bigger one gets 413."""
-    concurrency: int = 2
-    """Images processed at once; further requests wait for a free worker."""
-    max_waiting: int = 256
-    """Requests waiting for a worker (their bodies read, nothing decoded yet); one more gets 503
-    with Retry-After."""
-    max_queued_bytes: int = 128 * 1024 * 1024
-    """Request bodies held at once, all requests together: a body that would pass it gets 503
-    with Retry-After (unless it is the only one held). With `max_waiting`, this bounds what a
-    burst can make the server hold before decoding, whatever the size of each body."""
-    max_explained_faces: int = 8
-    """Faces given a heat map per /api/explain request (the most face-like first): about 0.4 s each."""
-
-    @property
-    def max_connections(self) -> int:
-        """Connections `kyara serve` keeps open at once. Uvicorn would answer plain text beyond
-        this, without reading the body (the client sees its connection reset), so it is far above
-        what kyara admits: kyara refuses the excess itself, in JSON, after reading each refused
-        body away without keeping it. An open connection costs a few kilobytes."""
-        return max(4096, 4 * (self.concurrency + self.max_waiting))
-
-
-@dataclass(frozen=True)
-class Upload:
-    name: str
-    data: bytes
 
 
 @dataclass(frozen=True)
@@ -263,70 +222,6 @@ class Service:
         return recognizer
 
 
-_libc: Any = None
-_trimmed = 0.0
-_trimming = threading.Lock()
-
-
-def give_back_memory() -> None:
-    """`malloc_trim`: free memory in the heaps of glibc goes back to the system (at most every
-    TRIM_EVERY_S seconds: it takes a few milliseconds)."""
-    global _trimmed
-    if _libc is None or not _trimming.acquire(blocking=False):
-        return
-    try:
-        if time.monotonic() - _trimmed >= TRIM_EVERY_S:
-            _libc.malloc_trim(0)
-            _trimmed = time.monotonic()
-    finally:
-        _trimming.release()
-
-
-def keep_memory_flat() -> None:
-    """Make glibc give large freed blocks back to the system at once. By default it raises its
-    memory-map threshold after the first large block is freed (up to 32 MB), so decoded pictures
-    then come from the heaps of the worker threads, which seldom shrink: under a stream of
-    varied pictures the server grew to over 1 GB. A no-op where the C library is not glibc."""
-    global _libc
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.malloc_trim, libc.mallopt  # noqa: B018 (glibc, not another C library)
-    except (OSError, AttributeError):
-        return
-    m_mmap_threshold = -3
-    libc.mallopt(m_mmap_threshold, MMAP_THRESHOLD)
-    _libc = libc
-
-
-def cleaned_or_none(name: str) -> str | None:
-    try:
-        return clean_name(name)
-    except KyaraError:
-        return None
-
-
-CHARACTERS_PATH = b"/api/characters/"
-
-
-def character_name(request: Request, suffix: bytes = b"") -> str:
-    """The character a request's address names, cleaned as enroll cleans names (`clean_name`):
-    one function for enroll and forget, so what was enrolled can be removed by the same address.
-    It is decoded from the raw address: bytes that are not UTF-8 are refused (400) rather than
-    read as U+FFFD, which would make different names one."""
-    raw = request.scope.get("raw_path")
-    if raw is None:  # a server that gives no raw path: the decoded one
-        return clean_name(request.path_params["name"])
-    raw = raw.split(b"?", 1)[0]
-    segment = raw[raw.find(CHARACTERS_PATH) + len(CHARACTERS_PATH) :]
-    if suffix and segment.endswith(suffix):
-        segment = segment[: -len(suffix)]
-    try:
-        name = unquote_to_bytes(segment).decode("utf-8")
-    except UnicodeDecodeError:
-        raise HTTPException(400, "the character name in the address is not valid UTF-8") from None
-    return clean_name(name)
-
-
 def face_at(picture: Image.Image, box: FaceBox) -> Image.Image:
     """The face at `box`, cut upright as recognition cuts faces, at most ENROLL_CROP_SIDE across.
     The picture is shrunk first, so a huge box cannot make a huge crop."""
@@ -338,145 +233,6 @@ def face_at(picture: Image.Image, box: FaceBox) -> Image.Image:
         picture = picture.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
     scaled = tuple(round(value * scale) for value in (box.x, box.y, box.w, box.h))
     return face_crop(picture, DetectedFace((*scaled[:2], max(1, scaled[2]), max(1, scaled[3])), 1.0, box.angle))
-
-
-DRAIN_LIMIT = 64 * 1024 * 1024
-"""A refused body is read away (and dropped) up to this size before the answer, so that the
-client, still sending, reads the answer rather than a reset connection. Past it, the
-connection is closed."""
-
-
-class Admission:
-    """Reads each request's body before the app sees it, within `Limits`, and refuses the rest
-    in JSON, after reading the refused body away unkept:
-
-    - 413 for a body over `max_body_bytes`: counted as it arrives, not taken from Content-Length
-      (a declared larger one is refused without keeping any of it);
-    - 503 with Retry-After when `concurrency + max_waiting` requests are already admitted, or
-      when the bodies held would pass `max_queued_bytes`;
-    - the answer of `guard(scope)` when it gives one (a change without the token: 401).
-
-    Requests without a body to read (GET, HEAD) pass at once. A client that goes away in the
-    middle of its body is logged in one line."""
-
-    def __init__(
-        self, app: ASGIApp, limits: Limits, guard: Callable[[Scope], JSONResponse | None] = lambda _: None
-    ) -> None:
-        self.app = app
-        self.limits = limits
-        self.guard = guard
-        self.admitted = 0
-        self.held = 0
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD"):
-            await self.app(scope, receive, send)
-            return
-        limits = self.limits
-        too_large = error(413, f"the request body is larger than the limit of {limits.max_body_bytes:,} bytes")
-        busy = error(503, "busy: too many requests waiting, retry shortly", {"Retry-After": "1"})
-        declared = dict(scope["headers"]).get(b"content-length", b"")
-        length = int(declared) if declared.isdigit() else None
-        if length is not None and length > DRAIN_LIMIT:  # not worth reading: the connection will be closed
-            await (self.guard(scope) or too_large)(scope, receive, send)
-            return
-        refusal = self.guard(scope)
-        if refusal is None and length is not None and length > limits.max_body_bytes:
-            refusal = too_large
-        elif refusal is None and self.admitted >= limits.concurrency + limits.max_waiting:
-            refusal = busy
-        admitted = refusal is None
-        self.admitted += admitted
-        chunks: list[bytes] = []
-        kept = dropped = 0
-        try:
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    path = scope.get("raw_path") or scope["path"].encode()
-                    log.info(
-                        "%s %s: the client went away after %d bytes of its body",
-                        scope["method"],
-                        path.decode("ascii", "backslashreplace"),
-                        kept + dropped,
-                    )
-                    return
-                body = message.get("body", b"")
-                if refusal is None and kept + len(body) > limits.max_body_bytes:
-                    refusal = too_large
-                elif refusal is None and self.held > kept and self.held + len(body) > limits.max_queued_bytes:
-                    refusal = busy  # only when others hold bodies too: a body alone is always taken
-                if refusal is None:
-                    chunks.append(body)
-                    kept += len(body)
-                    self.held += len(body)
-                else:
-                    self.held -= kept
-                    dropped += kept + len(body)
-                    chunks.clear()
-                    kept = 0
-                if not message.get("more_body", False) or dropped > DRAIN_LIMIT:
-                    break
-            if refusal is not None:
-                await refusal(scope, receive, send)
-                return
-            whole = [b"".join(chunks)]
-            chunks.clear()
-
-            async def replay() -> Message:
-                if whole:
-                    return {"type": "http.request", "body": whole.pop(), "more_body": False}
-                return await receive()
-
-            await self.app(scope, replay, send)
-        finally:
-            self.admitted -= admitted
-            self.held -= kept
-
-
-def error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": message, "status": status}, status, headers)
-
-
-def kyara_error(_: Request, exc: Exception) -> JSONResponse:
-    status = next(code for kind, code in ERROR_STATUS.items() if isinstance(exc, kind))
-    return error(status, str(exc))
-
-
-def http_error(_: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, HTTPException)
-    return error(exc.status_code, str(exc.detail), exc.headers)
-
-
-def validation_error(_: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, RequestValidationError)
-    problems = [f"{'.'.join(map(str, e['loc'][1:])) or e['loc'][0]}: {e['msg']}" for e in exc.errors()]
-    return error(422, "; ".join(problems))
-
-
-def media_type(content_type: str | None) -> str:
-    return (content_type or "").split(";", 1)[0].strip().lower()
-
-
-def check_type(content_type: str | None, name: str) -> None:
-    declared = media_type(content_type)
-    if declared not in IMAGE_TYPES | UNTYPED:
-        raise HTTPException(415, f"{name}: unsupported type {declared!r}; send PNG, JPEG, WebP, GIF, BMP or TIFF")
-
-
-async def read_uploads(request: Request, max_files: int = 1) -> list[Upload]:
-    """The images of a request: multipart fields named `file`, or else the raw body."""
-    content_type = request.headers.get("content-type")
-    if media_type(content_type) != "multipart/form-data":
-        check_type(content_type, "the request body")
-        return [Upload("<body>", await request.body())]
-    async with request.form(max_files=max_files, max_fields=max_files) as form:
-        files = [item for item in form.getlist("file") if isinstance(item, UploadFile)]
-        if not files:
-            raise HTTPException(422, "no image: send it as a multipart file field named 'file'")
-        for item in files:
-            check_type(item.content_type, item.filename or "file")
-        return [Upload(item.filename or "<file>", await item.read()) for item in files]
 
 
 IMAGE_BODY = {
@@ -505,34 +261,6 @@ TopK = Annotated[int, Query(ge=1, le=100, description="How many guesses to list 
 Character = Annotated[str | None, Query(min_length=1, max_length=200)]
 Coordinate = Annotated[int | None, Query(ge=-(10**6), le=10**6)]
 Side = Annotated[int | None, Query(ge=1, le=10**6)]
-
-
-def is_loopback(host: str) -> bool:
-    """Whether only this machine can reach `host` (an address or a name to listen on)."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False  # a name that resolves elsewhere, or every interface
-
-
-def check_exposure(host: str, token: str | None, read_only: bool, allow_anonymous_writes: bool) -> None:
-    """Refuse to serve writes to strangers: listening beyond loopback needs a token, or
-    read-only, or the explicit `allow_anonymous_writes`."""
-    if token or read_only or allow_anonymous_writes or is_loopback(host):
-        return
-    raise KyaraError(
-        f"listening on {host} would let anyone who reaches it enroll and remove characters: give a token "
-        "(--token or KYARA_TOKEN), or --read-only, or --allow-anonymous-writes if the network is yours"
-    )
-
-
-def uvicorn_options(limits: Limits) -> dict[str, Any]:
-    """How `kyara serve` runs uvicorn for these limits: kyara, not uvicorn, refuses the excess
-    of a burst (see `Limits.max_connections`), and the kernel queues the connections of a burst
-    until uvicorn accepts them (`backlog`)."""
-    return {"limit_concurrency": limits.max_connections, "backlog": 4096}
 
 
 def create_app(

@@ -16,10 +16,11 @@ from typer.testing import CliRunner
 pytest.importorskip("fastapi", reason="the server needs the serve extra")
 from fastapi.testclient import TestClient
 
+from kyara.admission import Limits
 from kyara.bundle import default_model_path, load_bundle
 from kyara.cli import app as cli
 from kyara.gallery import enroll
-from kyara.server import WEB, Limits, create_app
+from kyara.server import WEB, create_app
 from tests.conftest import ROOT, drawing_module, held_out
 from tests.crafted import png_header_only
 

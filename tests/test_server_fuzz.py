@@ -14,8 +14,9 @@ import pytest
 pytest.importorskip("fastapi", reason="the server needs the serve extra")
 from fastapi.testclient import TestClient
 
+from kyara.admission import Limits
 from kyara.bundle import default_model_path
-from kyara.server import Limits, create_app
+from kyara.server import create_app
 from tests.conftest import ROOT
 
 

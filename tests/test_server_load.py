@@ -15,7 +15,8 @@ import pytest
 pytest.importorskip("fastapi", reason="the server needs the serve extra")
 import httpx
 
-from kyara.server import Admission, Limits, create_app, uvicorn_options
+from kyara.admission import Admission, Limits, uvicorn_options
+from kyara.server import create_app
 from tests import servers
 from tests.conftest import drawing_module
 from tests.test_server import PURPLE, png
