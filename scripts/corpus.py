@@ -20,6 +20,7 @@ import argparse
 import json
 import re
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -144,10 +145,6 @@ class Corpus:
 
     images: LabelledImages
 
-    @property
-    def series(self) -> np.ndarray:
-        return np.array([series_of(name) for name in self.images.classes])[self.images.labels]
-
     def held_out_classes(self) -> list[str]:
         return [c for c in self.images.classes if series_of(c) in HELD_OUT_SERIES or c in HELD_OUT_HOLOEN]
 
@@ -206,13 +203,14 @@ def merge_names(images: LabelledImages) -> LabelledImages:
     return LabelledImages(images.pixels, labels, images.groups, names, images.paths, images.skipped)
 
 
-def detector_views(images: LabelledImages, side: int = STORE_SIDE) -> LabelledImages:
+def detector_views(paths: Sequence[Path], side: int = STORE_SIDE) -> dict[str, np.ndarray | None]:
     """Each face crop cut again as recognition cuts a face found in a larger picture (the detector's
-    box with its margin, white beyond the crop): training sees both framings of every face.
-    Pictures where no face is found give no second view."""
+    box with its margin, white beyond the crop), by path: training sees both framings of every face.
+    None where there is no second view (no face found, or an illustration the detector cut already)."""
     detector = get_detector("cnn")
-    keep, pixels = [], []
-    for index, path in enumerate(tqdm(images.paths, desc="detector views", leave=False)):
+    views: dict[str, np.ndarray | None] = {}
+    for path in tqdm(paths, desc="detector views", leave=False):
+        views[str(path)] = None
         if source_of(path) == "naruto":
             continue  # cut by the detector already
         try:
@@ -223,12 +221,8 @@ def detector_views(images: LabelledImages, side: int = STORE_SIDE) -> LabelledIm
         if not faces:
             continue
         cut = cut_face(picture, max(faces, key=lambda face: face.score))
-        if cut.whole:
-            continue
-        pixels.append(np.asarray(cut.pixels.resize((side, side), Image.Resampling.BILINEAR)))
-        keep.append(index)
-    views = images.subset(np.asarray(keep, np.int64))
-    views.pixels = np.stack(pixels) if pixels else views.pixels
+        if not cut.whole:
+            views[str(path)] = np.asarray(cut.pixels.resize((side, side), Image.Resampling.BILINEAR))
     return views
 
 

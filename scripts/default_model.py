@@ -61,9 +61,10 @@ def main() -> None:
         f"train {len(train_idx)} val {len(val_idx)} test {len(test_idx)}",
         flush=True,
     )
-    train_set = training_set(data.subset(train_idx), ROOT / "build" / "views.npz")
-    net, history, seconds = trained_network(train_set, data.subset(val_idx), config, args.checkpoint, args.start)
-    bundle = package(net, np.zeros(0), data.classes, data.subset(train_idx), data.subset(val_idx), config)
+    train_part, val = data.subset(train_idx), data.subset(val_idx)
+    train_set = training_set(train_part, ROOT / "build" / "views.npz")
+    net, history, seconds = trained_network(train_set, val, config, args.checkpoint, args.start)
+    bundle = package(net, np.zeros(0), data.classes, train_part, val, config)
     test_set = data.subset(test_idx)
     test_vectors = embed_test(bundle, test_set)
     metrics = evaluate_bundle(bundle, test_set, test_vectors)
@@ -81,7 +82,6 @@ def main() -> None:
     # The gallery ships with the model: its cost on the closed-set test is part of the model.
     shipped = evaluate_bundle(bundle, test_set, test_vectors)
     metrics["as_shipped"] = {key: shipped[key] for key in SHIPPED_FIGURES}
-    train_part = data.subset(train_idx)
     bundle.metadata = {
         "name": "kyara-default",
         "version": "0.2.0",
@@ -202,19 +202,19 @@ def framing_figures(bundle: ModelBundle, test: LabelledImages, seed: int) -> dic
     answer for a picture is its most face-like face's."""
     recognizer = Recognizer(bundle)
     sources = np.array([source_of(p) for p in test.paths])
-    figures = {}
-    for framing in FRAMINGS:
-        rng = np.random.default_rng(seed)
-        right = []
-        for path, label in zip(tqdm(test.paths, desc=framing, leave=False), test.labels):
-            faces = recognizer.recognize(framed(load_image(path), framing, rng), top_k=1)
+    places = {framing: np.random.default_rng(seed) for framing in FRAMINGS}
+    right: dict[str, list[bool]] = {framing: [] for framing in FRAMINGS}
+    for path, label in zip(tqdm(test.paths, desc="framings", leave=False), test.labels):
+        picture = load_image(path)
+        for framing in FRAMINGS:
+            faces = recognizer.recognize(framed(picture, framing, places[framing]), top_k=1)
             best = max(faces, key=lambda face: face.detector_score)
-            right.append(best.top_k[0].label == test.classes[label])
-        right = np.array(right)
-        figures[framing] = {"all": float(right.mean())} | {
-            name: float(right[sources == name].mean()) for name in sorted(set(sources))
-        }
-    return figures
+            right[framing].append(best.top_k[0].label == test.classes[label])
+    return {
+        framing: {"all": float(np.mean(hits))}
+        | {name: float(np.mean(np.array(hits)[sources == name])) for name in sorted(set(sources))}
+        for framing, hits in right.items()
+    }
 
 
 def model_card(metadata: dict, bundle: ModelBundle) -> str:

@@ -22,7 +22,7 @@ import json
 import shutil
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -60,11 +60,12 @@ def main() -> None:
     known = corpus.images.with_classes([c for c in corpus.images.classes if c not in held_names])
     held = corpus.images.with_classes(held_names)
     train_idx, val_idx, test_idx = split_by_group(known.labels, known.groups, SPLIT, args.seed)
-    train_set = training_set(known.subset(train_idx), ROOT / "build" / "views.npz")
+    train_part, val = known.subset(train_idx), known.subset(val_idx)
+    train_set = training_set(train_part, ROOT / "build" / "views.npz")
     print(f"known {len(known.classes)} characters, train {len(train_idx)}; held out {len(held.labels)}", flush=True)
-    net, history, seconds = trained_network(train_set, known.subset(val_idx), RECIPE, args.checkpoint)
+    net, history, seconds = trained_network(train_set, val, RECIPE, args.checkpoint)
 
-    bundle = package(net, np.zeros(0), known.classes, known.subset(train_idx), known.subset(val_idx), RECIPE)
+    bundle = package(net, np.zeros(0), known.classes, train_part, val, RECIPE)
     bundle.metadata = {
         "name": "kyara-heldout",
         "version": "2",
@@ -79,7 +80,7 @@ def main() -> None:
     classifier = Classifier.from_bundle(bundle)
     series_held = [c for c in held.classes if c not in HELD_OUT_HOLOEN]
     figures = {
-        "held_out_series": {s: [c for c in held.classes if series_of(c) == s] for s in HELD_OUT_SERIES},
+        "held_out_series": {s: series_members(held, s) for s in HELD_OUT_SERIES},
         "held_out_holoen": list(HELD_OUT_HOLOEN),
         "known_characters": len(known.classes),
         "known_test_images": len(known_test.labels),
@@ -154,14 +155,6 @@ def draw_shots(held: LabelledImages, label: int, shots: int, rng: np.random.Gene
     return chosen.tolist(), [i for i in members if held.groups[i] not in taken]
 
 
-def with_enrolled(bundle: ModelBundle, names: list[str], prototypes: list[np.ndarray]) -> Classifier:
-    """The bundle's classifier with characters enrolled (what `kyara.enroll` adds, without files)."""
-    base = Classifier.from_bundle(bundle)
-    return Classifier(
-        base.labels + names, np.vstack([base.prototypes, *prototypes]), bundle.temperature, bundle.unknown_threshold
-    )
-
-
 def series_enrollment(bundle: ModelBundle, held: LabelledImages, vectors: np.ndarray, series: str, seed: int) -> dict:
     """Enroll `SERIES_ENROLLED` characters of a held-out series (5 pictures each), every trained
     character competing: the share of the enrolled ones' other pictures named right, and of the
@@ -171,12 +164,13 @@ def series_enrollment(bundle: ModelBundle, held: LabelledImages, vectors: np.nda
     named, unknown = [], []
     for _ in range(DRAWS):
         enrolled = list(rng.choice(members, SERIES_ENROLLED, replace=False))
-        prototypes, queries = [], []
+        # What `kyara.enroll` adds, without the files: their embeddings in the gallery.
+        enrolled_model, queries = replace(bundle), []
         for name in enrolled:
             chosen, rest = draw_shots(held, held.classes.index(name), ENROLL_SHOTS, rng)
-            prototypes.append(gallery_prototype(vectors[chosen], bundle.concentration)[None])
+            enrolled_model.add_to_gallery(vectors[chosen], [str(name)] * len(chosen))
             queries += rest
-        classifier = with_enrolled(bundle, enrolled, prototypes)
+        classifier = Classifier.from_bundle(enrolled_model)
         truth = [held.classes[held.labels[i]] for i in queries]
         named.append(np.mean([p.label == t for p, t in zip(classifier.predict(vectors[queries], 1), truth)]))
         others = members_of(held, [m for m in members if m not in enrolled])

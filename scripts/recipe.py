@@ -46,11 +46,9 @@ def training_set(stored: LabelledImages, cache: Path) -> LabelledImages:
         saved = np.load(cache, allow_pickle=False)
         pixels = iter(saved["pixels"])
         known = {str(p): next(pixels) if found else None for p, found in zip(saved["paths"], saved["found"])}
-    missing = np.array([i for i, p in enumerate(stored.paths) if str(p) not in known], np.int64)
-    if len(missing):
-        fresh = detector_views(stored.subset(missing))
-        made = dict(zip(map(str, fresh.paths), fresh.pixels))
-        known.update({str(stored.paths[i]): made.get(str(stored.paths[i])) for i in missing})
+    missing = [p for p in stored.paths if str(p) not in known]
+    if missing:
+        known.update(detector_views(missing))
         found = [p for p, view in known.items() if view is not None]
         buffer = io.BytesIO()
         np.savez(
@@ -61,8 +59,13 @@ def training_set(stored: LabelledImages, cache: Path) -> LabelledImages:
         )
         atomic_write_bytes(cache, buffer.getvalue())
     index = np.array([i for i, p in enumerate(stored.paths) if known[str(p)] is not None], np.int64)
-    views = stored.subset(index)
-    views.pixels = np.stack([known[str(stored.paths[i])] for i in index])
+    views = LabelledImages(
+        np.stack([known[str(stored.paths[i])] for i in index]),
+        stored.labels[index],
+        stored.groups[index],
+        stored.classes,
+        [stored.paths[i] for i in index],
+    )
     return joined(stored, views)
 
 
