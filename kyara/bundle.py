@@ -53,6 +53,10 @@ class ModelBundle:
     concentration: float = 1.0
     """Typical length of the mean of a trained character's unit embeddings (1.0: unknown).
     Scores characters enrolled from a single picture (`kyara.classify.gallery_prototype`)."""
+    typical: list[float] | None = None
+    """Per trained character, the estimated length of its true mean: how close its own faces come
+    to its prototype. With it, `unknown_threshold` is a margin below that (kyara.classify);
+    without it (older models), a similarity."""
     gallery: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
     gallery_labels: list[str] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)
@@ -69,6 +73,10 @@ class ModelBundle:
         _check_gallery(self.gallery, self.gallery_labels, self.embedding_dim)
         if not (np.isfinite(self.head).all() and np.isfinite(self.gallery).all()):
             raise ModelError("the head or the gallery holds numbers that are not finite")
+        if self.typical is not None:
+            self.typical = [float(value) for value in self.typical]
+            if len(self.typical) != len(self.labels) or not all(0 < value <= 1 for value in self.typical):
+                raise ModelError("the typical similarities must be one number in (0, 1] per trained character")
         if not (
             MIN_TEMPERATURE <= self.temperature <= MAX_TEMPERATURE
             and 8 <= self.input_size <= 1024
@@ -121,6 +129,7 @@ def save_bundle(bundle: ModelBundle, path: str | os.PathLike) -> None:
         "temperature": bundle.temperature,
         "input_size": bundle.input_size,
         "concentration": bundle.concentration,
+        "typical": bundle.typical,
         "metadata": bundle.metadata,
     }
     buffer = io.BytesIO()
@@ -283,6 +292,7 @@ def _read_bundle(path: Path) -> ModelBundle:
                     temperature=float(header["temperature"]),
                     input_size=int(header["input_size"]),
                     concentration=float(header.get("concentration", 1.0)),
+                    typical=header.get("typical"),
                     metadata=dict(header.get("metadata", {})),
                     weights=_load_weights(archive),
                 ),

@@ -84,7 +84,7 @@ def main() -> None:
     metrics["as_shipped"] = {key: shipped[key] for key in SHIPPED_FIGURES}
     bundle.metadata = {
         "name": "kyara-default",
-        "version": "0.2.0",
+        "version": "0.3.0",
         "kyara_version": kyara.__version__,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "backbone": config.backbone,
@@ -153,7 +153,7 @@ def evaluate_bundle(bundle: ModelBundle, test: LabelledImages, vectors: TestVect
     sims = classifier.similarities(vectors.known)
     probabilities = classifier.probabilities(sims)
     correct = probabilities.argmax(1) == test.labels
-    accepted = sims.max(1) >= bundle.unknown_threshold
+    accepted = classifier.familiarity(sims) >= bundle.unknown_threshold
     figures = {
         "test_images": len(test.labels),
         "top1": top_k_accuracy(sims, test.labels, 1),
@@ -255,8 +255,10 @@ same run. Figures on characters and series it never trained on: docs/heldout-cha
   embeddings. This names characters enrolled later better than the trained layer.
 - Runs on ONNX Runtime; the bundle also carries float16 weights so `kyara train` can fine-tune it.
 - Calibration: softmax temperature {bundle.temperature:.4f} fitted on the validation split;
-  unknown threshold {bundle.unknown_threshold:.4f} on cosine similarity, set so that 95% of
-  validation faces of known characters keep their name.
+  a face is unknown when its best similarity falls more than {-bundle.unknown_threshold:.4f} short of
+  that character's typical similarity (the estimated length of its training faces' mean;
+  `kyara/classify.py`), a margin set so that 95% of validation faces of known characters keep
+  their name.
 
 ## Data and split
 - {len(t["characters"])} characters from {", ".join(t["sources"])}: the 34 of ../shared/data, 105

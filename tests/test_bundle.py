@@ -43,6 +43,7 @@ def bundle() -> ModelBundle:
 def test_round_trip_keeps_everything(bundle, tmp_path):
     bundle.gallery = np.ones((2, 4), np.float32)
     bundle.gallery_labels = ["new", "new"]
+    bundle.typical = [0.8, 0.7, 0.6]
     path = tmp_path / "m.kyara"
     save_bundle(ModelBundle(**{**bundle.__dict__}), path)
     loaded = load_bundle(path)
@@ -56,6 +57,7 @@ def test_round_trip_keeps_everything(bundle, tmp_path):
     )
     assert loaded.metadata["name"] == "tiny"
     assert loaded.all_labels() == ["a", "b (2)", "ç", "new"]
+    np.testing.assert_allclose(loaded.typical, [0.8, 0.7, 0.6])
 
 
 def test_save_is_atomic(bundle, tmp_path, monkeypatch):
@@ -132,6 +134,9 @@ def edited_header(path, **changes) -> None:
         ({"metadata": {"training": [1]}}, "training part"),
         ({"metadata": {"training": {"characters": {"a": "many"}}}}, "picture counts"),
         ({"metadata": {"training": {"config": "fast"}}}, "settings"),
+        ({"typical": [0.5, 0.5]}, "one number in"),
+        ({"typical": [0.5, 0.5, 7.0]}, "one number in"),
+        ({"typical": "high"}, "not a valid kyara model"),
     ],
 )
 def test_a_hostile_header_is_a_model_error(bundle, tmp_path, changes, message):

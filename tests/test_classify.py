@@ -51,3 +51,17 @@ def test_similarities_take_each_labels_best_prototype_and_predictions_report_at_
     np.testing.assert_allclose(classifier.similarities(faces), [[2.0, 0.6], [1.2, 1.0]], atol=1e-6)
     first, second = classifier.predict(faces)
     assert (first.label, first.similarity, second.label, second.similarity) == ("a", 1.0, "a", 1.0)
+
+
+def test_a_face_is_unknown_by_how_far_it_falls_short_of_its_characters_typical_similarity():
+    """A score of 0.75 is ordinary for a character whose own faces vary (typical 0.7) and far too
+    low for one drawn alike in every picture (typical 0.95): the first is named, the second not."""
+    prototypes = np.eye(2, dtype=np.float32)
+    classifier = Classifier(["loose", "tight"], prototypes, 0.05, -0.1, typical=np.array([0.7, 0.95]))
+    faces = unit(np.array([[0.75, np.sqrt(1 - 0.75**2)], [np.sqrt(1 - 0.75**2), 0.75]]))
+    np.testing.assert_allclose(classifier.familiarity(classifier.similarities(faces)), [0.05, -0.2], atol=1e-6)
+    named, unknown = classifier.predict(faces)
+    assert (named.label, unknown.label) == ("loose", None)
+    assert unknown.top_k[0].label == "tight"
+    absolute = Classifier(["loose", "tight"], prototypes, 0.05, 0.7)
+    assert [p.label for p in absolute.predict(faces)] == ["loose", "tight"]

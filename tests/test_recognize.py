@@ -182,6 +182,6 @@ def test_evaluating_a_model_without_characters_is_a_clear_error(tmp_path):
 
     bundle = load_bundle(default_model_path())
     nothing = np.zeros((0, bundle.embedding_dim), np.float32)
-    empty = replace(bundle, labels=[], head=nothing, gallery=nothing, gallery_labels=[])
+    empty = replace(bundle, labels=[], head=nothing, gallery=nothing, gallery_labels=[], typical=None)
     with pytest.raises(KyaraError, match="knows no characters"):
         evaluate(Recognizer(empty), tmp_path)

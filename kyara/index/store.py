@@ -266,6 +266,7 @@ def _classifier_id(recognizer: Recognizer) -> str:
     classifier = recognizer.classifier
     digest = hashlib.sha256(repr((classifier.labels, classifier.temperature, classifier.unknown_threshold)).encode())
     digest.update(np.ascontiguousarray(classifier.prototypes).tobytes())
+    digest.update(np.ascontiguousarray(classifier.typical).tobytes())
     return digest.hexdigest()
 
 

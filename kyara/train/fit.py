@@ -14,7 +14,7 @@ from torch import nn
 
 import kyara
 from kyara.bundle import ModelBundle
-from kyara.classify import estimated_concentration
+from kyara.classify import Classifier, estimated_concentration
 from kyara.metrics import fit_temperature, threshold_at_acceptance
 from kyara.train.data import LabelledImages, split_by_group
 from kyara.train.readout import fit_readout
@@ -52,15 +52,17 @@ def package(
     """
     readout = readout or ("features" if config.mode == "finetune" else "layer")
     embedder: nn.Module = net
-    concentration = 1.0
+    concentration, typical = 1.0, None
     if readout == "features":
         embedder, embeddings = fit_readout(net, train_set.pixels, config.input_size)
-        head, concentration = class_means(embeddings, train_set)
+        head, typical = class_means(embeddings, train_set)
+        concentration = float(np.median(typical))
     val_top1 = None
     if len(val.labels):
         similarities = embed_pixels(embedder, val.pixels, config.input_size) @ head.T
         temperature = fit_temperature(similarities, val.labels)
-        threshold = threshold_at_acceptance(similarities.max(axis=1), KNOWN_ACCEPTANCE)
+        familiarity = Classifier(classes, head, temperature, 0.0, typical=typical).familiarity(similarities)
+        threshold = threshold_at_acceptance(familiarity, KNOWN_ACCEPTANCE)
         val_top1 = float((similarities.argmax(axis=1) == val.labels).mean())
     else:
         temperature, threshold = DEFAULT_TEMPERATURE, 0.0
@@ -72,6 +74,7 @@ def package(
         temperature=temperature,
         input_size=config.input_size,
         concentration=concentration,
+        typical=None if typical is None else typical.tolist(),
         weights=state_to_arrays(net),
         # The exported readout's own score: a fine-tuned model's features are not the trained layer
         # that early stopping watched.
@@ -79,9 +82,9 @@ def package(
     )
 
 
-def class_means(embeddings: np.ndarray, data: LabelledImages) -> tuple[np.ndarray, float]:
-    """Each character's normalised mean embedding, and the median estimated length of its true
-    mean (how tightly a character's faces cluster; used for one-picture enrollments)."""
+def class_means(embeddings: np.ndarray, data: LabelledImages) -> tuple[np.ndarray, np.ndarray]:
+    """Each character's normalised mean embedding, and the estimated length of its true mean (how
+    tightly its faces cluster: its typical similarity, kyara.classify)."""
     means, lengths = [], []
     for label, name in enumerate(data.classes):
         members = embeddings[data.labels == label]
@@ -90,7 +93,7 @@ def class_means(embeddings: np.ndarray, data: LabelledImages) -> tuple[np.ndarra
         mean = members.mean(axis=0)
         means.append(mean / max(float(np.linalg.norm(mean)), 1e-12))
         lengths.append(estimated_concentration(members, prior=1.0))
-    return np.asarray(means, np.float32), float(np.median(lengths))
+    return np.asarray(means, np.float32), np.asarray(lengths)
 
 
 def fit_folders(
