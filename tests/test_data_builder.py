@@ -108,3 +108,28 @@ def test_the_recognition_corpus_names_a_character_once_and_refuses_reserved_ones
     Image.new("RGB", (96, 96), "white").save(faces / "moeimouto" / "000_hatsune_miku" / "0.png")
     with pytest.raises(SystemExit, match="reserved"):
         corpus.load_corpus(data, faces, tmp_path / "other.npz")
+
+
+def test_portraits_leave_out_benchmark_characters_and_pages_that_are_not_pictures(tmp_path, monkeypatch):
+    commits = {
+        "Nis5l/WaifuCollector": git_snapshot(
+            tmp_path, "Nis5l/WaifuCollector",
+            {"server/static/card/Card_Ai_Hayasaka.png": png("red"), "server/static/card/Card_Rem.png": png("blue")},
+        ),
+        "KevinMorrison-629/HakaribotImages": git_snapshot(
+            tmp_path, "KevinMorrison-629/HakaribotImages",
+            {
+                "images/Monkey_D._Luffy_40_0.jpg": png("green"),
+                "images/AiHayasaka_123_0.jpg": png("red"),  # the same character, spelt otherwise
+                "images/Gorou_Majima_196180_0.jpg": b"<!DOCTYPE html><html></html>",  # a saved web page
+            },
+        ),
+    }  # fmt: skip
+    monkeypatch.setattr(build_data, "COMMITS", {**build_data.COMMITS, **commits})
+    builder = build_data.Builder(tmp_path, tmp_path / "out")
+    builder.portraits({build_data.character_key("Ai Hayasaka")})
+    assert sorted(e.path for e in builder.entries) == [
+        "illustrations/train/mal-portraits/Monkey_D._Luffy_40_0.jpg",
+        "illustrations/train/portraits/Card_Rem.png",
+    ]
+    assert {e.character for e in builder.entries} == {"Monkey_D._Luffy", "Rem"}

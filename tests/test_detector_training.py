@@ -9,7 +9,7 @@ from PIL import Image
 from kyara.detection import _decode
 
 pytest.importorskip("torch")
-from tools.train_detector import Face, Label, Sample, _paste_oval, merged, targets
+from tools.train_detector import Face, Label, Sample, _paste_oval, merged, source_of, source_weights, targets
 
 
 def test_training_targets_decode_back_to_the_same_faces():
@@ -51,3 +51,16 @@ def test_pasted_picture_is_centred_and_turned():
     _paste_oval(canvas, marker, 100, 100, 90)  # turned a quarter counter-clockwise: the bar goes left
     red = np.argwhere(np.asarray(canvas)[:, :, 1] < 128)
     assert red.size and red[:, 1].mean() < 90 and abs(red[:, 0].mean() - 100) < 5
+
+
+def test_each_source_is_drawn_in_proportion_to_the_square_root_of_its_size():
+    keys = [f"pictures/illustrations/train/mal-portraits/{i}.jpg" for i in range(100)]
+    keys += [f"pictures/illustrations/train/manga/{i}.jpg" for i in range(4)]
+    keys += ["shared/newgame-illustrations/aoba/1.png", "shared/newgame-illustrations/kou/2.png"]
+    sources = [source_of(key) for key in keys]
+    assert sources[0] == "mal-portraits" and sources[100] == "manga" and set(sources[-2:]) == {"newgame-illustrations"}
+    weights = source_weights(sources)
+    shares = {source: weights[[s == source for s in sources]].sum() for source in set(sources)}
+    total = np.sqrt(100) + np.sqrt(4) + np.sqrt(2)
+    assert shares["mal-portraits"] == pytest.approx(np.sqrt(100) / total)
+    assert shares["manga"] == pytest.approx(np.sqrt(4) / total)

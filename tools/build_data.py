@@ -26,6 +26,8 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from PIL import Image
+
 RESERVED_MOEIMOUTO = frozenset(
     {
         "000_hatsune_miku", "001_kinomoto_sakura", "002_suzumiya_haruhi", "003_fate_testarossa",
@@ -40,6 +42,8 @@ NEVER_USE = frozenset(
 )
 
 COMMITS = {
+    "Gyliardson/mangasensei": "80242f591a59655ab399cdde9486764252815084",
+    "KevinMorrison-629/HakaribotImages": "4cee86910c98ecadf01827f964a6a2147b499a54",
     "Nis5l/WaifuCollector": "2dd0004b41d199261d76f74b289d53f197489b62",
     "Osunadev/naruto-character-classification": "83346400d59d94aeff62d499794c7b5e5202bfda",
     "alexisVallet/cc-anime-images": "2c0fb017facb338da8dd79372c969fd3f3336738",
@@ -50,6 +54,8 @@ COMMITS = {
     "skhyr/Anime-Girls-Holding-Programming-Books": "684aedce9e198de52b8a75abbe3d6deb17136e04",
 }
 LICENCES = {
+    "Gyliardson/mangasensei": "Shuho Sato, Give My Regards to Black Jack: free reuse with credit (densho810.com/free)",
+    "KevinMorrison-629/HakaribotImages": "no licence; MyAnimeList character pictures, research use only",
     "Nis5l/WaifuCollector": "repository without a licence; character art from official sources, research use only",
     "Osunadev/naruto-character-classification": "repository without a licence; screenshots and fan art, research use",
     "alexisVallet/cc-anime-images": "per picture Creative Commons (BY-NC-ND/BY-NC-SA 3.0), IMAGES-LICENSES.md",
@@ -120,8 +126,16 @@ class Snapshot:
 
 
 def is_picture(name: str, data: bytes) -> bool:
-    # A Git LFS pointer is a small text file in a picture's name.
-    return name.lower().endswith(IMAGE_SUFFIXES) and not data.startswith(b"version https://git-lfs")
+    """A picture's name and a picture's bytes: a Git LFS pointer is a small text file in a picture's
+    name, and some snapshots hold saved web pages named .jpg."""
+    if not name.lower().endswith(IMAGE_SUFFIXES):
+        return False
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.verify()
+    except Exception:  # Pillow raises many types for what is not a picture
+        return False
+    return True
 
 
 def safe_name(text: str) -> str:
@@ -202,16 +216,28 @@ class Builder:
             title = parts[1]
             split = "benchmark" if title in MANTRA_BENCHMARK_TITLES else "train"
             self.illustration(repo, split, f"manga/{title}-{parts[3]}", data, series=title)
+        repo = "Gyliardson/mangasensei"
+        for path, data in sorted(self.snapshot(repo).files("tests/fixtures/ocr/real_manga/black_jack").items()):
+            if is_picture(path, data):
+                self.illustration(repo, "train", f"manga/black_jack-{Path(path).name}", data, series="black_jack")
 
     def portraits(self, benchmark_characters: set[str]) -> None:
-        """WaifuCollector's character cards: one portrait each, hundreds of series. Cards of characters
-        that also appear in the benchmark are left out, so that the benchmark's characters stay new."""
-        repo = "Nis5l/WaifuCollector"
-        for path, data in sorted(self.snapshot(repo).files("server/static/card").items()):
-            name = Path(path).stem.removeprefix("Card_")
-            if not is_picture(path, data) or character_key(name) in benchmark_characters:
-                continue
-            self.illustration(repo, "train", f"portraits/{safe_name(Path(path).name)}", data, character=name)
+        """Character portraits, one per character, from hundreds of series: WaifuCollector's cards
+        (nearly all women) and Hakaribot's MyAnimeList pictures (about half men, every decade and
+        drawing style). Portraits of characters that also appear in the benchmark are left out, so
+        that the benchmark's characters stay new."""
+        sources = (
+            ("Nis5l/WaifuCollector", "server/static/card", "portraits", lambda stem: stem.removeprefix("Card_")),
+            ("KevinMorrison-629/HakaribotImages", "images", "mal-portraits", lambda stem: stem.rsplit("_", 2)[0]),
+        )
+        for repo, folder, subfolder, name_of in sources:
+            for path, data in sorted(self.snapshot(repo).files(folder).items()):
+                name = name_of(Path(path).stem)
+                if "/" in path.removeprefix(f"{folder}/") or not is_picture(path, data):
+                    continue
+                if character_key(name) in benchmark_characters:
+                    continue
+                self.illustration(repo, "train", f"{subfolder}/{safe_name(Path(path).name)}", data, character=name)
 
     def naruto(self) -> None:
         """Naruto characters (8 of 10 male): detector pictures and recognition identities."""

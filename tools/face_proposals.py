@@ -2,17 +2,22 @@
 
     python tools/face_proposals.py propose build/data/illustrations/benchmark -o build/review/proposals.json
     python tools/face_proposals.py sheets build/review/proposals.json --root build/data -o build/review/sheets
+    python tools/face_proposals.py sheets portraits.json --per-sheet 12 -o build/review10/portrait-sheets
     python tools/face_proposals.py labels -o tools/detector-labels.json \
         --proposals pictures=build/review/train-proposals.json shared=build/review/shared-proposals.json \
-        --checked pictures=build/review/train-sheets:build/review/train-fixes-a.json,build/review/train-fixes-b.json
+                    pictures=build/review10/portrait-proposals.json pictures=build/review10/manga-proposals.json \
+        --checked pictures=build/review/train-sheets:build/review/train-fixes-a.json,build/review/train-fixes-b.json \
+                  pictures=build/review10/portrait-sheets:ANSWERS.json,... pictures=build/review10/manga-sheets:...
 
 `propose` runs every detector kyara has, generously, so that a person mostly accepts or rejects:
 the CNN at two input sizes, once more on the picture shrunk into a padded canvas (faces larger
 than the network's input), and animeface-2009 upright and turned +-25 degrees. `sheets` draws each
 picture (longer side 900 px) with the numbered proposals and a grid labelled in original pixels,
-from which a missing face's box is read off. `labels` writes the detector's training labels: the
-proposals, replaced by the faces a person kept or added on the pictures they checked
-(build/review/TRAIN-LABELLING.md says how); pictures they found unusable are dropped.
+from which a missing face's box is read off, one picture a sheet or several small ones side by
+side (portraits). `labels` writes the detector's training labels: the proposals (a later file's
+replacing an earlier one's for the same picture), replaced by the faces a person kept or added on
+the pictures they checked (the instructions they followed are in tools/labelling/, what was
+checked in docs/detection.md); pictures they found unusable are dropped.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from tqdm import tqdm
 
 from kyara.dedupe import NEAR_DUPLICATE_BITS, phash
 from kyara.detection import AnimeFaceDetector, CnnDetector, DetectedFace, non_max_suppression
+from kyara.errors import ImageError
 from kyara.imageio import list_images, load_image
 
 
@@ -49,7 +55,11 @@ def propose(pictures: list[Path], root: Path, angles: tuple[float, ...]) -> dict
     animeface = AnimeFaceDetector(angles=angles, min_score=0.3) if angles else None
     found: dict[str, list[dict]] = {}
     for path in tqdm(pictures, desc="proposals"):
-        image = load_image(path)
+        try:
+            image = load_image(path)
+        except ImageError as exc:
+            tqdm.write(f"left out: {exc}")
+            continue
         faces = [(name, f) for name, d in detectors for f in d.detect(image)]
         faces += [("closeup", f) for f in closeup_pass(detectors[0][1], image)]
         faces += [("animeface", f) for f in (animeface.detect(image) if animeface else [])]
@@ -83,6 +93,39 @@ def draw_sheet(image: Image.Image, proposals: list[dict], side: int = 900) -> Im
     return sheet
 
 
+SURE = 0.5
+"""Proposal score from which `sheets --unsure` takes a picture's face as found (the CNN proposers'
+sure score in tools/train_detector.py)."""
+CELL_SIDE = 350
+"""Longer side of a picture in a sheet of several (`sheets --per-sheet`): portraits at full size."""
+
+
+def write_sheets(proposals: dict[str, list[dict]], root: Path, out: Path, per_sheet: int) -> dict[str, str]:
+    """One sheet per picture, or `per_sheet` pictures side by side in rows of four, each captioned
+    with its key ("0012-3": sheet 12, picture 3); returns key -> picture path."""
+    index: dict[str, str] = {}
+    paths = sorted(proposals)
+    for number, start in enumerate(tqdm(range(0, len(paths), per_sheet), desc="sheets")):
+        chunk = paths[start : start + per_sheet]
+        if per_sheet == 1:
+            draw_sheet(load_image(root / chunk[0]), proposals[chunk[0]]).save(out / f"{number:04d}.png")
+            index[f"{number:04d}"] = chunk[0]
+            continue
+        cells = [draw_sheet(load_image(root / path), proposals[path], CELL_SIDE) for path in chunk]
+        columns, caption = min(4, len(cells)), 28
+        width, height = max(c.width for c in cells) + 12, max(c.height for c in cells) + caption
+        sheet = Image.new("RGB", (columns * width, -(-len(cells) // columns) * height), (40, 40, 40))
+        pen = ImageDraw.Draw(sheet)
+        for slot, (path, cell) in enumerate(zip(chunk, cells)):
+            left, top = (slot % columns) * width, (slot // columns) * height
+            key = f"{number:04d}-{slot}"
+            pen.text((left + 4, top + 2), key, fill=(255, 255, 255), font_size=22)
+            sheet.paste(cell, (left, top + caption))
+            index[key] = path
+        sheet.save(out / f"{number:04d}.png")
+    return index
+
+
 def hand_checked(sheets: Path, answers: list[Path]) -> dict[str, list[dict] | None]:
     """The faces of each hand-checked picture (None: found unusable), from the answers per sheet."""
     index = json.loads((sheets / "index.json").read_text())
@@ -100,13 +143,22 @@ def hand_checked(sheets: Path, answers: list[Path]) -> dict[str, list[dict] | No
     return checked
 
 
-def write_labels(out: Path, proposal_files: dict[str, Path], checked: dict[str, tuple[Path, list[Path]]]) -> dict:
+def write_labels(
+    out: Path, proposal_files: list[tuple[str, Path]], checked: list[tuple[str, Path, list[Path]]]
+) -> dict:
+    """Labels from (root, proposals file) pairs, a later file's proposals replacing an earlier one's
+    for the same picture, and (root, sheets, answers) of the pictures checked by hand."""
+    found_by_root: dict[str, dict[str, list[dict]]] = {}
+    for root, file in proposal_files:
+        found_by_root.setdefault(root, {}).update(json.loads(file.read_text()))
     pictures: dict[str, list[dict]] = {}
     hand: list[str] = []
     unusable: list[str] = []
-    for root, file in proposal_files.items():
-        found = json.loads(file.read_text())
-        fixes = hand_checked(*checked[root]) if root in checked else {}
+    for root, found in found_by_root.items():
+        fixes = {}
+        for checked_root, sheets, answers in checked:
+            if checked_root == root:
+                fixes.update(hand_checked(sheets, answers))
         for path, proposals in sorted(found.items()):
             key = f"{root}/{path}"
             if path in fixes and fixes[path] is None:
@@ -211,6 +263,8 @@ def main() -> None:
     s.add_argument("proposals", type=Path)
     s.add_argument("--root", type=Path, default=Path("build/data"))
     s.add_argument("-o", "--out", type=Path, required=True)
+    s.add_argument("--unsure", action="store_true", help=f"only pictures without a proposal scoring {SURE}+")
+    s.add_argument("--per-sheet", type=int, default=1, help="pictures per sheet, in rows of four")
     labels = sub.add_parser("labels")
     labels.add_argument("--proposals", nargs="+", required=True, help="ROOT=proposals.json")
     labels.add_argument("--checked", nargs="*", default=[], help="ROOT=SHEETS:ANSWERS.json[,ANSWERS.json]")
@@ -226,12 +280,12 @@ def main() -> None:
         faces = sum(len(entry["faces"]) for entry in made["images"])
         print(f"{len(made['images'])} pictures, {faces} faces -> {args.out}")
     elif args.command == "labels":
-        files = {root: Path(file) for root, file in (item.split("=", 1) for item in args.proposals)}
-        checked = {}
+        files = [(root, Path(file)) for root, file in (item.split("=", 1) for item in args.proposals)]
+        checked = []
         for item in args.checked:
             root, rest = item.split("=", 1)
             sheets, answers = rest.split(":", 1)
-            checked[root] = (Path(sheets), [Path(a) for a in answers.split(",")])
+            checked.append((root, Path(sheets), [Path(a) for a in answers.split(",")]))
         written = write_labels(args.out, files, checked)
         print(f"{len(written['pictures'])} pictures, {len(written['hand_checked'])} checked by hand -> {args.out}")
     elif args.command == "propose":
@@ -242,10 +296,9 @@ def main() -> None:
     else:
         args.out.mkdir(parents=True, exist_ok=True)
         proposals = json.loads(args.proposals.read_text())
-        for number, (path, faces) in enumerate(tqdm(sorted(proposals.items()), desc="sheets")):
-            image = load_image(args.root / path)
-            draw_sheet(image, faces).save(args.out / f"{number:04d}.png")
-        index = {f"{n:04d}": path for n, path in enumerate(sorted(proposals))}
+        if args.unsure:
+            proposals = {path: faces for path, faces in proposals.items() if not any(f["score"] >= SURE for f in faces)}
+        index = write_sheets(proposals, args.root, args.out, args.per_sheet)
         (args.out / "index.json").write_text(json.dumps(index, indent=1))
         # The numbers drawn on the sheets refer to these proposals.
         (args.out / "proposals.json").write_text(json.dumps(proposals, indent=1))

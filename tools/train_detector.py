@@ -4,12 +4,13 @@
     python tools/train_detector.py --data ../shared/data --pictures build/data --out kyara/models/detector.onnx
 
 There is no public detection set with boxes, so training pictures are made on the fly (256 px):
-- real illustrations of many series and styles (fan art, character portraits, screenshots, manga
-  pages; tools/build_data.py and docs/data.md), with the face labels of tools/detector-labels.json:
-  pseudo-labels from every detector kyara had (tools/face_proposals.py), confident ones are faces,
-  weaker ones are left out of the loss, pictures where no face was sure are corrected by hand or left
-  out (never taught as background). They are seen at every scale, zoomed until a face is larger
-  than the network's input and cut by the edges;
+- real illustrations of many series and styles (fan art, character portraits of thousands of
+  characters, screenshots, manga pages; tools/build_data.py and docs/data.md), with the face labels
+  of tools/detector-labels.json: pseudo-labels from every detector kyara had
+  (tools/face_proposals.py), confident ones are faces, weaker ones are left out of the loss,
+  pictures where no face was sure are corrected by hand or left out (never taught as background).
+  Each source (folder) is drawn in proportion to the square root of its size. They are seen at
+  every scale, zoomed until a face is larger than the network's input and cut by the edges;
 - face crops (../shared/data and 105 moeimouto characters) pasted, with soft oval edges, onto those
   pictures and onto mosaics of non-face patches, at many sizes and tilts, mirrored, some behind
   sunglasses, a mask or a blindfold drawn on them;
@@ -28,6 +29,7 @@ import itertools
 import json
 import math
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -134,10 +136,12 @@ def merged(labels: list[Label]) -> list[Label]:
     return kept
 
 
-def labelled_pictures(labels_file: Path, roots: dict[str, Path], excluded: set[str]) -> list[tuple[Path, list[Label]]]:
+def labelled_pictures(
+    labels_file: Path, roots: dict[str, Path], excluded: set[str]
+) -> list[tuple[Path, list[Label], str]]:
     """The training pictures of `labels_file` (tools/face_proposals.py labels) that hold a sure face
-    or were checked by hand: in the others a face may have been missed by every proposer, and must
-    not be taught as background."""
+    or were checked by hand, with their source: in the others a face may have been missed by every
+    proposer, and must not be taught as background."""
     written = json.loads(labels_file.read_text())
     checked = set(written["hand_checked"])
     pictures = []
@@ -149,8 +153,23 @@ def labelled_pictures(labels_file: Path, roots: dict[str, Path], excluded: set[s
             [Label(tuple(p["box"]), p["score"] >= SURE_SCORE[p["by"]]) for p in proposals if p["box"][2] >= 6]
         )
         if key in checked or any(label.sure for label in labels):
-            pictures.append((roots[root] / relative, labels))
+            pictures.append((roots[root] / relative, labels, source_of(key)))
     return pictures
+
+
+def source_of(key: str) -> str:
+    """A training picture's source: the first folder of its labels key (root/relative path) below
+    tools/build_data.py's `illustrations/train/`, e.g. "mal-portraits" or "newgame-illustrations"."""
+    folders = key.split("/")[1:-1]
+    return next(folder for folder in folders if folder not in {"illustrations", "train"})
+
+
+def source_weights(sources: list[str]) -> np.ndarray:
+    """How often each picture is drawn: a source of n pictures is drawn in proportion to sqrt(n),
+    so that 4,900 portraits teach the portrait without crowding out 150 manga pages."""
+    counts = Counter(sources)
+    weights = np.array([1 / math.sqrt(counts[source]) for source in sources])
+    return weights / weights.sum()
 
 
 def training_patches(data: Path) -> list[Path]:
@@ -176,10 +195,12 @@ class SampleMaker:
         self.crops = face_crops(data, pictures, excluded)
         roots = {"shared": data, "pictures": pictures}
         self.illustrations = []
-        for path, labels in tqdm(labelled_pictures(LABELS, roots, excluded), desc="reading pictures"):
+        pictures_labelled = labelled_pictures(LABELS, roots, excluded)
+        for path, labels, _ in tqdm(pictures_labelled, desc="reading pictures"):
             image, scale = _kept_small(path)
             scaled = [Label(tuple(round(v * scale) for v in label.box), label.sure) for label in labels]
             self.illustrations.append((image, scaled))
+        self.weights = source_weights([source for _, _, source in pictures_labelled])
         self.patches = [np.asarray(load_image(p)) for p in training_patches(data)]
 
     def sample(self) -> Sample:
@@ -195,7 +216,7 @@ class SampleMaker:
 
     def _illustration(self) -> Sample:
         size = self.config.canvas
-        original, labels = self.illustrations[self.rng.integers(len(self.illustrations))]
+        original, labels = self.illustrations[self.rng.choice(len(self.illustrations), p=self.weights)]
         sure = [label for label in labels if label.sure]
         if sure and self.rng.random() < self.config.zoom_p:
             # Close-ups: a face from 100 px to larger than the canvas, often cut by its edges.
@@ -612,7 +633,12 @@ def main() -> None:
     start = args.start.read_bytes() if args.start else None
     config = DetectorConfig(steps=args.steps, seed=args.seed, start=hashlib.sha1(start).hexdigest() if start else "")
     net = train_detector(args.data, args.pictures, config, args.checkpoint, args.log, start)
-    settings = {"input_side": INPUT_SIDE, "stride": FaceCenterNet.stride, "min_score": args.min_score}
+    settings = {
+        "input_side": INPUT_SIDE,
+        "stride": FaceCenterNet.stride,
+        "min_score": args.min_score,
+        "closeup_retry": 1,
+    }
     atomic_write_bytes(args.out, export_detector(net, settings))
     print(f"wrote {args.out}")
 
