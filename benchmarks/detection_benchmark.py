@@ -11,7 +11,7 @@ score first, raising a score threshold only removes detections, so one pass give
 reverse: the benchmark's figures without the optimism of a threshold tuned on the same pictures.
 "animeface" is animeface-2009 on the upright picture only, "animeface+rotations" with its rotated retries
 (DEFAULT_ANGLES), "cnn" kyara's own detector (tools/train_detector.py), "cnn@PATH" the same with the model file at
-PATH (to compare detectors in one run); any other name is built with
+PATH (to compare detectors in one run; "NAME=cnn@PATH" reports it as NAME); any other name is built with
 kyara.detection.get_detector, so a backend added to DETECTORS plugs in by name.
 """
 
@@ -223,7 +223,9 @@ def main() -> None:
     min_iou = args.iou if args.iou is not None else benchmark["match_iou"]
     grayscale = {entry["path"] for entry in images if "grayscale" in entry["tags"]}
     try:
-        detectors = {name: make_detector(name, args.cnn_model) for name in args.backends}
+        # "NAME=BACKEND" reports BACKEND under NAME, e.g. cnn-before=cnn@old.onnx.
+        named = dict(spec.split("=", 1) if "=" in spec else (spec, spec) for spec in args.backends)
+        detectors = {name: make_detector(backend, args.cnn_model) for name, backend in named.items()}
     except KyaraError as exc:
         parser.error(f"{exc} (or a preset: {', '.join(PRESETS)})")
     backends = {}
