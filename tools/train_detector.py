@@ -626,12 +626,15 @@ def main() -> None:
     parser.add_argument("--checkpoint", type=Path, default=Path("build/detector-checkpoint.pt"))
     parser.add_argument("--log", type=Path, default=Path("build/detector-train.jsonl"))
     parser.add_argument("--steps", type=int, default=DetectorConfig.steps)
+    parser.add_argument("--lr", type=float, default=DetectorConfig.lr, help="peak learning rate")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--min-score", type=float, default=SHIPPED_MIN_SCORE, help="threshold stored in the model")
     parser.add_argument("--start", type=Path, default=None, help="an exported detector to go on from (ONNX)")
     args = parser.parse_args()
     start = args.start.read_bytes() if args.start else None
-    config = DetectorConfig(steps=args.steps, seed=args.seed, start=hashlib.sha1(start).hexdigest() if start else "")
+    config = DetectorConfig(
+        steps=args.steps, lr=args.lr, seed=args.seed, start=hashlib.sha1(start).hexdigest() if start else ""
+    )
     net = train_detector(args.data, args.pictures, config, args.checkpoint, args.log, start)
     settings = {
         "input_side": INPUT_SIDE,
