@@ -30,7 +30,9 @@ from kyara.errors import KyaraError, ModelError, StorageError
 from kyara.onnxfile import onnx_problem
 
 FORMAT = "kyara-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: `unknown_threshold` is a margin below each character's typical similarity when `typical` is
+present; a kyara that reads only 1 would take it for a similarity and never answer unknown."""
 _MEMBERS = ("kyara.json", "embedder.onnx", "head.npy", "gallery.npy")
 MAX_UNPACKED_BYTES = 1 << 30
 """A zip bomb guard: real bundles are tens of megabytes, galleries included."""

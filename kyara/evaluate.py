@@ -18,7 +18,7 @@ from PIL import ImageOps
 from tqdm import tqdm
 
 from kyara.bundle import atomic_write_bytes
-from kyara.classify import Classifier, estimated_concentration, gallery_prototype
+from kyara.classify import Classifier, gallery_prototype
 from kyara.dataset import LabelledFile, character_folders, labelled_files
 from kyara.errors import ImageError, KyaraError
 from kyara.metrics import expected_calibration_error
@@ -278,8 +278,7 @@ def _few_shot_draw(
     by_label: dict[str, list[int]] = {}
     for i, image in enumerate(images):
         by_label.setdefault(image.file.label, []).append(i)
-    labels, prototypes, typical, queries = [], [], [], []
-    prior = recognizer.bundle.concentration
+    labels, prototypes, queries = [], [], []
     for label, members in sorted(by_label.items()):
         if len(members) <= shots:
             continue  # nothing would be left to query
@@ -287,17 +286,12 @@ def _few_shot_draw(
         # Enroll the most face-like face of each picture, as a user enrolling a picture would.
         enrolled = np.stack([images[i].colour[int(images[i].detector_scores.argmax())] for i in chosen])
         labels.append(label)
-        prototypes.append(gallery_prototype(enrolled, prior))
-        typical.append(estimated_concentration(enrolled, prior))
+        prototypes.append(gallery_prototype(enrolled, recognizer.bundle.concentration))
         queries += [images[i] for i in members if i not in chosen]
     if not labels:
         raise KyaraError(f"every character has {shots} images or fewer: nothing left to query")
     vectors = np.asarray(prototypes, np.float32)
-    known = recognizer.classifier
-    relative = recognizer.bundle.typical is not None
-    classifier = Classifier(
-        labels, vectors, known.temperature, known.unknown_threshold, typical=np.asarray(typical) if relative else None
-    )
+    classifier = Classifier(labels, vectors, recognizer.classifier.temperature, recognizer.classifier.unknown_threshold)
     return _report(classifier, queries, shots, skipped)
 
 

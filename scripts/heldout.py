@@ -6,7 +6,8 @@ Trains the default model's recipe (scripts/recipe.py) without every character of
 series (`corpus.HELD_OUT_SERIES`: 19 characters, no other character of those series in training)
 and without five Hololive EN characters (`corpus.HELD_OUT_HOLOEN`, whose series does train), then
 measures on them:
-- unknown: AUROC of the best similarity, known characters' test faces vs held-out characters;
+- unknown: AUROC of the unknown score (`Classifier.familiarity`), known characters' test faces vs
+  held-out characters;
 - series: enroll 3 characters of a held-out series (5 pictures each), then are the series'
   other characters answered unknown, and are the enrolled ones named?
 - enrollment: `kyara.enroll` of 5 pictures per held-out character, every character competing;
@@ -302,7 +303,7 @@ pictures, no near-duplicate of a training picture): top-1 **{f["known_top1"]:.4f
 The unknown score is how far a face's best similarity lies above the typical similarity of that
 character (`Classifier.familiarity`, kyara/classify.py): the estimated length of the mean of its
 training faces, or of its enrolled pictures. The best similarity alone (models before 0.3) gave
-an AUROC of 0.904 on the held-out series and answered 42 % of their faces unknown at the model's
+an AUROC of 0.904 on the held-out series and answered 43 % of their faces unknown at the model's
 threshold; per character, some are drawn alike in every picture and others vary, and one
 threshold for all let a new character pass as a loose one.
 

@@ -289,3 +289,12 @@ def test_a_wrongly_shaped_gallery_says_what_is_wrong(shipped_copy):
     rewrite(shipped_copy, "gallery.npy", npy(gallery[:, :128]))
     with pytest.raises(ModelError, match="the gallery's embeddings have 128 numbers but the head's have 256"):
         load_bundle(shipped_copy)
+
+
+def test_a_model_of_the_first_format_still_loads(bundle, tmp_path):
+    """Format 1 had no typical similarities: its threshold is a similarity, and it still reads."""
+    path = tmp_path / "m.kyara"
+    save_bundle(bundle, path)
+    edited_header(path, format_version=1, typical=None)
+    loaded = load_bundle(path)
+    assert loaded.typical is None and loaded.unknown_threshold == pytest.approx(0.4)

@@ -222,3 +222,26 @@ def test_manga_copies_are_black_and_white_with_inked_outlines():
     # Ink follows the drawing's outlines: black pixels sit where the luma changes much more often.
     assert edges[black].mean() > 2 * edges[~black].mean()
     assert 0.05 < black.float().mean() < 0.7
+
+
+def test_a_character_of_one_training_picture_gets_the_typical_characters_similarity():
+    """One picture says nothing of how a character varies: its typical similarity is the median of
+    the others', not 1 (which would make its own other pictures unknown)."""
+    from kyara.train.data import LabelledImages
+    from kyara.train.fit import class_means
+
+    rng = np.random.default_rng(0)
+    centres = np.eye(3, 16)
+    spreads = {0: 0.3, 1: 0.6}
+    vectors, labels = [], []
+    for label, spread in spreads.items():
+        rows = centres[label] + spread * rng.standard_normal((40, 16))
+        vectors.append(rows / np.linalg.norm(rows, axis=1, keepdims=True))
+        labels += [label] * 40
+    vectors.append(centres[2][None])
+    labels.append(2)
+    data = LabelledImages(
+        np.zeros((81, 1, 1, 3), np.uint8), np.array(labels), np.arange(81), ["tight", "loose", "once"], []
+    )
+    _, typical = class_means(np.vstack(vectors), data)
+    assert typical[0] > typical[1] and typical[2] == pytest.approx(np.median(typical[:2]))

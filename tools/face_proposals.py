@@ -2,7 +2,9 @@
 
     python tools/face_proposals.py propose build/data/illustrations/benchmark -o build/review/proposals.json
     python tools/face_proposals.py sheets build/review/proposals.json --root build/data -o build/review/sheets
-    python tools/face_proposals.py sheets portraits.json --per-sheet 12 -o build/review10/portrait-sheets
+    python tools/face_proposals.py select build/review10/portrait-proposals.json -o build/review10/portrait-review.json
+    python tools/face_proposals.py sheets build/review10/portrait-review.json --per-sheet 12 \
+        -o build/review10/portrait-sheets
     python tools/face_proposals.py labels -o tools/detector-labels.json \
         --proposals pictures=build/review/train-proposals.json shared=build/review/shared-proposals.json \
                     pictures=build/review10/portrait-proposals.json pictures=build/review10/manga-proposals.json \
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 from pathlib import Path
 
 from PIL import Image, ImageDraw
@@ -93,11 +96,23 @@ def draw_sheet(image: Image.Image, proposals: list[dict], side: int = 900) -> Im
     return sheet
 
 
-SURE = 0.5
-"""Proposal score from which `sheets --unsure` takes a picture's face as found (the CNN proposers'
-sure score in tools/train_detector.py)."""
+REVIEW_SURE = 0.5
+"""`select` counts a proposal of this score or more, from any proposer, as a face found (the CNN
+proposers' sure score in tools/train_detector.py, which asks 0.6 of the shrunk pass: a picture
+whose only such face is a shrunk-pass one of 0.5 to 0.6 is neither selected nor trained on)."""
 CELL_SIDE = 350
 """Longer side of a picture in a sheet of several (`sheets --per-sheet`): portraits at full size."""
+
+
+def review_selection(proposals: dict[str, list[dict]], sample: int, seed: int) -> dict[str, list[dict]]:
+    """The pictures to check by eye: every one without exactly one sure proposal (none: a face may
+    have been missed; several: on a portrait of one character, mostly boxes on hands and brooches),
+    and `sample` drawn at random from the others, to measure how far those can be trusted."""
+    one_face = [path for path, faces in proposals.items() if sum(f["score"] >= REVIEW_SURE for f in faces) == 1]
+    left_out = set(one_face)
+    random.Random(seed).shuffle(one_face)
+    left_out -= set(one_face[:sample])
+    return {path: faces for path, faces in proposals.items() if path not in left_out}
 
 
 def write_sheets(proposals: dict[str, list[dict]], root: Path, out: Path, per_sheet: int) -> dict[str, str]:
@@ -263,8 +278,12 @@ def main() -> None:
     s.add_argument("proposals", type=Path)
     s.add_argument("--root", type=Path, default=Path("build/data"))
     s.add_argument("-o", "--out", type=Path, required=True)
-    s.add_argument("--unsure", action="store_true", help=f"only pictures without a proposal scoring {SURE}+")
     s.add_argument("--per-sheet", type=int, default=1, help="pictures per sheet, in rows of four")
+    select = sub.add_parser("select")
+    select.add_argument("proposals", type=Path)
+    select.add_argument("--sample", type=int, default=96, help="pictures with one sure face to check too")
+    select.add_argument("--seed", type=int, default=0)
+    select.add_argument("-o", "--out", type=Path, required=True)
     labels = sub.add_parser("labels")
     labels.add_argument("--proposals", nargs="+", required=True, help="ROOT=proposals.json")
     labels.add_argument("--checked", nargs="*", default=[], help="ROOT=SHEETS:ANSWERS.json[,ANSWERS.json]")
@@ -279,6 +298,10 @@ def main() -> None:
         made = write_benchmark(args.out, args.sheets, args.answers, args.root, args.root.as_posix())
         faces = sum(len(entry["faces"]) for entry in made["images"])
         print(f"{len(made['images'])} pictures, {faces} faces -> {args.out}")
+    elif args.command == "select":
+        chosen = review_selection(json.loads(args.proposals.read_text()), args.sample, args.seed)
+        args.out.write_text(json.dumps(chosen, indent=1))
+        print(f"{len(chosen)} pictures to check -> {args.out}")
     elif args.command == "labels":
         files = [(root, Path(file)) for root, file in (item.split("=", 1) for item in args.proposals)]
         checked = []
@@ -296,8 +319,6 @@ def main() -> None:
     else:
         args.out.mkdir(parents=True, exist_ok=True)
         proposals = json.loads(args.proposals.read_text())
-        if args.unsure:
-            proposals = {path: faces for path, faces in proposals.items() if not any(f["score"] >= SURE for f in faces)}
         index = write_sheets(proposals, args.root, args.out, args.per_sheet)
         (args.out / "index.json").write_text(json.dumps(index, indent=1))
         # The numbers drawn on the sheets refer to these proposals.

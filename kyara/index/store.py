@@ -266,7 +266,8 @@ def _classifier_id(recognizer: Recognizer) -> str:
     classifier = recognizer.classifier
     digest = hashlib.sha256(repr((classifier.labels, classifier.temperature, classifier.unknown_threshold)).encode())
     digest.update(np.ascontiguousarray(classifier.prototypes).tobytes())
-    digest.update(np.ascontiguousarray(classifier.typical).tobytes())
+    if classifier.typical.any():  # models without typical similarities keep the id they had
+        digest.update(np.ascontiguousarray(classifier.typical).tobytes())
     return digest.hexdigest()
 
 

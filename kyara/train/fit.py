@@ -65,7 +65,9 @@ def package(
         threshold = threshold_at_acceptance(familiarity, KNOWN_ACCEPTANCE)
         val_top1 = float((similarities.argmax(axis=1) == val.labels).mean())
     else:
-        temperature, threshold = DEFAULT_TEMPERATURE, 0.0
+        # Nothing to calibrate on: name every face (with typical similarities the threshold is a
+        # margin, and -1 lets any cosine pass).
+        temperature, threshold = DEFAULT_TEMPERATURE, (0.0 if typical is None else -1.0)
     return ModelBundle(
         onnx=export_onnx(embedder, config.input_size),
         labels=classes,
@@ -92,8 +94,12 @@ def class_means(embeddings: np.ndarray, data: LabelledImages) -> tuple[np.ndarra
             raise kyara.KyaraError(f"{name}: no training picture left after the validation split; add pictures")
         mean = members.mean(axis=0)
         means.append(mean / max(float(np.linalg.norm(mean)), 1e-12))
-        lengths.append(estimated_concentration(members, prior=1.0))
-    return np.asarray(means, np.float32), np.asarray(lengths)
+        lengths.append(estimated_concentration(members, prior=1.0) if len(members) > 1 else np.nan)
+    lengths = np.asarray(lengths)
+    # One picture says nothing of how a character varies: it gets the typical character's value.
+    measured = lengths[~np.isnan(lengths)]
+    lengths[np.isnan(lengths)] = float(np.median(measured)) if len(measured) else 1.0
+    return np.asarray(means, np.float32), lengths
 
 
 def fit_folders(
