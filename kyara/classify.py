@@ -93,20 +93,21 @@ class Classifier:
     @classmethod
     def from_bundle(cls, bundle: ModelBundle) -> Classifier:
         labels = bundle.all_labels()
+        head_rows = {name: row for row, name in enumerate(bundle.labels)}
         rows, owners, typical = [], [], []
         for index, name in enumerate(labels):
+            row = head_rows.get(name)
             members = [i for i, g in enumerate(bundle.gallery_labels) if g == name]
-            if name in bundle.labels:
-                rows.append(bundle.head[bundle.labels.index(name)])
+            if row is not None:
+                rows.append(bundle.head[row])
                 owners.append(index)
             if members:
                 rows.append(gallery_prototype(bundle.gallery[members], bundle.concentration))
                 owners.append(index)
             if bundle.typical is not None:
-                trained = name in bundle.labels
                 typical.append(
-                    bundle.typical[bundle.labels.index(name)]
-                    if trained
+                    bundle.typical[row]
+                    if row is not None
                     else estimated_concentration(bundle.gallery[members], bundle.concentration)
                 )
         prototypes = np.asarray(rows, np.float32).reshape(len(rows), bundle.embedding_dim)

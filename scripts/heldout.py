@@ -126,26 +126,26 @@ def unknown_figures(classifier: Classifier, known: np.ndarray, labels: np.ndarra
     """AUROC of the unknown score (`Classifier.familiarity`, known vs held-out characters) and the
     threshold trade-off."""
     known_sims = classifier.similarities(known)
-    known_best, correct = classifier.familiarity(known_sims), known_sims.argmax(1) == labels
-    held_best = classifier.familiarity(classifier.similarities(held))
+    known_score, correct = classifier.familiarity(known_sims), known_sims.argmax(1) == labels
+    held_score = classifier.familiarity(classifier.similarities(held))
     trade_off = []
     for acceptance in ACCEPTANCE_LEVELS:
-        threshold = threshold_at_acceptance(known_best, acceptance)
-        accepted = known_best >= threshold
+        threshold = threshold_at_acceptance(known_score, acceptance)
+        accepted = known_score >= threshold
         trade_off.append(
             {
                 "known_kept": round(float(accepted.mean()), 4),
                 "threshold": round(threshold, 4),
                 "accuracy_of_kept": round(float(correct[accepted].mean()), 4),
-                "held_out_rejected": round(float((held_best < threshold).mean()), 4),
+                "held_out_rejected": round(float((held_score < threshold).mean()), 4),
             }
         )
     return {
-        "auroc": round(auroc(known_best, held_best), 4),
+        "auroc": round(auroc(known_score, held_score), 4),
         "held_out_images": len(held),
         "model_threshold": round(classifier.unknown_threshold, 4),
-        "known_kept_at_model_threshold": round(float((known_best >= classifier.unknown_threshold).mean()), 4),
-        "held_out_rejected_at_model_threshold": round(float((held_best < classifier.unknown_threshold).mean()), 4),
+        "known_kept_at_model_threshold": round(float((known_score >= classifier.unknown_threshold).mean()), 4),
+        "held_out_rejected_at_model_threshold": round(float((held_score < classifier.unknown_threshold).mean()), 4),
         "trade_off": trade_off,
     }
 
