@@ -386,12 +386,23 @@ def index(
         bool, typer.Option("--reembed", help="Adopt this model's embedder: re-embed faces from their stored boxes.")
     ] = False,
     moved: Annotated[bool, typer.Option("--moved", help="The indexed folder has moved to ROOT.")] = False,
+    workers: Annotated[
+        int | None, typer.Option("--workers", min=1, help="Pictures worked on at once here (default: one per core).")
+    ] = None,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            help="Do the work on a Ray cluster: 'auto' (the one `ray start` joined), an address, or 'local'. "
+            "Needs kyara[cluster]; the index folder must be reachable from every node.",
+        ),
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Index the faces of a picture folder for find and search (incremental: run it again to update)."""
     from kyara.index import index_folder
 
-    summary, stats = index_folder(root, db, model, reembed, moved)
+    summary, stats = index_folder(root, db, model, reembed, moved, workers=workers, ray=ray)
     _summarise(
         summary.unreadable,
         {**summary.to_dict(), "index": stats} if as_json else None,

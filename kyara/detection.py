@@ -56,6 +56,10 @@ class DetectedFace:
 
 
 class Detector(Protocol):
+    """What kyara needs of a detector. One may also offer `with_threads(threads) -> Detector`, a
+    copy that runs each picture on `threads` threads (`Recognizer.with_threads`); one without it
+    is shared as it is."""
+
     name: str
 
     def detect(self, image: Image.Image) -> list[DetectedFace]: ...
@@ -244,6 +248,13 @@ class CnnDetector:
         except ValueError as exc:
             raise ModelError(f"the face detector's settings are not numbers: {exc}") from exc
         self.model_digest = hashlib.sha1(weights).hexdigest()[:12]
+        self.weights = weights
+
+    def with_threads(self, threads: int) -> CnnDetector:
+        return CnnDetector(self.input_side, self.min_score, threads, self.weights)
+
+    def __reduce__(self) -> tuple:
+        return CnnDetector, (self.input_side, self.min_score, None, self.weights)
 
     @property
     def settings(self) -> dict:

@@ -99,6 +99,21 @@ class Recognizer:
         self.classifier = Classifier.from_bundle(self.bundle)
         self.max_pixels = max_pixels
 
+    def with_threads(self, threads: int) -> Recognizer:
+        """The same model and detector with `threads` inference threads per call. Work spread over
+        the cores by the caller (`kyara index`: one picture per core at once) needs one: on
+        networks this small, a second thread per call buys little and spins a core."""
+        threaded = getattr(self.detector, "with_threads", None)  # see kyara.detection.Detector
+        detector = threaded(threads) if threaded else self.detector
+        copy = Recognizer(self.bundle, detector, threads, self.max_pixels)
+        copy.from_memory, copy.model_file = self.from_memory, self.model_file
+        return copy
+
+    def __reduce__(self) -> tuple:
+        # ONNX Runtime sessions do not pickle: a copy sent to another process (a Ray worker) opens
+        # the same bundle and detector again there.
+        return Recognizer, (self.bundle, self.detector, None, self.max_pixels)
+
     def load(self, image: ImageSource) -> Image.Image:
         return load_image(image, self.max_pixels)
 

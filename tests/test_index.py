@@ -21,6 +21,7 @@ from kyara.gallery import enroll, forget, locked
 from kyara.imageio import load_image
 from kyara.index import DATABASE, VECTORS, CollectionIndex
 from kyara.index import update as index_update
+from kyara.index.work import InThreads
 from kyara.pipeline import Recognizer
 from tests.conftest import data_path, same_values
 
@@ -187,6 +188,19 @@ def test_find_and_search(indexed):
     assert query.box == (0, 0, 160, 160)
     hits = query.hits
     assert hits[0].face.face_id == face.face_id and hits[0].similarity > 0.9 and len(hits) == 5
+
+
+def test_pictures_worked_on_at_once_give_the_same_index(base, tmp_path):
+    """Threads (one picture per worker, one inference thread each) change the speed, not the index."""
+    recognizer = Recognizer()  # the CNN detector: its copies run one thread per picture
+    indexes = {}
+    for workers in (1, 3):
+        db = tmp_path / f"{workers}.kyaradb"
+        with CollectionIndex(db, recognizer, create=True) as collection:
+            summary = collection.update(base[0], progress=False, engine=InThreads(workers))
+            assert (summary.added, summary.faces) == (6, consistent(collection)["faces"])
+        indexes[workers] = contents(db)
+    assert len(indexes[1]) >= 6 and same_values(indexes[3], indexes[1])
 
 
 def test_a_killed_run_goes_on_where_it_stopped(base, tmp_path, upright, monkeypatch):

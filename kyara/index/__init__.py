@@ -27,8 +27,9 @@ from kyara.errors import KyaraError
 from kyara.imageio import ImageSource
 from kyara.index.labels import IndexedFace
 from kyara.index.queries import EXACT_UP_TO, IndexQueries, QueryFace, SearchHit
-from kyara.index.store import DATABASE, FORMAT_VERSION, VECTORS
+from kyara.index.store import DATABASE, FORMAT_VERSION, SHARDS, VECTORS
 from kyara.index.update import FILES_PER_COMMIT, IndexUpdates, UpdateSummary
+from kyara.index.work import Engine, InThreads
 from kyara.pipeline import Model
 
 __all__ = [
@@ -36,9 +37,12 @@ __all__ = [
     "EXACT_UP_TO",
     "FILES_PER_COMMIT",
     "FORMAT_VERSION",
+    "SHARDS",
     "VECTORS",
     "CollectionIndex",
+    "Engine",
     "Found",
+    "InThreads",
     "IndexedFace",
     "QueryFace",
     "SearchHit",
@@ -62,13 +66,25 @@ def index_folder(
     reembed: bool = False,
     moved: bool = False,
     progress: bool = True,
+    workers: int | None = None,
+    ray: str | None = None,
 ) -> tuple[UpdateSummary, dict]:
     """`kyara index`: make or update the index at `db` of the pictures under `root` (see
-    `CollectionIndex.update`); returns what the update did and the index's `stats` after it."""
+    `CollectionIndex.update`); returns what the update did and the index's `stats` after it.
+    `workers`: pictures worked on at once here (default: one per core). `ray`: do the work on
+    the Ray cluster at this address instead ("auto": the one `ray start` joined this machine to;
+    "local": a cluster of this machine alone), its shards in the index's `shards` folder."""
     if not Path(root).is_dir():
         raise KyaraError(f"{root}: not a folder")  # before an index is made for it
+    if ray is None:
+        engine: Engine = InThreads(workers)
+    else:
+        from kyara.index.distributed import OnRay
+
+        engine = OnRay(Path(db) / SHARDS, address=None if ray == "local" else ray, progress=progress)
     with CollectionIndex.open(db, model, create=True) as collection:
-        return collection.update(root, reembed=reembed, moved=moved, progress=progress), collection.stats()
+        summary = collection.update(root, reembed=reembed, moved=moved, progress=progress, engine=engine)
+        return summary, collection.stats()
 
 
 class Found(NamedTuple):

@@ -13,6 +13,7 @@ from typing import Self
 
 import numpy as np
 
+from kyara.bundle import ModelBundle
 from kyara.errors import KyaraError
 from kyara.gallery import locked
 from kyara.imageio import check_utf8
@@ -24,6 +25,8 @@ made before that rule (session 6) cut the face out of face crops again; its next
 files afresh (`IndexUpdates._forget_face_crops`)."""
 DATABASE = "collection.sqlite"
 VECTORS = "vectors.usearch"
+SHARDS = "shards"
+"""What Ray workers computed and the writer has not yet merged (`kyara.index.distributed`)."""
 SQL_CHUNK = 500
 """Ids per `IN (...)` query: far below SQLite's limit on bound parameters."""
 
@@ -81,7 +84,7 @@ class IndexStore:
     def __init__(self, db: str | os.PathLike, recognizer: Recognizer, create: bool = False) -> None:
         self.path = Path(db).expanduser()
         self.recognizer = recognizer
-        self.embedder_id = hashlib.sha256(recognizer.bundle.onnx).hexdigest()
+        self.embedder_id = embedder_id(recognizer.bundle)
         self.classifier_id = _classifier_id(recognizer)
         self.dim = recognizer.embedder.dim
         self._connection = self._connect(create)
@@ -259,6 +262,11 @@ def _empty_vectors(dim: int):
     except ImportError as exc:
         raise KyaraError(f"the collection index needs the index extra: pip install 'kyara[index]' ({exc})") from exc
     return Index(ndim=dim, metric="cos", dtype="f16")
+
+
+def embedder_id(bundle: ModelBundle) -> str:
+    """The identity of a model's embedder: vectors of two embedders cannot be compared."""
+    return hashlib.sha256(bundle.onnx).hexdigest()
 
 
 def _classifier_id(recognizer: Recognizer) -> str:

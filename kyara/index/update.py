@@ -4,11 +4,8 @@ a few files at a time so that a killed run goes on where it stopped."""
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import sqlite3
-import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -16,13 +13,14 @@ import numpy as np
 from tqdm import tqdm
 
 from kyara.classify import Prediction
-from kyara.cut import FaceCut, crop_sized, cuts_of
+from kyara.cut import crop_sized
 from kyara.detection import DetectedFace
-from kyara.errors import ImageError, KyaraError
+from kyara.errors import KyaraError
 from kyara.gallery import locked
 from kyara.imageio import check_utf8, list_images, resolved
 from kyara.index.labels import LabelledStore
 from kyara.index.store import DATABASE, FORMAT_VERSION
+from kyara.index.work import Engine, FaceFound, InThreads, Job, Outcome, timed
 
 FILES_PER_COMMIT = 16
 """A killed run loses at most this many files of work."""
@@ -49,13 +47,8 @@ class UpdateSummary:
     def to_dict(self) -> dict:
         return {**asdict(self), "seconds": {k: round(v, 3) for k, v in self.seconds.items()}}
 
-    @contextlib.contextmanager
-    def timing(self, stage: str) -> Iterator[None]:
-        started = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[stage] += time.perf_counter() - started
+    def timing(self, stage: str) -> contextlib.AbstractContextManager[None]:
+        return timed(self.seconds, stage)
 
 
 @dataclass(frozen=True)
@@ -72,7 +65,7 @@ class _Stored:
 
 @dataclass
 class _Picture:
-    """A file read and cut into face crops, ready to embed and write."""
+    """A file's faces and their vectors, ready to write."""
 
     path: str
     size: int
@@ -80,7 +73,8 @@ class _Picture:
     sha256: str
     width: int
     height: int
-    cuts: list[FaceCut]
+    faces: list[FaceFound]
+    vectors: np.ndarray
     replaces: int | None
 
 
@@ -100,11 +94,19 @@ class IndexUpdates(LabelledStore):
     """`update`: the one writer of an index, under its lock."""
 
     def update(
-        self, root: str | os.PathLike, reembed: bool = False, moved: bool = False, progress: bool = True
+        self,
+        root: str | os.PathLike,
+        reembed: bool = False,
+        moved: bool = False,
+        progress: bool = True,
+        engine: Engine | None = None,
     ) -> UpdateSummary:
         """Bring the index up to date with the pictures under `root`: index new and changed files,
         drop removed ones, skip unchanged ones. `reembed`: adopt this model's embedder (see module
-        docstring). `moved`: `root` is the indexed collection, moved to a new place."""
+        docstring). `moved`: `root` is the indexed collection, moved to a new place. `engine`: what
+        does the pictures' work (default: threads of this process, one per core; a Ray cluster:
+        `kyara.index.distributed.OnRay`)."""
+        engine = engine or InThreads()
         root = resolved(root)
         if not root.is_dir():
             raise KyaraError(f"{root}: not a folder")
@@ -124,7 +126,7 @@ class IndexUpdates(LabelledStore):
             if self._meta("classifier") != self.classifier_id:
                 summary.relabelled = self._relabel()
             try:
-                self._index_files(root, summary, progress)
+                self._index_files(root, summary, progress, engine)
             finally:
                 self._save_vectors()
         return summary
@@ -154,9 +156,10 @@ class IndexUpdates(LabelledStore):
             self._vectors.remove(np.array(faces, np.uint64))
             self._vectors_changed = True
 
-    def _index_files(self, root: Path, summary: UpdateSummary, progress: bool) -> None:
+    def _index_files(self, root: Path, summary: UpdateSummary, progress: bool, engine: Engine) -> None:
         on_disk = {path.relative_to(root).as_posix(): path for path in list_images(root)}
         summary.files = len(on_disk)
+        merged = self._merge_leftovers(engine, on_disk, summary)
         stored = {
             row[1]: _Stored(*row)
             for row in self._connection.execute("SELECT id, path, size, mtime_ns, sha256, embedder FROM files")
@@ -168,7 +171,7 @@ class IndexUpdates(LabelledStore):
         for path, row in stored.items():
             if path not in on_disk:
                 gone.setdefault(row.sha256, []).append(row)
-        todo = []
+        jobs = []
         for relative, path in on_disk.items():
             try:
                 relative.encode("utf-8")
@@ -178,68 +181,121 @@ class IndexUpdates(LabelledStore):
                 continue
             row, stat = stored.get(relative), (status.st_size, status.st_mtime_ns)
             if row and (row.size, row.mtime_ns, row.embedder) == (*stat, self.embedder_id):
-                summary.unchanged += 1
+                summary.unchanged += relative not in merged
             elif known_unreadable.get(relative, ())[:2] == stat:  # still the same unreadable file
                 summary.unreadable.append(f"{relative}: {known_unreadable[relative][2]}")
             else:
-                todo.append((relative, path, status, row))
-        batch = _Batch()
-        for relative, path, status, row in tqdm(todo, desc="indexing", unit="file", disable=not (progress and todo)):
-            self._read(relative, path, status, row, gone, batch, summary)
-            if len(batch) >= FILES_PER_COMMIT:
-                self._write(batch, summary)
-                batch = _Batch()
-        self._write(batch, summary)
+                jobs.append(self._job(relative, path, status, row))
+        # A new path whose content is that of a gone file of this embedder is a moved file: no work.
+        movable = frozenset(sha for sha, rows in gone.items() if any(r.embedder == self.embedder_id for r in rows))
+        planned = {job.relative: job for job in jobs}
+        retry: list[Job] = []
+        with tqdm(total=len(jobs), desc="indexing", unit="file", disable=not (progress and jobs)) as bar:
+            for outcomes in engine.run(self.recognizer, movable, jobs, FILES_PER_COMMIT):
+                self._write_outcomes(outcomes, stored, gone, summary, retry, planned)
+                bar.update(len(outcomes))
+            # Copies of one moved file's content: the first took its stored faces, these need work.
+            for outcomes in InThreads().run(self.recognizer, frozenset(), retry, FILES_PER_COMMIT):
+                self._write_outcomes(outcomes, stored, gone, summary, [], planned)
         self._drop_missing(on_disk, gone, summary)
 
-    def _read(
+    def _merge_leftovers(self, engine: Engine, on_disk: dict[str, Path], summary: UpdateSummary) -> set[str]:
+        """Write what a run that died left computed (Ray's shards), for the files still as they
+        were then and not written since; returns their paths."""
+        merged: set[str] = set()
+        for outcomes in engine.leftovers(self.embedder_id):
+            stored = {o.relative: row for o in outcomes if (row := self._stored_row(o.relative))}
+            fresh = [
+                outcome
+                for outcome in outcomes
+                if outcome.computed
+                and _still_as_computed(on_disk.get(outcome.relative), outcome)
+                and not _written(stored.get(outcome.relative), outcome, self.embedder_id)
+            ]
+            self._write_outcomes(fresh, stored, {}, summary, [], {})
+            merged.update(outcome.relative for outcome in fresh)
+        return merged
+
+    def _stored_row(self, relative: str) -> _Stored | None:
+        row = self._connection.execute(
+            "SELECT id, path, size, mtime_ns, sha256, embedder FROM files WHERE path = ?", (relative,)
+        ).fetchone()
+        return _Stored(*row) if row else None
+
+    def _write_outcomes(
         self,
-        relative: str,
-        path: Path,
-        status: os.stat_result,
+        outcomes: list[Outcome],
+        stored: dict[str, _Stored],
+        gone: dict[str, list[_Stored]],
+        summary: UpdateSummary,
+        retry: list[Job],
+        planned: dict[str, Job],
+    ) -> None:
+        """Write one batch of outcomes in one transaction; the jobs of those that need work done
+        again go to `retry`."""
+        batch = _Batch()
+        for outcome in outcomes:
+            if not self._take(outcome, stored.get(outcome.relative), gone, batch, summary):
+                retry.append(planned[outcome.relative])
+        self._write(batch, summary)
+
+    def _job(self, relative: str, path: Path, status: os.stat_result, row: _Stored | None) -> Job:
+        stale = row is not None and row.embedder != self.embedder_id
+        return Job(
+            relative,
+            str(path),
+            status.st_size,
+            status.st_mtime_ns,
+            row.sha256 if row else None,
+            tuple(self._stored_faces(row.id)) if stale else None,
+        )
+
+    def _take(
+        self,
+        outcome: Outcome,
         row: _Stored | None,
         gone: dict[str, list[_Stored]],
         batch: _Batch,
         summary: UpdateSummary,
-    ) -> None:
-        """Decide what `path` needs and do the reading part of it into `batch`."""
-        size, mtime_ns = status.st_size, status.st_mtime_ns
-        try:
-            with summary.timing("hash"), path.open("rb") as file:
-                sha256 = hashlib.file_digest(file, "sha256").hexdigest()
-        except OSError as exc:
-            error = f"cannot read ({exc.strerror or exc})"
-            batch.unreadable.append((relative, size, mtime_ns, error, row.id if row else None))
-            return
-        moved = row is None and bool(gone.get(sha256))
+    ) -> bool:
+        """Put what a job gave into `batch`; False if it must be done again without the moved-file
+        shortcut (another new copy of the gone file's content took its stored faces)."""
+        for stage, seconds in outcome.seconds.items():
+            summary.seconds[stage] += seconds
+        relative, size, mtime_ns = outcome.relative, outcome.size, outcome.mtime_ns
+        if outcome.error is not None:
+            batch.unreadable.append((relative, size, mtime_ns, outcome.error, row.id if row else None))
+            return True
+        moved = row is None and bool(gone.get(outcome.sha256))
+        if not outcome.computed and not moved and (row is None or row.sha256 != outcome.sha256):
+            return False
         if moved:
-            row = gone[sha256].pop()  # moved or renamed: same content, new path
+            row = gone[outcome.sha256].pop()  # moved or renamed: same content, new path
             summary.moved += 1
-        same_content = row is not None and row.sha256 == sha256
-        if same_content and row.embedder == self.embedder_id:
+        if not outcome.computed:
             summary.unchanged += not moved  # touched, or copied back: only the stored stat changes
             batch.touched.append((relative, size, mtime_ns, row.id))
-            return
-        try:
-            with summary.timing("decode"):
-                picture = self.recognizer.load(path)
-        except ImageError as exc:
-            batch.unreadable.append((relative, size, mtime_ns, str(exc), row.id if row else None))
-            return
-        if same_content:
-            with summary.timing("embed"):
-                cuts = cuts_of(picture, self._stored_faces(row.id))
+            return True
+        if outcome.reembedded or moved:
             summary.reembedded += 1
+        elif row is None:
+            summary.added += 1
         else:
-            with summary.timing("detect"):
-                cuts = self.recognizer.cuts_to_name(picture)
-            if row is None:
-                summary.added += 1
-            else:
-                summary.changed += 1
+            summary.changed += 1
         batch.pictures.append(
-            _Picture(relative, size, mtime_ns, sha256, picture.width, picture.height, cuts, row.id if row else None)
+            _Picture(
+                relative,
+                size,
+                mtime_ns,
+                outcome.sha256,
+                outcome.width,
+                outcome.height,
+                outcome.faces,
+                outcome.vectors,
+                row.id if row else None,
+            )
         )
+        return True
 
     def _stored_faces(self, file_id: int) -> list[DetectedFace]:
         """The detected faces of a file as stored (none: the whole picture was embedded)."""
@@ -250,12 +306,11 @@ class IndexUpdates(LabelledStore):
         return [DetectedFace(box=(x, y, w, h), score=score, angle=angle) for x, y, w, h, score, angle in rows]
 
     def _write(self, batch: _Batch, summary: UpdateSummary) -> None:
-        """Embed and classify the batch's crops, then commit it in one transaction; the vector
-        index follows only after the commit succeeded."""
-        with summary.timing("embed"):
-            vectors = self.recognizer.embed([cut for p in batch.pictures for cut in p.cuts])
-            predictions = self.recognizer.classify(vectors, top_k=1)
+        """Classify the batch's faces, then commit it in one transaction; the vector index follows
+        only after the commit succeeded."""
+        vectors = np.concatenate([p.vectors for p in batch.pictures] or [np.zeros((0, self.dim), np.float32)])
         with summary.timing("write"):
+            predictions = self.recognizer.classify(vectors, top_k=1)
             replaced = [p.replaces for p in batch.pictures if p.replaces] + [u[4] for u in batch.unreadable if u[4]]
             old_faces = self._face_ids_of(replaced)
             new_faces: list[int] = []
@@ -277,8 +332,8 @@ class IndexUpdates(LabelledStore):
                             self.embedder_id,
                         ),
                     ).lastrowid
-                    for cut in picture.cuts:
-                        new_faces.append(self._insert_face(db, file_id, cut, vectors[at], predictions[at]))
+                    for face in picture.faces:
+                        new_faces.append(self._insert_face(db, file_id, face, vectors[at], predictions[at]))
                         at += 1
                 written = [(p.path,) for p in batch.pictures] + [(t[0],) for t in batch.touched]
                 db.executemany("DELETE FROM unreadable WHERE path = ?", written)
@@ -297,7 +352,7 @@ class IndexUpdates(LabelledStore):
     def _insert_face(
         db: sqlite3.Connection,
         file_id: int,
-        cut: FaceCut,
+        face: FaceFound,
         vector: np.ndarray,
         prediction: Prediction,
     ) -> int:
@@ -306,10 +361,10 @@ class IndexUpdates(LabelledStore):
             "similarity, embedding) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 file_id,
-                *cut.box,
-                cut.score,
-                cut.angle,
-                cut.fallback,
+                *face.box,
+                face.score,
+                face.angle,
+                face.fallback,
                 prediction.label,
                 prediction.confidence,
                 prediction.similarity,
@@ -329,3 +384,16 @@ class IndexUpdates(LabelledStore):
             self._vectors.remove(np.array(faces, np.uint64))
             self._vectors_changed = True
         summary.removed = len(removed)
+
+
+def _still_as_computed(path: Path | None, outcome: Outcome) -> bool:
+    try:
+        status = path.stat() if path else None
+    except OSError:
+        return False
+    return status is not None and (status.st_size, status.st_mtime_ns) == (outcome.size, outcome.mtime_ns)
+
+
+def _written(row: _Stored | None, outcome: Outcome, embedder: str) -> bool:
+    computed = (outcome.size, outcome.mtime_ns, outcome.sha256, embedder)
+    return row is not None and (row.size, row.mtime_ns, row.sha256, row.embedder) == computed

@@ -1,0 +1,126 @@
+"""`kyara index --ray` on a local Ray cluster: the same index as one machine makes, a worker killed
+mid-run costs nothing, and the shards of a run that died are merged, not computed again."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+
+from kyara.detection import CnnDetector
+from kyara.index import SHARDS, CollectionIndex
+from kyara.index import update as index_update
+from kyara.index.work import InThreads
+from kyara.pipeline import Recognizer
+from tests.conftest import data_path, same_values
+from tests.test_index import consistent, contents, make_pictures
+
+ray = pytest.importorskip("ray")
+from kyara.index.distributed import OnRay  # noqa: E402  (needs Ray)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    data_path("newgame-illustrations")  # skips without the data, before starting Ray
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def pictures(tmp_path_factory) -> Path:
+    return make_pictures(tmp_path_factory.mktemp("ray") / "pictures")
+
+
+@pytest.fixture(scope="module")
+def one_machine(pictures) -> list[tuple]:
+    db = pictures.parent / "one machine.kyaradb"
+    with CollectionIndex(db, Recognizer(), create=True) as collection:
+        collection.update(pictures, progress=False, engine=InThreads(1))
+    return contents(db)
+
+
+class Recording(OnRay):
+    """OnRay, remembering the jobs it was given."""
+
+    jobs: list | None = None
+
+    def run(self, recognizer, movable, jobs, batch):
+        self.jobs = list(jobs)
+        yield from super().run(recognizer, movable, jobs, batch)
+
+
+def test_ray_makes_the_index_one_machine_makes(cluster, pictures, one_machine, tmp_path):
+    db = tmp_path / "ray.kyaradb"
+    with CollectionIndex(db, Recognizer(), create=True) as collection:
+        summary = collection.update(pictures, progress=False, engine=OnRay(db / SHARDS, chunk=4))
+        assert (summary.added, summary.faces, consistent(collection)["faces"]) == (6, len(one_machine), summary.faces)
+        engine = Recording(db / SHARDS)
+        assert collection.update(pictures, progress=False, engine=engine).unchanged == 6
+    assert engine.jobs == []  # unchanged files never reach the cluster
+    assert same_values(contents(db), one_machine)
+    assert not (db / SHARDS).exists() or not any((db / SHARDS).iterdir())  # merged, then deleted
+
+
+class DiesOnce:
+    """The CNN detector in a process that kills itself at its first picture while `marker`
+    exists (taking the marker with it): a Ray worker lost mid-batch, once."""
+
+    name = "cnn"
+
+    def __init__(self, marker: Path, inner: CnnDetector | None = None) -> None:
+        self.marker, self.inner = marker, inner or CnnDetector()
+
+    def with_threads(self, threads: int) -> DiesOnce:
+        return DiesOnce(self.marker, self.inner.with_threads(threads))
+
+    def detect(self, image):
+        with contextlib.suppress(FileNotFoundError):
+            self.marker.unlink()
+            os.kill(os.getpid(), signal.SIGKILL)
+        return self.inner.detect(image)
+
+
+def test_a_worker_killed_mid_run_is_replaced_and_nothing_is_lost_or_doubled(
+    cluster, pictures, one_machine, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(index_update, "FILES_PER_COMMIT", 2)
+    marker = tmp_path / "kill a worker"
+    marker.touch()
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import the tests
+    db = tmp_path / "killed worker.kyaradb"
+    with CollectionIndex(db, Recognizer(detector=DiesOnce(marker)), create=True) as collection:
+        summary = collection.update(pictures, progress=False, engine=OnRay(db / SHARDS))
+        assert (summary.added, summary.faces, consistent(collection)["faces"]) == (6, len(one_machine), summary.faces)
+    assert not marker.exists(), "no worker was killed: the test did not test anything"
+    assert same_values(contents(db), one_machine)
+
+
+def test_the_shards_of_a_run_that_died_are_merged_not_computed_again(
+    cluster, pictures, one_machine, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(index_update, "FILES_PER_COMMIT", 2)
+    db = tmp_path / "died.kyaradb"
+    written = index_update.IndexUpdates._write
+    calls = []
+
+    def dies_on_the_second_commit(self, batch, summary):
+        calls.append(len(batch))
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the writer's machine went down
+        written(self, batch, summary)
+
+    with CollectionIndex(db, Recognizer(), create=True) as collection:
+        with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
+            patch.setattr(index_update.IndexUpdates, "_write", dies_on_the_second_commit)
+            collection.update(pictures, progress=False, engine=OnRay(db / SHARDS))
+        assert consistent(collection)["files"] == 2  # one batch committed; the other shards wait
+        engine = Recording(db / SHARDS)
+        summary = collection.update(pictures, progress=False, engine=engine)
+        assert (summary.added, summary.unchanged) == (4, 2)
+    assert engine.jobs == []  # every picture came from a shard: none was computed again
+    assert same_values(contents(db), one_machine)
