@@ -21,6 +21,7 @@ from kyara.gallery import enroll, forget, locked
 from kyara.imageio import load_image
 from kyara.index import DATABASE, VECTORS, CollectionIndex
 from kyara.index import update as index_update
+from kyara.index import vectors as index_vectors
 from kyara.index.work import InThreads
 from kyara.pipeline import Recognizer
 from tests.conftest import data_path, same_values
@@ -201,6 +202,30 @@ def test_pictures_worked_on_at_once_give_the_same_index(base, tmp_path):
             assert (summary.added, summary.faces) == (6, consistent(collection)["faces"])
         indexes[workers] = contents(db)
     assert len(indexes[1]) >= 6 and same_values(indexes[3], indexes[1])
+
+
+def test_vectors_in_several_shards_answer_as_one_index(base, tmp_path, upright, monkeypatch):
+    monkeypatch.setattr(index_vectors, "FACES_PER_SHARD", 2)
+    db = shutil.copytree(base[1], tmp_path / "sharded.kyaradb")  # its one vector file holds every face
+    with CollectionIndex(db, upright) as sharded, CollectionIndex(base[1], upright) as whole:
+        stats = consistent(sharded)
+        files = sorted(path.name for path in db.glob("*.usearch"))
+        assert stats["faces"] >= 6 and len(files) == 1  # rebuilt in shards in memory, not yet written
+        sharded.save_vectors()
+        files = sorted(path.name for path in db.glob("*.usearch"))
+        assert len(files) == -(-stats["faces"] // 2) and VECTORS in files
+        queries = whole._decode([row[0] for row in whole._connection.execute("SELECT embedding FROM faces")])
+
+        def answers(collection):
+            return [
+                [(h.face.path, h.face.box, h.similarity) for h in hits]
+                for hits in collection.search_vectors(queries, 5)
+            ]
+
+        expected = answers(whole)
+        assert len(expected) == stats["faces"] and same_values(answers(sharded), expected)
+    with CollectionIndex(db, upright) as reopened:  # read from the shard files as they are
+        assert consistent(reopened)["vectors"] == stats["faces"] and same_values(answers(reopened), expected)
 
 
 def test_a_killed_run_goes_on_where_it_stopped(base, tmp_path, upright, monkeypatch):

@@ -5,9 +5,13 @@ A `.kyaradb` is a directory holding two stores, so that they travel and are lock
 - `collection.sqlite`, the source of truth: files (path relative to the indexed root, size, mtime,
   SHA-256), their faces (box, angle, label, confidence, embedding as float16), files that could
   not be read, and the identity of the model (a hash of its embedder and one of its classifier).
-- `vectors.usearch`, an HNSW index (usearch) of the face embeddings keyed by face id. It is
-  derived from SQLite: opening an index removes the vectors of faces that are gone and adds the
-  missing ones, so a run killed at any moment leaves two stores that agree once reopened.
+- `vectors.usearch` (and `vectors.N.usearch` past a million faces: `kyara.index.vectors`), HNSW
+  indexes (usearch) of the face embeddings keyed by face id, one per range of ids, searched
+  together. They are derived from SQLite: opening an index removes the vectors of faces that are
+  gone and adds the missing ones, so a run killed at any moment leaves two stores that agree once
+  reopened.
+- `shards/`, only while a Ray run is under way or after one died: what the cluster computed and
+  the writer has not merged yet (`kyara.index.distributed`).
 
 Updating is incremental: a file whose size and mtime are unchanged is skipped, one whose content
 is unchanged is not decoded again, a moved file keeps its faces, and SQLite is committed every few
@@ -15,6 +19,9 @@ files so a killed run goes on where it stopped. A changed gallery (enroll, forge
 labels, recomputed from the stored embeddings without detecting again. A different embedder makes
 the stored vectors incomparable: `update(..., reembed=True)` cuts the faces again from the stored
 boxes and embeds them, still without detecting.
+
+The work per picture (hash, decode, detect, cut, embed: `kyara.index.work`) runs on all cores of
+this machine, or on a Ray cluster; only the writer (`kyara.index.update`) touches the stores.
 """
 
 from __future__ import annotations
@@ -26,15 +33,17 @@ from typing import NamedTuple
 from kyara.errors import KyaraError
 from kyara.imageio import ImageSource
 from kyara.index.labels import IndexedFace
-from kyara.index.queries import EXACT_UP_TO, IndexQueries, QueryFace, SearchHit
-from kyara.index.store import DATABASE, FORMAT_VERSION, SHARDS, VECTORS
+from kyara.index.queries import IndexQueries, QueryFace, SearchHit
+from kyara.index.store import DATABASE, FORMAT_VERSION, SHARDS
 from kyara.index.update import FILES_PER_COMMIT, IndexUpdates, UpdateSummary
+from kyara.index.vectors import EXACT_UP_TO, FACES_PER_SHARD, VECTORS
 from kyara.index.work import Engine, InThreads
 from kyara.pipeline import Model
 
 __all__ = [
     "DATABASE",
     "EXACT_UP_TO",
+    "FACES_PER_SHARD",
     "FILES_PER_COMMIT",
     "FORMAT_VERSION",
     "SHARDS",

@@ -12,10 +12,6 @@ from kyara.imageio import ImageSource
 from kyara.index.labels import IndexedFace, LabelledStore
 from kyara.index.store import CURRENT_FACES, FACES, SQL_CHUNK, chunks
 
-EXACT_UP_TO = 50_000
-"""Up to this many faces, search compares the query with every face (2.4 ms at 50,000 on 2 cores):
-perfect recall where it is cheap; beyond, the HNSW graph answers."""
-
 
 @dataclass(frozen=True)
 class SearchHit:
@@ -73,7 +69,7 @@ class IndexQueries(LabelledStore):
         if len(self._vectors) == 0 or len(vectors) == 0:
             return [[] for _ in vectors]
         queries = np.asarray(vectors, np.float32).reshape(len(vectors), -1)
-        matches = _match_rows(self._vectors.search(queries, top_k, exact=len(self._vectors) <= EXACT_UP_TO))
+        matches = self._vectors.search(queries, top_k)
         ids = sorted({int(k) for keys, _ in matches for k in keys})
         faces = {face.face_id: face for face in self._faces_by_id(ids, stale)}
         return [
@@ -107,10 +103,3 @@ class IndexQueries(LabelledStore):
     def unreadable(self) -> list[tuple[str, str]]:
         """(path, error) of each file that could not be read, as of the last update."""
         return self._connection.execute("SELECT path, error FROM unreadable ORDER BY path").fetchall()
-
-
-def _match_rows(matches) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(keys, cosine distances) per query, from usearch's one-query or many-query answer."""
-    if hasattr(matches, "counts"):
-        return [(k[:n], d[:n]) for k, d, n in zip(matches.keys, matches.distances, matches.counts)]
-    return [(matches.keys, matches.distances)]

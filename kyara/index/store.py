@@ -3,7 +3,6 @@ with, and the vector index kept in agreement with SQLite."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import sqlite3
@@ -17,6 +16,7 @@ from kyara.bundle import ModelBundle
 from kyara.errors import KyaraError
 from kyara.gallery import locked
 from kyara.imageio import check_utf8
+from kyara.index.vectors import ShardedVectors
 from kyara.pipeline import Model, Recognizer
 
 FORMAT_VERSION = 2
@@ -24,7 +24,6 @@ FORMAT_VERSION = 2
 made before that rule (session 6) cut the face out of face crops again; its next update reads such
 files afresh (`IndexUpdates._forget_face_crops`)."""
 DATABASE = "collection.sqlite"
-VECTORS = "vectors.usearch"
 SHARDS = "shards"
 """What Ray workers computed and the writer has not yet merged (`kyara.index.distributed`)."""
 SQL_CHUNK = 500
@@ -90,8 +89,7 @@ class IndexStore:
         self._connection = self._connect(create)
         try:
             self._check_format()
-            self._vectors = _empty_vectors(self.dim)
-            self._vectors_changed = False
+            self._vectors = ShardedVectors(self.dim)
             if self._meta("embedder") == self.embedder_id:
                 self._load_vectors()
         except BaseException:
@@ -199,18 +197,11 @@ class IndexStore:
             )
 
     def _load_vectors(self) -> None:
-        """Read the vector index, then make it agree with SQLite (see the module docstring)."""
-        from usearch.index import Index
-
-        file = self.path / VECTORS
-        restored = None
-        with contextlib.suppress(Exception):  # a missing or damaged file is rebuilt from SQLite
-            restored = Index.restore(str(file)) if file.is_file() else None
-        usable = restored is not None and restored.ndim == self.dim
-        self._vectors = restored if usable else _empty_vectors(self.dim)
+        """Read the vector shards, then make them agree with SQLite (see the module docstring)."""
+        self._vectors = ShardedVectors.restore(self.path, self.dim)
         rows = self._connection.execute(f"SELECT faces.id {CURRENT_FACES}", (self.embedder_id,))
         wanted = np.fromiter((row[0] for row in rows), np.uint64)
-        present = np.asarray(self._vectors.keys, np.uint64)
+        present = self._vectors.keys()
         extra = np.setdiff1d(present, wanted)
         missing = np.setdiff1d(wanted, present)
         if len(extra):
@@ -219,30 +210,16 @@ class IndexStore:
             marks = ",".join("?" * len(ids))
             rows = self._connection.execute(f"SELECT id, embedding FROM faces WHERE id IN ({marks})", ids).fetchall()
             self._vectors.add(np.array([r[0] for r in rows], np.uint64), self._decode([r[1] for r in rows]))
-        # A rebuilt file is written back by the next writer (`update`, `save_vectors`).
-        self._vectors_changed = not usable or bool(len(extra) or len(missing))
+        # A rebuilt shard is written back by the next writer (`update`, `save_vectors`).
 
     def save_vectors(self) -> None:
-        """Write the vector index now. `update` does it itself; opening an index whose vector file
-        was missing or stale only rebuilds it in memory, and this keeps the rebuilt one."""
+        """Write the vector shards now. `update` does it itself; opening an index whose vector
+        files were missing or stale only rebuilds them in memory, and this keeps the rebuilt ones."""
         with locked(self.path / DATABASE):
             self._save_vectors()
 
     def _save_vectors(self) -> None:
-        """Replace the vector file atomically. Only writers call this, under the lock, so one
-        temporary name is enough; usearch streams it to disk (a large index is not held twice)."""
-        if not self._vectors_changed:
-            return
-        temporary = self.path / f".{VECTORS}.tmp"
-        try:
-            self._vectors.save(str(temporary))
-            with temporary.open("rb") as file:
-                os.fsync(file.fileno())
-            os.replace(temporary, self.path / VECTORS)
-        except BaseException:
-            temporary.unlink(missing_ok=True)
-            raise
-        self._vectors_changed = False
+        self._vectors.save(self.path)
 
     def _face_ids_of(self, file_ids: list[int]) -> list[int]:
         found: list[int] = []
@@ -254,14 +231,6 @@ class IndexStore:
     def _decode(self, blobs: list[bytes]) -> np.ndarray:
         vectors = np.frombuffer(b"".join(blobs), np.float16).reshape(len(blobs), self.dim).astype(np.float32)
         return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-
-
-def _empty_vectors(dim: int):
-    try:
-        from usearch.index import Index
-    except ImportError as exc:
-        raise KyaraError(f"the collection index needs the index extra: pip install 'kyara[index]' ({exc})") from exc
-    return Index(ndim=dim, metric="cos", dtype="f16")
 
 
 def embedder_id(bundle: ModelBundle) -> str:

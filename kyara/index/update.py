@@ -154,7 +154,6 @@ class IndexUpdates(LabelledStore):
             db.execute("INSERT OR REPLACE INTO meta VALUES ('format_version', ?)", (str(FORMAT_VERSION),))
         if faces:
             self._vectors.remove(np.array(faces, np.uint64))
-            self._vectors_changed = True
 
     def _index_files(self, root: Path, summary: UpdateSummary, progress: bool, engine: Engine) -> None:
         on_disk = {path.relative_to(root).as_posix(): path for path in list_images(root)}
@@ -344,7 +343,6 @@ class IndexUpdates(LabelledStore):
                 self._vectors.remove(np.array(old_faces, np.uint64))
             if new_faces:
                 self._vectors.add(np.array(new_faces, np.uint64), vectors)
-            self._vectors_changed |= bool(old_faces or new_faces)
         summary.faces += len(new_faces)
         summary.unreadable += [f"{u[0]}: {u[3]}" for u in batch.unreadable]
 
@@ -382,7 +380,6 @@ class IndexUpdates(LabelledStore):
             db.executemany("DELETE FROM unreadable WHERE path = ?", [(p,) for p in listed if p not in on_disk])
         if faces:
             self._vectors.remove(np.array(faces, np.uint64))
-            self._vectors_changed = True
         summary.removed = len(removed)
 
 
