@@ -4,13 +4,16 @@ mid-run costs nothing, and the shards of a run that died are merged, not compute
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import sys
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from kyara.cli import app
 from kyara.detection import CnnDetector
 from kyara.index import SHARDS, CollectionIndex
 from kyara.index import update as index_update
@@ -123,4 +126,13 @@ def test_the_shards_of_a_run_that_died_are_merged_not_computed_again(
         summary = collection.update(pictures, progress=False, engine=engine)
         assert (summary.added, summary.unchanged) == (4, 2)
     assert engine.jobs == []  # every picture came from a shard: none was computed again
+    assert same_values(contents(db), one_machine)
+
+
+def test_cli_index_on_ray(cluster, pictures, one_machine, tmp_path):
+    db = tmp_path / "cli.kyaradb"
+    result = CliRunner().invoke(app, ["index", str(pictures), "--db", str(db), "--ray", "auto", "--json"])
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert (document["added"], document["faces"]) == (6, len(one_machine))
     assert same_values(contents(db), one_machine)

@@ -85,6 +85,8 @@ def index_folder(
     "local": a cluster of this machine alone), its shards in the index's `shards` folder."""
     if not Path(root).is_dir():
         raise KyaraError(f"{root}: not a folder")  # before an index is made for it
+    if ray is not None and workers is not None:
+        raise KyaraError("--workers sets this machine's workers; with --ray, the cluster's CPUs decide")
     if ray is None:
         engine: Engine = InThreads(workers)
     else:
