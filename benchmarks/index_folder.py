@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from kyara.imageio import list_images
-from kyara.index import SHARDS, CollectionIndex, Engine, InThreads
+from kyara.index import CollectionIndex, Engine, InThreads
 from kyara.pipeline import Recognizer
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -49,7 +49,7 @@ def main() -> None:
             link.parent.mkdir(parents=True, exist_ok=True)
             link.symlink_to(path.resolve())
         db = Path(folder) / "bench.kyaradb"
-        engine = InThreads(args.workers) if args.ray is None else on_ray(args.ray, db)
+        engine = InThreads(args.workers) if args.ray is None else on_ray(args.ray)
         with CollectionIndex(db, Recognizer(), create=True) as collection:
             started, cpu_started = time.perf_counter(), time.process_time()
             first = collection.update(root, progress=False, engine=engine)
@@ -79,13 +79,13 @@ def main() -> None:
     print(json.dumps(report, indent=2))
 
 
-def on_ray(cpus: int, db: Path) -> Engine:
+def on_ray(cpus: int) -> Engine:
     import ray
 
     from kyara.index.distributed import OnRay
 
     ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
-    return OnRay(db / SHARDS)
+    return OnRay()
 
 
 if __name__ == "__main__":

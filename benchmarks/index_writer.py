@@ -7,7 +7,7 @@ However many nodes detect and embed, one process plans the run (lists and stats 
 writes every outcome (classifies its faces, inserts them into SQLite, adds them to the HNSW graph).
 This measures that process alone: the pictures are empty files, and an engine that does no work
 hands the writer made-up outcomes (unit vectors of the default model's dimension) as fast as it
-asks for them, in the batches a Ray chunk gives it.
+asks for them, in batches of 16 as Ray's shards bring them.
 """
 
 from __future__ import annotations
@@ -32,18 +32,15 @@ class MadeUp:
     def __init__(self, faces: int, dim: int) -> None:
         self.faces, self.dim, self.rng = faces, dim, np.random.default_rng(0)
 
-    def run(self, recognizer, movable, jobs, batch):
-        for start in range(0, len(jobs), 1024):
-            yield [self.outcome(job) for job in jobs[start : start + 1024]]
+    def run(self, recognizer, moved, jobs, batch, shards):
+        for start in range(0, len(jobs), batch):
+            yield [self.outcome(job) for job in jobs[start : start + batch]]
 
     def outcome(self, job) -> Outcome:
         vectors = self.rng.standard_normal((self.faces, self.dim)).astype(np.float32)
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
         faces = [FaceFound((10 * i, 10, 100, 100), 0.9, 0.0, False) for i in range(self.faces)]
         return Outcome(job.relative, job.size, job.mtime_ns, f"{hash(job.relative):x}", None, 1024, 768, faces, vectors)
-
-    def leftovers(self, embedder):
-        return iter(())
 
 
 def main() -> None:

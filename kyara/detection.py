@@ -248,13 +248,13 @@ class CnnDetector:
         except ValueError as exc:
             raise ModelError(f"the face detector's settings are not numbers: {exc}") from exc
         self.model_digest = hashlib.sha1(weights).hexdigest()[:12]
-        self.weights = weights
+        self.weights, self.threads = weights, threads
 
     def with_threads(self, threads: int) -> CnnDetector:
         return CnnDetector(self.input_side, self.min_score, threads, self.weights)
 
     def __reduce__(self) -> tuple:
-        return CnnDetector, (self.input_side, self.min_score, None, self.weights)
+        return CnnDetector, (self.input_side, self.min_score, self.threads, self.weights)
 
     @property
     def settings(self) -> dict:

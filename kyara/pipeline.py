@@ -98,6 +98,7 @@ class Recognizer:
             )
         self.classifier = Classifier.from_bundle(self.bundle)
         self.max_pixels = max_pixels
+        self.threads = threads
 
     def with_threads(self, threads: int) -> Recognizer:
         """The same model and detector with `threads` inference threads per call. Work spread over
@@ -112,7 +113,12 @@ class Recognizer:
     def __reduce__(self) -> tuple:
         # ONNX Runtime sessions do not pickle: a copy sent to another process (a Ray worker) opens
         # the same bundle and detector again there.
-        return Recognizer, (self.bundle, self.detector, None, self.max_pixels)
+        return Recognizer, (self.bundle, self.detector, self.threads, self.max_pixels)
+
+    def __copy__(self) -> Recognizer:
+        copy = object.__new__(Recognizer)  # shares the loaded sessions, unlike __reduce__
+        copy.__dict__.update(self.__dict__)
+        return copy
 
     def load(self, image: ImageSource) -> Image.Image:
         return load_image(image, self.max_pixels)

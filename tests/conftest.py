@@ -82,7 +82,7 @@ def same_values(actual, expected, tolerance: float = FLOAT_TOLERANCE) -> bool:
         return np.shape(actual) == np.shape(expected) and np.allclose(actual, expected, atol=tolerance, rtol=0)
     blobs = isinstance(actual, bytes) and isinstance(expected, bytes)
     if blobs and len(actual) == len(expected) > 0 == len(actual) % 2:
-        # float16 rounds to about 1e-3 near 1: a last-digit difference may cross a rounding step.
+        # A last-digit difference may cross one float16 rounding step: 2**-10 of the value.
         halves = np.frombuffer(actual, np.float16).astype(np.float32), np.frombuffer(expected, np.float16)
-        return np.allclose(*halves, atol=max(tolerance, 2e-3), rtol=0)
+        return np.allclose(*halves, atol=tolerance, rtol=2**-10)
     return actual == expected

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -35,11 +36,13 @@ class CountingDetector:
 
     def __init__(self, inner, fail_after: int | None = None) -> None:
         self.inner, self.name, self.calls, self.fail_after = inner, inner.name, 0, fail_after
+        self.lock = threading.Lock()  # pictures are detected in several threads at once
 
     def detect(self, image):
-        if self.fail_after is not None and self.calls >= self.fail_after:
-            raise RuntimeError("detection must not run here")
-        self.calls += 1
+        with self.lock:
+            if self.fail_after is not None and self.calls >= self.fail_after:
+                raise RuntimeError("detection must not run here")
+            self.calls += 1
         return self.inner.detect(image)
 
 
@@ -146,6 +149,20 @@ def test_updates_follow_changes_without_redoing_work(indexed):
     assert stats["files"] == 5
 
 
+def test_two_copies_of_a_moved_file(indexed):
+    root, collection = indexed
+    faces = [f.face_id for f in collection.faces_of("kou/1.jpg")]
+    shutil.copyfile(root / "kou" / "1.jpg", root / "copy.jpg")
+    (root / "kou" / "1.jpg").rename(root / "moved.jpg")
+    summary = collection.update(root, progress=False)
+    # One new path takes the gone file's faces (the first listed), the other is indexed afresh.
+    assert (summary.moved, summary.added, summary.removed, collection.recognizer.detector.calls) == (1, 1, 0, 1)
+    assert [f.face_id for f in collection.faces_of("copy.jpg")] == faces
+    fresh = collection.faces_of("moved.jpg")
+    assert same_values([(f.box, f.label) for f in fresh], [(f.box, f.label) for f in collection.faces_of("copy.jpg")])
+    assert consistent(collection)["files"] == 7
+
+
 def test_unreadable_files_are_listed_and_skipped(indexed):
     root, collection = indexed
     (root / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
@@ -234,7 +251,7 @@ def test_a_killed_run_goes_on_where_it_stopped(base, tmp_path, upright, monkeypa
     monkeypatch.setattr(index_update, "FILES_PER_COMMIT", 2)
     killed = CollectionIndex(db, with_detector(upright, fail_after=4), create=True)
     with killed, pytest.raises(RuntimeError):
-        killed.update(root, progress=False)
+        killed.update(root, progress=False, engine=InThreads(1))  # which pictures fail follows their order
     old_vectors = shutil.copyfile(db / VECTORS, tmp_path / "old vectors")
     with CollectionIndex(db, with_detector(upright)) as collection:
         assert consistent(collection)["files"] == 4
@@ -330,10 +347,14 @@ def test_another_embedder_needs_reembedding_but_no_detection(indexed):
     for refused in (lambda: other.find("yagami_kou"), lambda: other.update(root), lambda: other.search(root / "a")):
         with pytest.raises(KyaraError, match="--reembed"):
             refused()
-    summary = other.update(root, reembed=True, progress=False)
-    assert (summary.reembedded, summary.unchanged, summary.faces) == (6, 0, collection.stats()["faces"])
+    boxes = [f.box for f in collection.faces_of("kou/1.jpg")]
+    (root / "kou" / "1.jpg").rename(root / "kou" / "moved.jpg")  # moved while awaiting the new embedder
+    summary = other.update(root, reembed=True, progress=False)  # and still nothing is detected
+    assert (summary.reembedded, summary.moved, summary.unchanged) == (6, 1, 0)
+    assert summary.faces == collection.stats()["faces"]
     stats = consistent(other)
     assert stats["awaiting_reembedding"] == 0 and stats["vectors"] == summary.faces
+    assert [f.box for f in other.faces_of("kou/moved.jpg")] == boxes
     with pytest.raises(KyaraError, match="another embedder"):
         CollectionIndex(collection.path, collection.recognizer).find("yagami_kou")
 

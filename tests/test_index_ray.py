@@ -52,17 +52,17 @@ class Recording(OnRay):
 
     jobs: list | None = None
 
-    def run(self, recognizer, movable, jobs, batch):
+    def run(self, recognizer, moved, jobs, batch, shards):
         self.jobs = list(jobs)
-        yield from super().run(recognizer, movable, jobs, batch)
+        yield from super().run(recognizer, moved, jobs, batch, shards)
 
 
 def test_ray_makes_the_index_one_machine_makes(cluster, pictures, one_machine, tmp_path):
     db = tmp_path / "ray.kyaradb"
     with CollectionIndex(db, Recognizer(), create=True) as collection:
-        summary = collection.update(pictures, progress=False, engine=OnRay(db / SHARDS, chunk=4))
+        summary = collection.update(pictures, progress=False, engine=OnRay(chunk=4))
         assert (summary.added, summary.faces, consistent(collection)["faces"]) == (6, len(one_machine), summary.faces)
-        engine = Recording(db / SHARDS)
+        engine = Recording()
         assert collection.update(pictures, progress=False, engine=engine).unchanged == 6
     assert engine.jobs == []  # unchanged files never reach the cluster
     assert same_values(contents(db), one_machine)
@@ -97,7 +97,7 @@ def test_a_worker_killed_mid_run_is_replaced_and_nothing_is_lost_or_doubled(
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import the tests
     db = tmp_path / "killed worker.kyaradb"
     with CollectionIndex(db, Recognizer(detector=DiesOnce(marker)), create=True) as collection:
-        summary = collection.update(pictures, progress=False, engine=OnRay(db / SHARDS))
+        summary = collection.update(pictures, progress=False, engine=OnRay())
         assert (summary.added, summary.faces, consistent(collection)["faces"]) == (6, len(one_machine), summary.faces)
     assert not marker.exists(), "no worker was killed: the test did not test anything"
     assert same_values(contents(db), one_machine)
@@ -120,9 +120,9 @@ def test_the_shards_of_a_run_that_died_are_merged_not_computed_again(
     with CollectionIndex(db, Recognizer(), create=True) as collection:
         with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
             patch.setattr(index_update.IndexUpdates, "_write", dies_on_the_second_commit)
-            collection.update(pictures, progress=False, engine=OnRay(db / SHARDS))
+            collection.update(pictures, progress=False, engine=OnRay())
         assert consistent(collection)["files"] == 2  # one batch committed; the other shards wait
-        engine = Recording(db / SHARDS)
+        engine = Recording()
         summary = collection.update(pictures, progress=False, engine=engine)
         assert (summary.added, summary.unchanged) == (4, 2)
     assert engine.jobs == []  # every picture came from a shard: none was computed again

@@ -92,7 +92,7 @@ def index_folder(
     else:
         from kyara.index.distributed import OnRay
 
-        engine = OnRay(Path(db) / SHARDS, address=None if ray == "local" else ray, progress=progress)
+        engine = OnRay(ray, progress=progress)
     with CollectionIndex.open(db, model, create=True) as collection:
         summary = collection.update(root, reembed=reembed, moved=moved, progress=progress, engine=engine)
         return summary, collection.stats()

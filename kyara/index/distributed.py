@@ -1,15 +1,15 @@
 """`kyara index --ray`: the pictures' work (`kyara.index.work`) spread over a Ray cluster.
 
 The writer (`kyara.index.update`) plans on the machine that holds the index, so only new and
-changed files reach the cluster. `OnRay` hands them to Ray Data in chunks; an actor pool of
-`PictureWork`s (one recognizer per actor, its ONNX sessions running one thread per CPU the actor
-holds) reads, decodes, detects and embeds each picture where the actor runs, so no decoded pixels
-cross the network, and writes each batch's outcomes as one Parquet shard (written whole, then
-renamed into place, under a name that follows from the batch's files: a batch done twice, by an
-actor Ray restarted, writes the same shard). The shards live under `shards`, a folder every node
-reaches (the index on a shared filesystem). The writer merges a chunk's shards into SQLite and the
-vector index while the cluster works on the next chunk, then deletes them; a run that dies leaves
-the shards it wrote, and the next run merges them before it plans (`leftovers`).
+changed files reach the cluster. `OnRay` hands them to Ray Data; an actor pool of `PictureWork`s
+(one recognizer per actor, its ONNX sessions running one thread per CPU the actor holds) reads,
+decodes, detects and embeds each picture where the actor runs, so no decoded pixels cross the
+network, and writes each batch's outcomes as one Parquet shard into the index's `shards/` folder,
+which every node reaches (the index on a shared filesystem). A shard is written whole, then
+renamed into place, under a name that follows from its batch's files: a batch done twice, by an
+actor Ray restarted, writes the same shard. As each shard's name comes back, the writer merges
+it into SQLite and the vector index, then deletes it; a run that dies leaves the shards it wrote,
+and the next run merges them before it plans (`leftover_outcomes`).
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ import json
 import logging
 import os
 import shutil
+import uuid
+import warnings
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -28,11 +29,11 @@ import numpy as np
 from kyara.detection import DetectedFace
 from kyara.errors import KyaraError
 from kyara.index.store import embedder_id
-from kyara.index.work import STAGES, FaceFound, Job, Outcome, PictureWork
+from kyara.index.work import STAGES, FaceFound, Job, MovedContents, Outcome, PictureWork
 from kyara.pipeline import Recognizer
 
-CHUNK = 4096
-"""Pictures handed to Ray at once: the writer merges one chunk while the cluster works on the next."""
+CHUNK = 65_536
+"""Pictures per Ray dataset: bounds the memory the head spends on the list of jobs."""
 
 
 def _ray():
@@ -44,52 +45,44 @@ def _ray():
 
 
 class OnRay:
-    """The pictures' work done on the Ray cluster at `address` ("auto": the one this machine
-    belongs to, as `ray start` left it; None: a cluster of this machine alone, started here).
-    `shards`: the folder for the shards, reachable from every node. `cpus_per_actor`: CPUs (and
-    inference threads) per recognizer; `chunk`: pictures handed to Ray at once; `progress`: Ray
-    Data's own progress bars and logs (kyara's bar counts the pictures written)."""
+    """The pictures' work done on the Ray cluster at `address` ("auto": the one `ray start` joined
+    this machine to; "local": a new cluster of this machine alone; or an address).
+    `cpus_per_actor`: CPUs (and inference threads) per recognizer; `chunk`: pictures per Ray
+    dataset; `progress`: Ray Data's own progress bars and logs (kyara's bar counts the pictures
+    written)."""
 
     def __init__(
-        self,
-        shards: str | os.PathLike,
-        address: str | None = "auto",
-        cpus_per_actor: int = 1,
-        chunk: int = CHUNK,
-        progress: bool = False,
+        self, address: str = "auto", cpus_per_actor: int = 1, chunk: int = CHUNK, progress: bool = False
     ) -> None:
-        self.shards = Path(shards)
         self.address = address
         self.cpus_per_actor = cpus_per_actor
         self.chunk = chunk
         self.progress = progress
 
     def run(
-        self, recognizer: Recognizer, movable: frozenset[str], jobs: list[Job], batch: int
+        self, recognizer: Recognizer, moved: MovedContents, jobs: list[Job], batch: int, shards: Path
     ) -> Iterator[list[Outcome]]:
         if not jobs:
             return
         ray = self._connected()
-        work = ray.put(PictureWork(recognizer, movable))
-        chunks = [jobs[at : at + self.chunk] for at in range(0, len(jobs), self.chunk)]
-        with ThreadPoolExecutor(1, thread_name_prefix="kyara-ray") as ahead:
-            computing = ahead.submit(self._compute, work, chunks[0], self._folder(0), batch)
-            for number in range(len(chunks)):
-                folder = computing.result()
-                if number + 1 < len(chunks):
-                    computing = ahead.submit(self._compute, work, chunks[number + 1], self._folder(number + 1), batch)
-                for shard in _read_shards(folder):
-                    yield [outcome for outcome, _ in shard]
-                shutil.rmtree(folder)  # asked for more: the writer committed all of it
-
-    def leftovers(self, embedder: str) -> Iterator[list[Outcome]]:
-        for folder in sorted(self.shards.glob("chunk-*")) if self.shards.is_dir() else []:
-            for outcomes in _read_shards(folder):
-                yield [outcome for outcome, made_by in outcomes if made_by == embedder]
-            shutil.rmtree(folder)
-
-    def _folder(self, number: int) -> Path:
-        return self.shards / f"chunk-{number:06d}"
+        cpus = int(ray.cluster_resources().get("CPU", 0))
+        if self.cpus_per_actor > cpus:
+            raise KyaraError(f"{self.cpus_per_actor} CPUs per actor, but the Ray cluster has {cpus}")
+        # Sessions of the actors' thread count, so that an actor opens its models once.
+        work = ray.put(PictureWork(recognizer.with_threads(self.cpus_per_actor), moved))
+        shards.mkdir(parents=True, exist_ok=True)
+        for start in range(0, len(jobs), self.chunk):
+            chunk = jobs[start : start + self.chunk]
+            returned: set[str] = set()
+            for names in self._dataset(work, chunk, batch, shards, cpus).iter_batches(batch_size=None):
+                for name in names["shard"]:
+                    if name in returned:
+                        continue  # the same batch, done twice, wrote one file
+                    returned.add(name)
+                    yield [outcome for outcome, _ in read_shard(shards / name)]
+                    (shards / name).unlink()  # asked for more: the writer committed them
+            if len(returned) != -(-len(chunk) // batch):
+                raise KyaraError(f"the Ray cluster returned {len(returned)} shards for {len(chunk)} pictures")
 
     def _connected(self):
         ray = _ray()
@@ -100,53 +93,89 @@ class OnRay:
                 raise KyaraError(
                     f"no Ray cluster at {self.address!r} ({exc}): start one with `ray start --head`"
                 ) from exc
-        context = ray.data.DataContext.get_current()
-        context.enable_progress_bars = self.progress
+        ray.data.DataContext.get_current().enable_progress_bars = self.progress
         if not self.progress:
             logging.getLogger("ray.data").setLevel(logging.WARNING)
         return ray
 
-    def _compute(self, work, jobs: list[Job], folder: Path, batch: int) -> Path:
-        ray = _ray()
-        folder.mkdir(parents=True, exist_ok=True)
-        cpus = int(ray.cluster_resources().get("CPU", 1))
-        rows = [_job_row(job) for job in jobs]
-        blocks = -(-len(rows) // batch)
-        dataset = ray.data.from_items(rows, override_num_blocks=blocks)
-        written = dataset.map_batches(
-            _ShardWriter,
-            fn_constructor_args=(work, self.cpus_per_actor, str(folder)),
-            batch_size=batch,
-            batch_format="pyarrow",
-            num_cpus=self.cpus_per_actor,
-            concurrency=max(1, min(blocks, cpus // self.cpus_per_actor)),
-        )
-        for _ in written.iter_batches(batch_size=None):
-            pass  # the shards are the result; this runs the work and waits for it
-        return folder
+    def _dataset(self, work, jobs: list[Job], batch: int, shards: Path, cpus: int):
+        """Jobs in blocks of `batch`, each done by an actor that writes one shard and returns its name."""
+        blocks = -(-len(jobs) // batch)
+        dataset = _ray().data.from_items([_job_row(job) for job in jobs], override_num_blocks=blocks)
+        with warnings.catch_warnings():
+            # Ray 2.60 deprecates passing remote arguments this way but offers no other for an
+            # actor pool's restarts.
+            warnings.filterwarnings("ignore", "`ray_remote_args` is deprecated")
+            return dataset.map_batches(
+                _ShardWriter,
+                fn_constructor_args=(work, str(shards)),
+                batch_size=batch,
+                batch_format="pyarrow",
+                num_cpus=self.cpus_per_actor,
+                concurrency=max(1, min(blocks, cpus // self.cpus_per_actor)),
+                # Ray restarts a dead actor and retries its batch; a picture that kills every
+                # worker it reaches (a decoder crash) must not loop forever.
+                max_restarts=RETRIES,
+                max_task_retries=RETRIES,
+            )
+
+
+RETRIES = 3
 
 
 class _ShardWriter:
-    """A Ray actor: one recognizer, threads from its CPUs; each batch of jobs becomes one shard."""
+    """A Ray actor: one recognizer; each batch of jobs becomes one shard, named after its files."""
 
-    def __init__(self, shared_work, threads: int, folder: str) -> None:
-        work: PictureWork = _ray().get(shared_work)  # put in the object store once, not once per actor
-        self.work = PictureWork(work.recognizer.with_threads(threads), work.movable)
-        self.embedder = embedder_id(work.recognizer.bundle)
-        self.folder = Path(folder)
+    def __init__(self, shared_work, shards: str) -> None:
+        self.work: PictureWork = _ray().get(shared_work)  # in the object store once, not once per actor
+        self.embedder = embedder_id(self.work.recognizer.bundle)
+        self.shards = Path(shards)
 
     def __call__(self, batch):
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
         jobs = [_job_of(row) for row in batch.to_pylist()]
         table = _outcomes_table([self.work(job) for job in jobs], self.embedder)
-        name = hashlib.sha1("\n".join(job.relative for job in jobs).encode("utf-8", "surrogateescape")).hexdigest()
-        shard = self.folder / f"{name}.parquet"
-        partial = shard.with_suffix(f".{os.getpid()}.partial")
-        pq.write_table(table, partial)
-        os.replace(partial, shard)
+        files = "\0".join(job.relative for job in jobs).encode("utf-8", "surrogateescape")
+        shard = self.shards / f"{hashlib.sha1(files).hexdigest()}.parquet"
+        _write_atomically(table, shard)
         return pa.table({"shard": [shard.name]})
+
+
+def _write_atomically(table, shard: Path) -> None:
+    """Whole or not at all, under its final name: a shard on a shared filesystem is read by the
+    head, maybe after a crash. The temporary name is unique across nodes and hidden from globs."""
+    import pyarrow.parquet as pq
+
+    partial = shard.with_name(f".{shard.name}.{uuid.uuid4().hex}.partial")
+    try:
+        pq.write_table(table, partial)
+        with partial.open("rb") as file:
+            os.fsync(file.fileno())
+        os.replace(partial, shard)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+
+
+def leftover_outcomes(shards: Path, embedder: str) -> Iterator[list[Outcome]]:
+    """The outcomes of this embedder in the shards a run that died left, shard by shard (each
+    deleted once the next is asked for: the writer committed it); then the folder goes. A shard
+    that cannot be read is skipped: its pictures are planned again."""
+    for shard in sorted(shards.glob("*.parquet")):
+        try:
+            outcomes = read_shard(shard)
+        except ImportError as exc:
+            raise KyaraError(
+                f"{shards} holds the work of a Ray run that did not finish: pip install 'kyara[cluster]' to "
+                "merge it, or delete the folder to do that work again"
+            ) from exc
+        except Exception as exc:  # pyarrow's errors for a damaged or foreign file
+            warnings.warn(f"{shard}: not a readable shard, its pictures are indexed again ({exc})", stacklevel=2)
+            outcomes = []
+        yield [outcome for outcome, made_by in outcomes if made_by == embedder]
+        shard.unlink()
+    shutil.rmtree(shards, ignore_errors=True)
 
 
 def _job_row(job: Job) -> dict:
@@ -215,13 +244,11 @@ def _schema():
     )
 
 
-def _read_shards(folder: Path) -> Iterator[list[tuple[Outcome, str]]]:
-    """Each whole shard of `folder` as (outcome, embedder) pairs; a shard cut short by a crash
-    is not one (it is still `.partial`) and its pictures are planned again."""
+def read_shard(shard: Path) -> list[tuple[Outcome, str]]:
+    """A shard's outcomes, each with the embedder that made its vectors."""
     import pyarrow.parquet as pq
 
-    for shard in sorted(folder.glob("*.parquet")):
-        yield [(_outcome_of(row), row["embedder"]) for row in pq.read_table(shard, schema=_schema()).to_pylist()]
+    return [(_outcome_of(row), row["embedder"]) for row in pq.read_table(shard, schema=_schema()).to_pylist()]
 
 
 def _outcome_of(row: dict) -> Outcome:

@@ -19,16 +19,18 @@ from kyara.errors import KyaraError
 from kyara.gallery import locked
 from kyara.imageio import check_utf8, list_images, resolved
 from kyara.index.labels import LabelledStore
-from kyara.index.store import DATABASE, FORMAT_VERSION
-from kyara.index.work import Engine, FaceFound, InThreads, Job, Outcome, timed
+from kyara.index.store import DATABASE, FORMAT_VERSION, SHARDS
+from kyara.index.work import Engine, FaceFound, InThreads, Job, MovedContents, Outcome, timed
 
 FILES_PER_COMMIT = 16
-"""A killed run loses at most this many files of work."""
+"""Outcomes committed at once: a killed run loses the work of at most this many files, plus the
+few that workers had under way."""
 
 
 @dataclass
 class UpdateSummary:
-    """What one `update` did. `seconds` says where the time went."""
+    """What one `update` did. `seconds` says where the time went, summed over the workers (and
+    including the work of a dead Ray run's shards merged by this one)."""
 
     files: int = 0
     added: int = 0
@@ -158,7 +160,7 @@ class IndexUpdates(LabelledStore):
     def _index_files(self, root: Path, summary: UpdateSummary, progress: bool, engine: Engine) -> None:
         on_disk = {path.relative_to(root).as_posix(): path for path in list_images(root)}
         summary.files = len(on_disk)
-        merged = self._merge_leftovers(engine, on_disk, summary)
+        merged = self._merge_leftovers(on_disk, summary)
         stored = {
             row[1]: _Stored(*row)
             for row in self._connection.execute("SELECT id, path, size, mtime_ns, sha256, embedder FROM files")
@@ -185,24 +187,35 @@ class IndexUpdates(LabelledStore):
                 summary.unreadable.append(f"{relative}: {known_unreadable[relative][2]}")
             else:
                 jobs.append(self._job(relative, path, status, row))
-        # A new path whose content is that of a gone file of this embedder is a moved file: no work.
-        movable = frozenset(sha for sha, rows in gone.items() if any(r.embedder == self.embedder_id for r in rows))
         planned = {job.relative: job for job in jobs}
         retry: list[Job] = []
+        shards = self.path.expanduser().resolve() / SHARDS  # workers elsewhere know no working directory
         with tqdm(total=len(jobs), desc="indexing", unit="file", disable=not (progress and jobs)) as bar:
-            for outcomes in engine.run(self.recognizer, movable, jobs, FILES_PER_COMMIT):
+            for outcomes in engine.run(self.recognizer, self._moved(gone), jobs, FILES_PER_COMMIT, shards):
                 self._write_outcomes(outcomes, stored, gone, summary, retry, planned)
                 bar.update(len(outcomes))
             # Copies of one moved file's content: the first took its stored faces, these need work.
-            for outcomes in InThreads().run(self.recognizer, frozenset(), retry, FILES_PER_COMMIT):
+            for outcomes in InThreads(1).run(self.recognizer, {}, retry, FILES_PER_COMMIT, shards):
                 self._write_outcomes(outcomes, stored, gone, summary, [], planned)
         self._drop_missing(on_disk, gone, summary)
 
-    def _merge_leftovers(self, engine: Engine, on_disk: dict[str, Path], summary: UpdateSummary) -> set[str]:
-        """Write what a run that died left computed (Ray's shards), for the files still as they
+    def _moved(self, gone: dict[str, list[_Stored]]) -> MovedContents:
+        """What a new path with the content of a gone file needs (`kyara.index.work.MovedContents`)."""
+        moved: dict[str, tuple[DetectedFace, ...] | None] = {}
+        for sha256, rows in gone.items():
+            current = any(row.embedder == self.embedder_id for row in rows)
+            moved[sha256] = None if current else tuple(self._stored_faces(rows[0].id))
+        return moved
+
+    def _merge_leftovers(self, on_disk: dict[str, Path], summary: UpdateSummary) -> set[str]:
+        """Write what a Ray run that died left computed (its shards), for the files still as they
         were then and not written since; returns their paths."""
         merged: set[str] = set()
-        for outcomes in engine.leftovers(self.embedder_id):
+        if not (self.path / SHARDS).is_dir():
+            return merged
+        from kyara.index.distributed import leftover_outcomes
+
+        for outcomes in leftover_outcomes(self.path / SHARDS, self.embedder_id):
             stored = {o.relative: row for o in outcomes if (row := self._stored_row(o.relative))}
             fresh = [
                 outcome
@@ -265,21 +278,22 @@ class IndexUpdates(LabelledStore):
         if outcome.error is not None:
             batch.unreadable.append((relative, size, mtime_ns, outcome.error, row.id if row else None))
             return True
-        moved = row is None and bool(gone.get(outcome.sha256))
-        if not outcome.computed and not moved and (row is None or row.sha256 != outcome.sha256):
+        moved = False
+        if row is None and gone.get(outcome.sha256):  # moved or renamed: same content, new path
+            row = self._claim(gone[outcome.sha256], current=not outcome.computed)
+            moved = row is not None
+        if not outcome.computed and (row is None or row.sha256 != outcome.sha256):
             return False
-        if moved:
-            row = gone[outcome.sha256].pop()  # moved or renamed: same content, new path
-            summary.moved += 1
+        summary.moved += moved
         if not outcome.computed:
             summary.unchanged += not moved  # touched, or copied back: only the stored stat changes
             batch.touched.append((relative, size, mtime_ns, row.id))
             return True
-        if outcome.reembedded or moved:
+        if outcome.reembedded:
             summary.reembedded += 1
         elif row is None:
             summary.added += 1
-        else:
+        elif not moved:
             summary.changed += 1
         batch.pictures.append(
             _Picture(
@@ -295,6 +309,15 @@ class IndexUpdates(LabelledStore):
             )
         )
         return True
+
+    def _claim(self, rows: list[_Stored], current: bool) -> _Stored | None:
+        """Take one of the gone files of a content: one embedded with this model's embedder if
+        `current` (the outcome did no work), else preferably one that is not (the outcome embedded
+        its stored faces again), else any."""
+        for at, row in enumerate(rows):
+            if (row.embedder == self.embedder_id) == current:
+                return rows.pop(at)
+        return None if current or not rows else rows.pop()
 
     def _stored_faces(self, file_id: int) -> list[DetectedFace]:
         """The detected faces of a file as stored (none: the whole picture was embedded)."""

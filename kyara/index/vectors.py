@@ -30,12 +30,16 @@ def shard_file(number: int) -> str:
     return VECTORS if number == 0 else f"vectors.{number}.usearch"
 
 
-def _new_index(dim: int):
+def _usearch_index():
     try:
         from usearch.index import Index
     except ImportError as exc:
         raise KyaraError(f"the collection index needs the index extra: pip install 'kyara[index]' ({exc})") from exc
-    return Index(ndim=dim, metric="cos", dtype="f16")
+    return Index
+
+
+def _new_index(dim: int):
+    return _usearch_index()(ndim=dim, metric="cos", dtype="f16")
 
 
 class ShardedVectors:
@@ -48,10 +52,6 @@ class ShardedVectors:
 
     def __len__(self) -> int:
         return sum(len(shard) for shard in self._shards.values())
-
-    @property
-    def changed(self) -> bool:
-        return bool(self._changed)
 
     def keys(self) -> np.ndarray:
         parts = [np.asarray(shard.keys, np.uint64) for shard in self._shards.values()]
@@ -90,8 +90,7 @@ class ShardedVectors:
     def restore(cls, folder: Path, dim: int) -> ShardedVectors:
         """The shards saved in `folder`; a missing, damaged or other-dimension file is left out
         (the caller adds what SQLite says is missing) and marked to be written again."""
-        from usearch.index import Index
-
+        Index = _usearch_index()
         vectors = cls(dim)
         for number, file in _shard_files(folder):
             restored = None

@@ -15,9 +15,10 @@ import itertools
 import os
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -78,13 +79,18 @@ class Outcome:
         return self.vectors is not None
 
 
-class PictureWork:
-    """Does a job with `recognizer`. `movable`: contents the index holds under paths that are
-    gone; a new path with one of them is a moved file and needs no work."""
+MovedContents = Mapping[str, tuple[DetectedFace, ...] | None]
+"""Contents (SHA-256) the index holds under paths that are gone: a new path with one of them is a
+moved file. None: its faces are embedded with the current embedder, no work; else its stored faces,
+to embed again (the index is adopting a new embedder)."""
 
-    def __init__(self, recognizer: Recognizer, movable: frozenset[str] = frozenset()) -> None:
+
+class PictureWork:
+    """Does a job with `recognizer`; `moved`: see `MovedContents`."""
+
+    def __init__(self, recognizer: Recognizer, moved: MovedContents | None = None) -> None:
         self.recognizer = recognizer
-        self.movable = movable
+        self.moved = moved or {}
 
     def __call__(self, job: Job) -> Outcome:
         outcome = Outcome(job.relative, job.size, job.mtime_ns)
@@ -95,10 +101,11 @@ class PictureWork:
         except OSError as exc:
             outcome.error = f"cannot read ({exc.strerror or exc})"
             return outcome
-        same_content = outcome.sha256 == job.stored_sha256
-        moved = job.stored_sha256 is None and outcome.sha256 in self.movable
-        if (same_content and job.stored_faces is None) or moved:
-            return outcome
+        known, stored_faces = outcome.sha256 == job.stored_sha256, job.stored_faces
+        if job.stored_sha256 is None and outcome.sha256 in self.moved:
+            known, stored_faces = True, self.moved[outcome.sha256]
+        if known and stored_faces is None:
+            return outcome  # the index holds this content, embedded as this model would
         try:
             with timed(seconds, "decode"):
                 picture = self.recognizer.load(job.path)
@@ -106,10 +113,10 @@ class PictureWork:
             outcome.error = str(exc)
             return outcome
         outcome.width, outcome.height = picture.size
-        outcome.reembedded = same_content and job.stored_faces is not None
+        outcome.reembedded = known and stored_faces is not None
         if outcome.reembedded:
             with timed(seconds, "embed"):
-                cuts = cuts_of(picture, list(job.stored_faces or ()))
+                cuts = cuts_of(picture, list(stored_faces or ()))
         else:
             with timed(seconds, "detect"):
                 cuts = self.recognizer.cuts_to_name(picture)
@@ -134,15 +141,11 @@ class Engine(Protocol):
     cluster (`kyara.index.distributed.OnRay`)."""
 
     def run(
-        self, recognizer: Recognizer, movable: frozenset[str], jobs: list[Job], batch: int
+        self, recognizer: Recognizer, moved: MovedContents, jobs: list[Job], batch: int, shards: Path
     ) -> Iterator[list[Outcome]]:
         """Every job's outcome, in lists the writer commits one at a time (of about `batch`
-        outcomes): the next list is asked for once the last one is committed. `movable`: see
-        `PictureWork`."""
-        ...
-
-    def leftovers(self, embedder: str) -> Iterator[list[Outcome]]:
-        """Outcomes a run that died left computed and not known to be written, of this embedder."""
+        outcomes): the next list is asked for once the last one is committed. `shards`: a folder
+        of the index for work that must outlive this process (`kyara.index.distributed`)."""
         ...
 
 
@@ -155,16 +158,13 @@ class InThreads:
         self.workers = workers or os.cpu_count() or 1
 
     def run(
-        self, recognizer: Recognizer, movable: frozenset[str], jobs: list[Job], batch: int
+        self, recognizer: Recognizer, moved: MovedContents, jobs: list[Job], batch: int, shards: Path
     ) -> Iterator[list[Outcome]]:
         threaded = self.workers > 1 and len(jobs) > 1
-        work = PictureWork(recognizer.with_threads(1) if threaded else recognizer, movable)
+        work = PictureWork(recognizer.with_threads(1) if threaded else recognizer, moved)
         outcomes = run_in_threads(work, jobs, self.workers if threaded else 1)
         while chunk := list(itertools.islice(outcomes, batch)):
             yield chunk
-
-    def leftovers(self, embedder: str) -> Iterator[list[Outcome]]:
-        return iter(())  # what a killed run had not committed is simply done again
 
 
 def run_in_threads(work: PictureWork, jobs: Iterable[Job], workers: int) -> Iterator[Outcome]:
