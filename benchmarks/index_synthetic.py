@@ -88,6 +88,8 @@ def fill(db: Path, vectors: np.ndarray, recognizer: Recognizer) -> None:
                 "similarity, embedding) VALUES (?, ?, 0, 0, 100, 100, 1.0, 0.0, 0, NULL, 0.0, 0.0, ?)",
                 ((start + i + 1, (start + i) // FACES_PER_PICTURE + 1, row.tobytes()) for i, row in enumerate(block)),
             )
+        connection.commit()
+        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # as a finished `kyara index` leaves it
 
 
 def exact_top(stored: np.ndarray, queries: np.ndarray, k: int) -> list[set[int]]:
