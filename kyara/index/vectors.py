@@ -38,14 +38,10 @@ def _usearch_index():
     return Index
 
 
-EXPANSION_ADD = 64
-"""Candidates HNSW weighs when it links a new face (usearch's default: 128). Adding a face to the
-graph is the one writer's slowest step, and on 100,000 clustered faces 64 builds the graph 2.1
-times as fast (0.19 against 0.41 ms per face on 2 cores) at the same recall@10 (0.994 and 0.995)."""
-
-
 def _new_index(dim: int):
-    return _usearch_index()(ndim=dim, metric="cos", dtype="f16", expansion_add=EXPANSION_ADD)
+    # usearch's default construction (expansion_add 128): on 300,000 clustered faces, 64 built
+    # the graph twice as fast but lost recall@10 (0.967 against 1.0; docs/collection.md).
+    return _usearch_index()(ndim=dim, metric="cos", dtype="f16")
 
 
 class ShardedVectors:
