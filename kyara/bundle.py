@@ -19,6 +19,7 @@ import secrets
 import stat
 import time
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -147,29 +148,37 @@ def save_bundle(bundle: ModelBundle, path: str | os.PathLike) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside `path`, flush it to disk, then rename it over `path`.
-    A full disk raises `StorageError` and leaves `path` as it was. A file without write permission
-    is refused, never replaced; a replaced file keeps its permissions."""
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """`write` makes the file at a temporary path beside `path`; it is flushed to disk, then
+    renamed over `path`. A full disk raises `StorageError` and leaves `path` as it was. A file
+    without write permission is refused, never replaced; a replaced file keeps its permissions."""
     path.parent.mkdir(parents=True, exist_ok=True)
     mode = _writable_mode(path)
     _remove_stale_temporaries(path)
     temporary = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
-    # Created as open() creates files (0o666 less the umask), where mkstemp would make them owner-only.
-    handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-            file.flush()
+        write(temporary)
+        with temporary.open("rb") as file:
             os.fsync(file.fileno())
         if mode is not None:
             os.chmod(temporary, mode)
         os.replace(temporary, path)
     except BaseException as exc:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         if isinstance(exc, OSError) and exc.errno in NO_ROOM:
             raise StorageError(exc.errno, f"no room left to write {path} ({exc.strerror}); it was not changed") from exc
         raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """`data` written to `path` by `atomic_write`."""
+
+    def write(temporary: Path) -> None:
+        # Created as open() creates files (0o666 less the umask), where mkstemp would make them owner-only.
+        with os.fdopen(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as file:
+            file.write(data)
+
+    atomic_write(path, write)
 
 
 def _writable_mode(path: Path) -> int | None:
@@ -197,7 +206,7 @@ def _remove_stale_temporaries(path: Path) -> None:
 
 
 NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
-"""Errors of a full disk or quota: `atomic_write_bytes` reports them as `StorageError`."""
+"""Errors of a full disk or quota: `atomic_write` reports them as `StorageError`."""
 
 
 def atomic_write_text(path: Path, text: str) -> None:

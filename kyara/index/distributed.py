@@ -17,15 +17,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
-import uuid
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
+from kyara.bundle import atomic_write
 from kyara.detection import DetectedFace
 from kyara.errors import KyaraError
 from kyara.index.store import embedder_id
@@ -133,29 +132,14 @@ class _ShardWriter:
 
     def __call__(self, batch):
         import pyarrow as pa
+        import pyarrow.parquet as pq
 
         jobs = [_job_of(row) for row in batch.to_pylist()]
         table = _outcomes_table([self.work(job) for job in jobs], self.embedder)
         files = "\0".join(job.relative for job in jobs).encode("utf-8", "surrogateescape")
         shard = self.shards / f"{hashlib.sha1(files).hexdigest()}.parquet"
-        _write_atomically(table, shard)
+        atomic_write(shard, lambda temporary: pq.write_table(table, temporary))  # whole, or not at all
         return pa.table({"shard": [shard.name]})
-
-
-def _write_atomically(table, shard: Path) -> None:
-    """Whole or not at all, under its final name: a shard on a shared filesystem is read by the
-    head, maybe after a crash. The temporary name is unique across nodes and hidden from globs."""
-    import pyarrow.parquet as pq
-
-    partial = shard.with_name(f".{shard.name}.{uuid.uuid4().hex}.partial")
-    try:
-        pq.write_table(table, partial)
-        with partial.open("rb") as file:
-            os.fsync(file.fileno())
-        os.replace(partial, shard)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
 
 
 def leftover_outcomes(shards: Path, embedder: str) -> Iterator[list[Outcome]]:

@@ -10,12 +10,12 @@ grow (SQLite AUTOINCREMENT), so new faces fill the last shard.
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
+from kyara.bundle import atomic_write
 from kyara.errors import KyaraError
 
 VECTORS = "vectors.usearch"
@@ -105,8 +105,9 @@ class ShardedVectors:
         return vectors
 
     def save(self, folder: Path) -> None:
-        """Write each changed shard atomically (temporary file, fsync, rename), and remove the
-        file of a shard left without faces. Only writers call this, under the index's lock."""
+        """Write each changed shard atomically (`atomic_write`; usearch streams it to disk, so a
+        large shard is not held twice), and remove the file of a shard left without faces. Only
+        writers call this, under the index's lock."""
         for number in sorted(self._changed):
             file = folder / shard_file(number)
             shard = self._shards.get(number)
@@ -114,20 +115,8 @@ class ShardedVectors:
                 file.unlink(missing_ok=True)
                 self._shards.pop(number, None)
             else:
-                _save_atomically(shard, file)
+                atomic_write(file, lambda temporary, shard=shard: shard.save(str(temporary)))
             self._changed.discard(number)
-
-
-def _save_atomically(shard, file: Path) -> None:
-    temporary = file.with_name(f".{file.name}.tmp")
-    try:
-        shard.save(str(temporary))  # usearch streams it to disk: a large shard is not held twice
-        with temporary.open("rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(temporary, file)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
 
 
 def _shard_files(folder: Path) -> Iterator[tuple[int, Path]]:
