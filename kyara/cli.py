@@ -394,7 +394,7 @@ def index(
         typer.Option(
             "--ray",
             help="Do the work on a Ray cluster: 'auto' (the one `ray start` joined), an address, or 'local'. "
-            "Needs kyara[cluster]; the index folder must be reachable from every node.",
+            "Needs the cluster extra; the index folder must be reachable from every node.",
         ),
     ] = None,
     as_json: JsonFlag = False,
