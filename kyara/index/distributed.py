@@ -33,6 +33,8 @@ from kyara.pipeline import Recognizer
 
 CHUNK = 65_536
 """Pictures per Ray dataset: bounds the memory the head spends on the list of jobs."""
+RETRIES = 3
+"""Restarts of a dead actor, and retries of its batch, before the run fails."""
 
 
 def _ray():
@@ -117,9 +119,6 @@ class OnRay:
                 max_restarts=RETRIES,
                 max_task_retries=RETRIES,
             )
-
-
-RETRIES = 3
 
 
 class _ShardWriter:

@@ -53,6 +53,10 @@ class UpdateSummary:
         return timed(self.seconds, stage)
 
 
+STORED_FILES = "SELECT id, path, size, mtime_ns, sha256, embedder FROM files"
+"""The rows of `files` as `_Stored` reads them."""
+
+
 @dataclass(frozen=True)
 class _Stored:
     """A row of `files`."""
@@ -161,10 +165,7 @@ class IndexUpdates(LabelledStore):
         on_disk = {path.relative_to(root).as_posix(): path for path in list_images(root)}
         summary.files = len(on_disk)
         merged = self._merge_leftovers(on_disk, summary)
-        stored = {
-            row[1]: _Stored(*row)
-            for row in self._connection.execute("SELECT id, path, size, mtime_ns, sha256, embedder FROM files")
-        }
+        stored = {row[1]: _Stored(*row) for row in self._connection.execute(STORED_FILES)}
         known_unreadable = {
             row[0]: row[1:] for row in self._connection.execute("SELECT path, size, mtime_ns, error FROM unreadable")
         }
@@ -189,7 +190,7 @@ class IndexUpdates(LabelledStore):
                 jobs.append(self._job(relative, path, status, row))
         planned = {job.relative: job for job in jobs}
         retry: list[Job] = []
-        shards = self.path.expanduser().resolve() / SHARDS  # workers elsewhere know no working directory
+        shards = self.path.resolve() / SHARDS  # workers elsewhere know no working directory
         with tqdm(total=len(jobs), desc="indexing", unit="file", disable=not (progress and jobs)) as bar:
             for outcomes in engine.run(self.recognizer, self._moved(gone), jobs, FILES_PER_COMMIT, shards):
                 self._write_outcomes(outcomes, stored, gone, summary, retry, planned)
@@ -229,9 +230,7 @@ class IndexUpdates(LabelledStore):
         return merged
 
     def _stored_row(self, relative: str) -> _Stored | None:
-        row = self._connection.execute(
-            "SELECT id, path, size, mtime_ns, sha256, embedder FROM files WHERE path = ?", (relative,)
-        ).fetchone()
+        row = self._connection.execute(f"{STORED_FILES} WHERE path = ?", (relative,)).fetchone()
         return _Stored(*row) if row else None
 
     def _write_outcomes(

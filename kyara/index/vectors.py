@@ -131,15 +131,19 @@ def _shard_files(folder: Path) -> Iterator[tuple[int, Path]]:
 def _all_in_shard(index, number: int) -> bool:
     """Whether every face of `index` belongs in shard `number` (a file from a kyara with other
     ranges does not: it is built again from SQLite)."""
-    keys = np.asarray(index.keys, np.uint64)
-    return not len(keys) or bool(((keys - 1) // FACES_PER_SHARD == number).all())
+    return bool((_shard_numbers(index.keys) == number).all())
 
 
 def _by_shard(ids: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
     """(shard number, positions in `ids`) for every shard that `ids` touch."""
-    numbers = (np.asarray(ids, np.uint64) - 1) // FACES_PER_SHARD
+    numbers = _shard_numbers(ids)
     for number in np.unique(numbers):
         yield int(number), np.nonzero(numbers == number)[0]
+
+
+def _shard_numbers(ids) -> np.ndarray:
+    """The shard of each face id: ids 1 to FACES_PER_SHARD are shard 0, and so on."""
+    return (np.asarray(ids, np.uint64) - 1) // FACES_PER_SHARD
 
 
 def _match_rows(matches) -> list[tuple[np.ndarray, np.ndarray]]:
