@@ -9,7 +9,18 @@ from PIL import Image
 from kyara.detection import _decode
 
 pytest.importorskip("torch")
-from tools.train_detector import Face, Label, Sample, _paste_oval, merged, source_of, source_weights, targets
+from tools.face_proposals import apply_crop_answers
+from tools.train_detector import (
+    Face,
+    Label,
+    Sample,
+    _paste_oval,
+    merged,
+    portrait_labels,
+    source_of,
+    source_weights,
+    targets,
+)
 
 
 def test_training_targets_decode_back_to_the_same_faces():
@@ -42,6 +53,36 @@ def test_pseudo_labels_keep_one_label_per_face_preferring_sure_ones():
         Label((300, 100, 40, 40), sure=False),
     ]
     assert merged(labels) == [Label((102, 98, 50, 50), sure=True), Label((300, 100, 40, 40), sure=False)]
+
+
+def test_on_a_portrait_with_one_sure_face_other_proposals_are_background():
+    face = Label((100, 100, 80, 80), sure=True)
+    inside = Label((90, 90, 120, 120), sure=False)  # a head-sized box around the face: still left out
+    hand = Label((20, 250, 40, 40), sure=False)
+    assert portrait_labels([face, inside, hand]) == [face, inside]
+    second = Label((300, 100, 80, 80), sure=True)
+    assert portrait_labels([face, second, hand]) == [face, second, hand]  # two faces: nothing is assumed
+    assert portrait_labels([inside, hand]) == [inside, hand]
+
+
+def test_answers_on_crops_turn_proposals_into_faces_or_background(tmp_path):
+    proposals = [
+        {"box": [10, 10, 50, 50], "score": 0.9, "angle": 0.0, "by": "cnn384"},
+        {"box": [100, 10, 40, 40], "score": 0.35, "angle": 5.0, "by": "cnn640"},
+        {"box": [200, 10, 40, 40], "score": 0.3, "angle": 0.0, "by": "cnn384"},
+        {"box": [300, 10, 40, 40], "score": 0.32, "angle": 0.0, "by": "closeup"},
+    ]
+    labels = {"hand_checked": [], "unusable": [], "pictures": {"pictures/a.png": [dict(p) for p in proposals]}}
+    crops = [{"picture": "pictures/a.png", "box": p["box"], "score": p["score"]} for p in proposals[1:]]
+    answers = tmp_path / "answers.json"
+    answers.write_text('{"face": [0], "not_face": [1], "unsure": [2]}')
+    assert apply_crop_answers(labels, crops, [answers]) == {"face": 1, "not_face": 1, "unsure": 1}
+    kept = labels["pictures"]["pictures/a.png"]
+    assert kept == [proposals[0], proposals[1] | {"score": 1.0, "by": "hand"}, proposals[3]]
+    assert labels["rejected"] == {"pictures/a.png": [proposals[2]]}
+    answers.write_text('{"face": [0], "not_face": [1]}')
+    with pytest.raises(SystemExit):
+        apply_crop_answers(labels, crops, [answers])
 
 
 def test_pasted_picture_is_centred_and_turned():

@@ -10,6 +10,8 @@
                     pictures=build/review10/portrait-proposals.json pictures=build/review10/manga-proposals.json \
         --checked pictures=build/review/train-sheets:build/review/train-fixes-a.json,build/review/train-fixes-b.json \
                   pictures=build/review10/portrait-sheets:ANSWERS.json,... pictures=build/review10/manga-sheets:...
+    python tools/face_proposals.py crops tools/detector-labels.json -o build/review12/crops
+    python tools/face_proposals.py crop-answers tools/detector-labels.json build/review12/crops ANSWERS.json ...
 
 `propose` runs every detector kyara has, generously, so that a person mostly accepts or rejects:
 the CNN at two input sizes, once more on the picture shrunk into a padded canvas (faces larger
@@ -20,6 +22,11 @@ side (portraits). `labels` writes the detector's training labels: the proposals 
 replacing an earlier one's for the same picture), replaced by the faces a person kept or added on
 the pictures they checked (the instructions they followed are in tools/labelling/, what was
 checked in docs/detection.md); pictures they found unusable are dropped.
+`crops` draws, one small crop each, the proposals that training leaves out of the loss (unsure:
+neither face nor background) on pictures nobody checked whole, for a person to answer face, not a
+face, or unsure; `crop-answers` writes those answers into the labels: a face becomes a hand label,
+a proposal with no face under it is removed (the spot is then taught as background) and recorded
+under "rejected", an unsure one stays as it was.
 """
 
 from __future__ import annotations
@@ -196,6 +203,78 @@ def write_labels(
     return labels
 
 
+CROP_SIDE = 160
+CROPS_PER_ROW, CROP_ROWS = 6, 6
+
+
+def unsure_proposals(labels: dict, min_score: float) -> list[dict]:
+    """The proposals training leaves out of the loss (tools/train_detector.py: unsure, overlapping no
+    sure face) scoring at least `min_score`, on pictures with a sure face that nobody checked whole,
+    other than MyAnimeList portraits (where they are background, `labelled_pictures`)."""
+    from train_detector import labels_of, source_of
+
+    skipped = set(labels["hand_checked"]) | set(labels["unusable"])
+    found = []
+    for key, proposals in sorted(labels["pictures"].items()):
+        if key in skipped or source_of(key) == "mal-portraits":
+            continue
+        scores = {tuple(p["box"]): p["score"] for p in proposals}
+        kept = labels_of(proposals)
+        if any(label.sure for label in kept):
+            found += [
+                {"picture": key, "box": list(label.box), "score": scores[label.box]}
+                for label in kept
+                if not label.sure and scores[label.box] >= min_score
+            ]
+    return found
+
+
+def write_crop_sheets(crops: list[dict], roots: dict[str, Path], out: Path) -> None:
+    """Sheets of numbered crops, each a proposal's box in red with half a side of context around it."""
+    per_sheet = CROPS_PER_ROW * CROP_ROWS
+    for start in tqdm(range(0, len(crops), per_sheet), desc="crop sheets"):
+        sheet = Image.new("RGB", (CROPS_PER_ROW * CROP_SIDE, CROP_ROWS * (CROP_SIDE + 16)), "white")
+        pen = ImageDraw.Draw(sheet)
+        for slot, crop in enumerate(crops[start : start + per_sheet]):
+            root, relative = crop["picture"].split("/", 1)
+            x, y, w, h = crop["box"]
+            context = w / 2
+            cell = load_image(roots[root] / relative).crop((
+                round(x - context), round(y - context), round(x + w + context), round(y + h + context)
+            ))  # fmt: skip
+            scale = CROP_SIDE / cell.width
+            cell = cell.resize((CROP_SIDE, CROP_SIDE))
+            ImageDraw.Draw(cell).rectangle(
+                [context * scale, context * scale, (context + w) * scale, (context + h) * scale],
+                outline=(255, 0, 0),
+                width=2,
+            )
+            left, top = (slot % CROPS_PER_ROW) * CROP_SIDE, (slot // CROPS_PER_ROW) * (CROP_SIDE + 16)
+            sheet.paste(cell, (left, top))
+            pen.text((left + 3, top + CROP_SIDE + 2), f"#{start + slot}", fill="black")
+        sheet.save(out / f"sheet-{start // per_sheet:02d}.png")
+
+
+def apply_crop_answers(labels: dict, crops: list[dict], answers: list[Path]) -> dict[str, int]:
+    """`labels` with the answers on `crops` folded in (see the module's docstring); returns counts."""
+    verdicts: dict[int, str] = {}
+    for answer in answers:
+        for verdict, numbers in json.loads(answer.read_text()).items():
+            verdicts.update((int(n), verdict) for n in numbers)
+    if set(verdicts) != set(range(len(crops))):
+        raise SystemExit(f"the answers cover {len(verdicts)} crops of {len(crops)}, or other numbers")
+    rejected = labels.setdefault("rejected", {})
+    for number, crop in enumerate(crops):
+        proposals = labels["pictures"][crop["picture"]]
+        (proposal,) = [p for p in proposals if p["box"] == crop["box"]]
+        if verdicts[number] == "face":
+            proposals[proposals.index(proposal)] = proposal | {"score": 1.0, "by": "hand"}
+        elif verdicts[number] == "not_face":
+            proposals.remove(proposal)
+            rejected.setdefault(crop["picture"], []).append(proposal)
+    return {verdict: list(verdicts.values()).count(verdict) for verdict in ("face", "not_face", "unsure")}
+
+
 BENCHMARK_KINDS = ("frontal", "tilted", "profile", "male", "occluded", "expressive", "chibi", "closeup", "small")
 BENCHMARK_ABOUT = (
     "Hand-checked anime face boxes of kyara's detection benchmark on anime at large"
@@ -288,6 +367,16 @@ def main() -> None:
     labels.add_argument("--proposals", nargs="+", required=True, help="ROOT=proposals.json")
     labels.add_argument("--checked", nargs="*", default=[], help="ROOT=SHEETS:ANSWERS.json[,ANSWERS.json]")
     labels.add_argument("-o", "--out", type=Path, required=True)
+    crops = sub.add_parser("crops")
+    crops.add_argument("labels", type=Path)
+    crops.add_argument("--min-score", type=float, default=0.3)
+    crops.add_argument("--data", type=Path, default=Path("../shared/data"))
+    crops.add_argument("--root", type=Path, default=Path("build/data"))
+    crops.add_argument("-o", "--out", type=Path, required=True)
+    crop_answers = sub.add_parser("crop-answers")
+    crop_answers.add_argument("labels", type=Path)
+    crop_answers.add_argument("sheets", type=Path, help="the crops command's output folder")
+    crop_answers.add_argument("answers", type=Path, nargs="+")
     bench = sub.add_parser("benchmark")
     bench.add_argument("sheets", type=Path)
     bench.add_argument("answers", type=Path, nargs="+")
@@ -298,6 +387,17 @@ def main() -> None:
         made = write_benchmark(args.out, args.sheets, args.answers, args.root, args.root.as_posix())
         faces = sum(len(entry["faces"]) for entry in made["images"])
         print(f"{len(made['images'])} pictures, {faces} faces -> {args.out}")
+    elif args.command == "crops":
+        args.out.mkdir(parents=True, exist_ok=True)
+        chosen = unsure_proposals(json.loads(args.labels.read_text()), args.min_score)
+        write_crop_sheets(chosen, {"pictures": args.root, "shared": args.data}, args.out)
+        (args.out / "crops.json").write_text(json.dumps(chosen, indent=1))
+        print(f"{len(chosen)} crops -> {args.out}")
+    elif args.command == "crop-answers":
+        labels = json.loads(args.labels.read_text())
+        crops = json.loads((args.sheets / "crops.json").read_text())
+        print(apply_crop_answers(labels, crops, args.answers))
+        args.labels.write_text(json.dumps(labels, separators=(",", ":")))
     elif args.command == "select":
         chosen = review_selection(json.loads(args.proposals.read_text()), args.sample, args.seed)
         args.out.write_text(json.dumps(chosen, indent=1))
