@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ from PIL import Image
 from kyara.detection import _decode
 
 pytest.importorskip("torch")
-from tools.face_proposals import apply_crop_answers
+from tools.face_proposals import apply_crop_answers, unsure_proposals
 from tools.train_detector import (
     Face,
     Label,
@@ -83,6 +84,27 @@ def test_answers_on_crops_turn_proposals_into_faces_or_background(tmp_path):
     answers.write_text('{"face": [0], "not_face": [1]}')
     with pytest.raises(SystemExit):
         apply_crop_answers(labels, crops, [answers])
+
+
+def test_crops_to_check_are_the_left_out_proposals_of_pictures_nobody_checked_whole(monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "tools"))  # as when run as a script
+    sure = {"box": [10, 10, 50, 50], "score": 0.9, "angle": 0.0, "by": "cnn384"}
+    weak = {"box": [200, 10, 40, 40], "score": 0.4, "angle": 0.0, "by": "cnn640"}
+    faint = {"box": [300, 10, 40, 40], "score": 0.2, "angle": 0.0, "by": "cnn640"}
+    on_the_face = {"box": [12, 12, 48, 48], "score": 0.45, "angle": 0.0, "by": "closeup"}
+    train = "pictures/illustrations/train"
+    labels = {
+        "hand_checked": [f"{train}/manga/checked.jpg"],
+        "unusable": [],
+        "pictures": {
+            f"{train}/newgame-illustrations/a.png": [sure, weak, faint, on_the_face],
+            f"{train}/newgame-illustrations/no-sure-face.png": [weak],
+            f"{train}/manga/checked.jpg": [sure | {"by": "hand", "score": 1.0}, weak],
+            f"{train}/mal-portraits/b.jpg": [sure, weak],
+        },
+    }
+    crops = unsure_proposals(labels, min_score=0.3)
+    assert crops == [{"picture": f"{train}/newgame-illustrations/a.png", "box": weak["box"], "score": 0.4}]
 
 
 def test_pasted_picture_is_centred_and_turned():
