@@ -271,16 +271,23 @@ class CnnDetector:
 
     def _detect_at(self, image: Image.Image, side: int, margin: int) -> list[DetectedFace]:
         """Faces with the picture's longer side scaled to `side` px, `margin` px of edge pixels around."""
-        scale = side / max(image.size)
-        width, height = max(1, round(image.width * scale)), max(1, round(image.height * scale))
-        small = np.asarray(image.convert("RGB").resize((width, height), Image.Resampling.BILINEAR), np.float32) / 255
-        # Edge pixels continue the picture into the padding: a border would be new to the network.
-        right = _round_up(width + 2 * margin, 32) - width - margin
-        bottom = _round_up(height + 2 * margin, 32) - height - margin
-        pixels = np.pad(small, ((margin, bottom), (margin, right), (0, 0)), "edge")
-        (maps,) = self.session.run(None, {"image": pixels.transpose(2, 0, 1)[None]})
+        pixels, scale = network_input(image, side, margin)
+        (maps,) = self.session.run(None, {"image": pixels})
         shift = round(margin / scale)
         return [_shifted(face, -shift) for face in _decode(maps[0], self.min_score, self.stride / scale)]
+
+
+def network_input(image: Image.Image, side: int, margin: int = 0) -> tuple[np.ndarray, float]:
+    """The CNN's input for a picture (1 x 3 x H x W, RGB in [0, 1], sides multiples of 32): its
+    longer side scaled to `side` px, `margin` px around it; and the scale applied."""
+    scale = side / max(image.size)
+    width, height = max(1, round(image.width * scale)), max(1, round(image.height * scale))
+    small = np.asarray(image.convert("RGB").resize((width, height), Image.Resampling.BILINEAR), np.float32) / 255
+    # Edge pixels continue the picture into the padding: a border would be new to the network.
+    right = _round_up(width + 2 * margin, 32) - width - margin
+    bottom = _round_up(height + 2 * margin, 32) - height - margin
+    pixels = np.pad(small, ((margin, bottom), (margin, right), (0, 0)), "edge")
+    return np.ascontiguousarray(pixels.transpose(2, 0, 1)[None]), scale
 
 
 def _shifted(face: DetectedFace, by: int) -> DetectedFace:

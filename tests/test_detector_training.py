@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from PIL import Image
 from kyara.detection import _decode
 
 pytest.importorskip("torch")
-from tools.face_proposals import apply_crop_answers, unsure_proposals
+from tools.face_proposals import apply_crop_answers, crop_verdicts, unsure_proposals
 from tools.train_detector import (
     Face,
     Label,
@@ -58,7 +59,7 @@ def test_pseudo_labels_keep_one_label_per_face_preferring_sure_ones():
 
 def test_on_a_portrait_with_one_sure_face_other_proposals_are_background():
     face = Label((100, 100, 80, 80), sure=True)
-    inside = Label((90, 90, 120, 120), sure=False)  # a head-sized box around the face: still left out
+    inside = Label((90, 90, 120, 120), sure=False)  # centred on the face: still left out
     hand = Label((20, 250, 40, 40), sure=False)
     assert portrait_labels([face, inside, hand]) == [face, inside]
     second = Label((300, 100, 80, 80), sure=True)
@@ -81,9 +82,21 @@ def test_answers_on_crops_turn_proposals_into_faces_or_background(tmp_path):
     kept = labels["pictures"]["pictures/a.png"]
     assert kept == [proposals[0], proposals[1] | {"score": 1.0, "by": "hand"}, proposals[3]]
     assert labels["rejected"] == {"pictures/a.png": [proposals[2]]}
-    answers.write_text('{"face": [0], "not_face": [1]}')
-    with pytest.raises(SystemExit):
+    assert "rejected" in labels["about"]
+    before = json.dumps(labels)
+    with pytest.raises(SystemExit, match="applied already"):
         apply_crop_answers(labels, crops, [answers])
+    assert json.dumps(labels) == before  # refused before anything changed
+    for wrong in (
+        '{"face": [0], "not_face": [1]}',  # crop 2 unanswered
+        '{"face": [0, 1], "not_face": [1], "unsure": [2]}',  # crop 1 twice
+        '{"face": [0], "not face": [1], "unsure": [2]}',  # a misspelt answer
+        '{"face": [0.5], "not_face": [1], "unsure": [2]}',
+        '{"face": [0], "not_face": [1], "unsure": [2, 3]}',  # no crop 3
+    ):
+        answers.write_text(wrong)
+        with pytest.raises(SystemExit):
+            crop_verdicts([answers], len(crops))
 
 
 def test_crops_to_check_are_the_left_out_proposals_of_pictures_nobody_checked_whole(monkeypatch):

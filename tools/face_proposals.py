@@ -25,8 +25,8 @@ checked in docs/detection.md); pictures they found unusable are dropped.
 `crops` draws, one small crop each, the proposals that training leaves out of the loss (unsure:
 neither face nor background) on pictures nobody checked whole, for a person to answer face, not a
 face, or unsure; `crop-answers` writes those answers into the labels: a face becomes a hand label,
-a proposal with no face under it is removed (the spot is then taught as background) and recorded
-under "rejected", an unsure one stays as it was.
+a proposal with no face under it is removed (its spot is then taught as background, unless a
+weaker proposal that was not shown covers it) and recorded under "rejected", an unsure one stays.
 """
 
 from __future__ import annotations
@@ -191,10 +191,7 @@ def write_labels(
             else:
                 pictures[key] = proposals
     labels = {
-        "about": "Training labels of kyara's face detector (tools/train_detector.py): per picture (root/relative path;"
-        " roots: pictures = tools/build_data.py's output, shared = ../shared/data), face proposals of"
-        " tools/face_proposals.py with the proposer ('by') and its score, or faces boxed by a person ('hand')"
-        " on the pictures listed in hand_checked. Made by: python tools/face_proposals.py labels ...",
+        "about": LABELS_ABOUT,
         "hand_checked": hand,
         "unusable": unusable,
         "pictures": pictures,
@@ -242,10 +239,10 @@ def write_crop_sheets(crops: list[dict], roots: dict[str, Path], out: Path) -> N
             cell = load_image(roots[root] / relative).crop((
                 round(x - context), round(y - context), round(x + w + context), round(y + h + context)
             ))  # fmt: skip
-            scale = CROP_SIDE / cell.width
+            across, down = CROP_SIDE / cell.width, CROP_SIDE / cell.height
             cell = cell.resize((CROP_SIDE, CROP_SIDE))
             ImageDraw.Draw(cell).rectangle(
-                [context * scale, context * scale, (context + w) * scale, (context + h) * scale],
+                [context * across, context * down, (context + w) * across, (context + h) * down],
                 outline=(255, 0, 0),
                 width=2,
             )
@@ -255,24 +252,55 @@ def write_crop_sheets(crops: list[dict], roots: dict[str, Path], out: Path) -> N
         sheet.save(out / f"sheet-{start // per_sheet:02d}.png")
 
 
-def apply_crop_answers(labels: dict, crops: list[dict], answers: list[Path]) -> dict[str, int]:
-    """`labels` with the answers on `crops` folded in (see the module's docstring); returns counts."""
+VERDICTS = ("face", "not_face", "unsure")
+LABELS_ABOUT = (
+    "Training labels of kyara's face detector (tools/train_detector.py): per picture (root/relative path;"
+    " roots: pictures = tools/build_data.py's output, shared = ../shared/data), face proposals of"
+    " tools/face_proposals.py with the proposer ('by') and its score, or faces boxed or accepted by a person"
+    " ('hand'): every face of the pictures listed in hand_checked, and single proposals checked one crop each"
+    " (crop-answers); proposals a person found no face under are removed and kept under 'rejected'."
+    " Made by: python tools/face_proposals.py labels ..., then crop-answers ..."
+)
+
+
+def crop_verdicts(answers: list[Path], crops: int) -> dict[int, str]:
+    """Each crop's answer, from files of {"face": [...], "not_face": [...], "unsure": [...]} that
+    together name every crop number once."""
     verdicts: dict[int, str] = {}
     for answer in answers:
         for verdict, numbers in json.loads(answer.read_text()).items():
-            verdicts.update((int(n), verdict) for n in numbers)
-    if set(verdicts) != set(range(len(crops))):
-        raise SystemExit(f"the answers cover {len(verdicts)} crops of {len(crops)}, or other numbers")
-    rejected = labels.setdefault("rejected", {})
+            if verdict not in VERDICTS:
+                raise SystemExit(f"{answer}: unknown answer {verdict!r} (answers: {', '.join(VERDICTS)})")
+            for number in numbers:
+                if not isinstance(number, int) or number in verdicts:
+                    raise SystemExit(f"{answer}: crop {number!r} is not a crop number, or is answered twice")
+                verdicts[number] = verdict
+    missing, extra = set(range(crops)) - set(verdicts), set(verdicts) - set(range(crops))
+    if missing or extra:
+        raise SystemExit(f"crops without an answer: {sorted(missing)[:10]}; not crop numbers: {sorted(extra)[:10]}")
+    return verdicts
+
+
+def apply_crop_answers(labels: dict, crops: list[dict], answers: list[Path]) -> dict[str, int]:
+    """`labels` with the answers on `crops` folded in (see the module's docstring); returns counts.
+    Every crop's proposal is found before anything changes: answers given once cannot be given again."""
+    verdicts = crop_verdicts(answers, len(crops))
+    found = []
     for number, crop in enumerate(crops):
+        matching = [p for p in labels["pictures"][crop["picture"]] if p["box"] == crop["box"] and p["by"] != "hand"]
+        if not matching:
+            raise SystemExit(f"crop {number}: its proposal is not in the labels (were these answers applied already?)")
+        found.append(matching[0])
+    rejected = labels.setdefault("rejected", {})
+    for number, (crop, proposal) in enumerate(zip(crops, found, strict=True)):
         proposals = labels["pictures"][crop["picture"]]
-        (proposal,) = [p for p in proposals if p["box"] == crop["box"]]
         if verdicts[number] == "face":
             proposals[proposals.index(proposal)] = proposal | {"score": 1.0, "by": "hand"}
         elif verdicts[number] == "not_face":
             proposals.remove(proposal)
             rejected.setdefault(crop["picture"], []).append(proposal)
-    return {verdict: list(verdicts.values()).count(verdict) for verdict in ("face", "not_face", "unsure")}
+    labels["about"] = LABELS_ABOUT
+    return {verdict: list(verdicts.values()).count(verdict) for verdict in VERDICTS}
 
 
 BENCHMARK_KINDS = ("frontal", "tilted", "profile", "male", "occluded", "expressive", "chibi", "closeup", "small")
@@ -367,12 +395,12 @@ def main() -> None:
     labels.add_argument("--proposals", nargs="+", required=True, help="ROOT=proposals.json")
     labels.add_argument("--checked", nargs="*", default=[], help="ROOT=SHEETS:ANSWERS.json[,ANSWERS.json]")
     labels.add_argument("-o", "--out", type=Path, required=True)
-    crops = sub.add_parser("crops")
-    crops.add_argument("labels", type=Path)
-    crops.add_argument("--min-score", type=float, default=0.3)
-    crops.add_argument("--data", type=Path, default=Path("../shared/data"))
-    crops.add_argument("--root", type=Path, default=Path("build/data"))
-    crops.add_argument("-o", "--out", type=Path, required=True)
+    crop_sheets = sub.add_parser("crops")
+    crop_sheets.add_argument("labels", type=Path)
+    crop_sheets.add_argument("--min-score", type=float, default=0.3)
+    crop_sheets.add_argument("--data", type=Path, default=Path("../shared/data"))
+    crop_sheets.add_argument("--root", type=Path, default=Path("build/data"))
+    crop_sheets.add_argument("-o", "--out", type=Path, required=True)
     crop_answers = sub.add_parser("crop-answers")
     crop_answers.add_argument("labels", type=Path)
     crop_answers.add_argument("sheets", type=Path, help="the crops command's output folder")
@@ -388,16 +416,18 @@ def main() -> None:
         faces = sum(len(entry["faces"]) for entry in made["images"])
         print(f"{len(made['images'])} pictures, {faces} faces -> {args.out}")
     elif args.command == "crops":
+        if (args.out / "crops.json").exists():
+            parser.error(f"{args.out} holds crops already, which answers may refer to: choose another folder")
         args.out.mkdir(parents=True, exist_ok=True)
         chosen = unsure_proposals(json.loads(args.labels.read_text()), args.min_score)
         write_crop_sheets(chosen, {"pictures": args.root, "shared": args.data}, args.out)
         (args.out / "crops.json").write_text(json.dumps(chosen, indent=1))
         print(f"{len(chosen)} crops -> {args.out}")
     elif args.command == "crop-answers":
-        labels = json.loads(args.labels.read_text())
-        crops = json.loads((args.sheets / "crops.json").read_text())
-        print(apply_crop_answers(labels, crops, args.answers))
-        args.labels.write_text(json.dumps(labels, separators=(",", ":")))
+        written = json.loads(args.labels.read_text())
+        checked = json.loads((args.sheets / "crops.json").read_text())
+        print(apply_crop_answers(written, checked, args.answers))
+        args.labels.write_text(json.dumps(written, separators=(",", ":")))
     elif args.command == "select":
         chosen = review_selection(json.loads(args.proposals.read_text()), args.sample, args.seed)
         args.out.write_text(json.dumps(chosen, indent=1))

@@ -6,9 +6,9 @@
 
 Weights per channel in signed 8 bits, activations in unsigned 8 bits (QDQ format), ranges calibrated
 on 64 training pictures scaled as kyara.detection scales them. `--full-range` keeps all 8 bits of
-the weights: faster and closer to the float network on CPUs with VNNI (AVX512-VNNI, AVX-VNNI), but
-on x86 CPUs without it the products of unsigned and signed 8-bit values can saturate their 16-bit
-sums, so the default keeps 7 bits (ONNX Runtime's `reduce_range`), which is safe everywhere.
+the weights: closer to the float network on CPUs with VNNI (AVX512-VNNI, AVX-VNNI), but on x86
+CPUs without it the products of unsigned and signed 8-bit values can saturate their 16-bit sums,
+so the default keeps 7 bits (ONNX Runtime's `reduce_range`), which is safe everywhere.
 Measured in docs/detection.md ("Experiments"); the shipped detector is not quantized.
 """
 
@@ -20,34 +20,25 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import onnx
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
-from PIL import Image
 
-from kyara.detection import CnnDetector
+from kyara.detection import CnnDetector, network_input
 from kyara.imageio import list_images, load_image
 
 CALIBRATION_PICTURES = 64
 
 
 class TrainingPictures(CalibrationDataReader):
-    """Network inputs made from training pictures exactly as `CnnDetector` makes them."""
+    """Network inputs made from training pictures by `kyara.detection.network_input`, at the
+    detector's input side (the close-up pass's half size with a margin is not calibrated for)."""
 
     def __init__(self, pictures: list[Path], side: int) -> None:
-        self._inputs: Iterator[dict] = ({"image": _network_input(load_image(p), side)} for p in pictures)
+        self._inputs: Iterator[dict] = ({"image": network_input(load_image(p), side)[0]} for p in pictures)
 
     def get_next(self) -> dict | None:
         return next(self._inputs, None)
-
-
-def _network_input(image: Image.Image, side: int) -> np.ndarray:
-    scale = side / max(image.size)
-    width, height = max(1, round(image.width * scale)), max(1, round(image.height * scale))
-    small = np.asarray(image.convert("RGB").resize((width, height), Image.Resampling.BILINEAR), np.float32) / 255
-    padded = np.pad(small, ((0, -(-height // 32) * 32 - height), (0, -(-width // 32) * 32 - width), (0, 0)), "edge")
-    return padded.transpose(2, 0, 1)[None].copy()
 
 
 def quantized(model: Path, pictures: list[Path], full_range: bool) -> bytes:

@@ -7,8 +7,10 @@ There is no public detection set with boxes, so training pictures are made on th
 - real illustrations of many series and styles (fan art, character portraits of thousands of
   characters, screenshots, manga pages; tools/build_data.py and docs/data.md), with the face labels
   of tools/detector-labels.json: pseudo-labels from every detector kyara had
-  (tools/face_proposals.py), confident ones are faces, weaker ones are left out of the loss,
-  pictures where no face was sure are corrected by hand or left out (never taught as background).
+  (tools/face_proposals.py) and faces checked by hand, confident ones are faces, weaker ones are
+  left out of the loss (but on a MyAnimeList portrait with one sure face, those centred outside it
+  are background), pictures where no face was sure are corrected by hand or left out (never
+  taught as background).
   Each source (folder) is drawn in proportion to the square root of its size. They are seen at
   every scale, zoomed until a face is larger than the network's input and cut by the edges;
 - face crops (../shared/data and 105 moeimouto characters) pasted, with soft oval edges, onto those
@@ -52,7 +54,8 @@ FACE_FOLDERS = ("holoen-faces", "danbooru6-faces", "newgame-faces")
 MOEIMOUTO_FACES = "faces/moeimouto"
 SURE_SCORE = {"cnn384": 0.5, "cnn640": 0.5, "closeup": 0.6, "animeface": 0.9, "hand": 0.0}
 """Proposal score from which a pseudo-label counts as a face, per proposer (tools/face_proposals.py);
-weaker proposals are left out of the loss, neither face nor background. Hand labels are always sure."""
+weaker proposals are left out of the loss, neither face nor background (`portrait_labels` says
+where they are background). Hand labels are always sure."""
 FACE_IN_CROP = 0.75
 """Side of the face box (hairline to chin) as a share of a face crop's side, judged by eye."""
 INPUT_SIDE = 384
@@ -140,8 +143,9 @@ def labelled_pictures(
     labels_file: Path, roots: dict[str, Path], excluded: set[str]
 ) -> list[tuple[Path, list[Label], str]]:
     """The training pictures of `labels_file` (tools/face_proposals.py labels) that hold a sure face
-    or were checked by hand, with their source: in the others a face may have been missed by every
-    proposer, and must not be taught as background."""
+    or were checked by hand, with their labels (`portrait_labels` applied to MyAnimeList portraits)
+    and source: in the others a face may have been missed by every proposer, and must not be
+    taught as background."""
     written = json.loads(labels_file.read_text())
     checked = set(written["hand_checked"])
     pictures = []
