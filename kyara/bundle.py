@@ -2,8 +2,9 @@
 
 Members: `kyara.json` (labels, thresholds, metadata), `embedder.onnx` (image -> L2-normalised
 embedding), `head.npy` (one unit vector per trained character), `gallery.npy` (embeddings of
-enrolled images, labelled in `kyara.json`) and, optionally, `weights.npz` (the network's weights
-in float16, so `kyara train` can fine-tune from this model). Loading reads JSON and `.npy` without pickle, so a
+enrolled images, labelled in `kyara.json`) and, optionally, `gray_head.npy` (each trained
+character as its faces look in gray) and `weights.npz` (the network's weights in float16, so
+`kyara train` can fine-tune from this model). Loading reads JSON and `.npy` without pickle, so a
 bundle from a stranger cannot run code.
 """
 
@@ -35,6 +36,7 @@ FORMAT_VERSION = 2
 """2: `unknown_threshold` is a margin below each character's typical similarity when `typical` is
 present; a kyara that reads only 1 would take it for a similarity and never answer unknown."""
 _MEMBERS = ("kyara.json", "embedder.onnx", "head.npy", "gallery.npy")
+GRAY_HEAD = "gray_head.npy"
 MAX_UNPACKED_BYTES = 1 << 30
 """A zip bomb guard: real bundles are tens of megabytes, galleries included."""
 
@@ -63,6 +65,9 @@ class ModelBundle:
     gallery: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
     gallery_labels: list[str] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)
+    gray_head: np.ndarray | None = None
+    """Per trained character, the normalised mean of its training faces' embeddings in grayscale: a
+    second prototype, for gray and manga faces (kyara.classify). None in models before 0.4."""
     weights: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -74,7 +79,12 @@ class ModelBundle:
             self.gallery = np.zeros((0, self.embedding_dim), np.float32)
         self.gallery = np.asarray(self.gallery, np.float32)
         _check_gallery(self.gallery, self.gallery_labels, self.embedding_dim)
-        if not (np.isfinite(self.head).all() and np.isfinite(self.gallery).all()):
+        if self.gray_head is not None:
+            self.gray_head = np.asarray(self.gray_head, np.float32)
+            if self.gray_head.shape != self.head.shape:
+                raise ModelError(f"the gray head has shape {self.gray_head.shape}, the head {self.head.shape}")
+        gray_head = self.gray_head if self.gray_head is not None else self.head
+        if not (np.isfinite(self.head).all() and np.isfinite(self.gallery).all() and np.isfinite(gray_head).all()):
             raise ModelError("the head or the gallery holds numbers that are not finite")
         if self.typical is not None:
             self.typical = [float(value) for value in self.typical]
@@ -141,6 +151,8 @@ def save_bundle(bundle: ModelBundle, path: str | os.PathLike) -> None:
         archive.writestr("embedder.onnx", bundle.onnx)
         archive.writestr("head.npy", _npy_bytes(bundle.head))
         archive.writestr("gallery.npy", _npy_bytes(bundle.gallery))
+        if bundle.gray_head is not None:
+            archive.writestr(GRAY_HEAD, _npy_bytes(bundle.gray_head))
         if bundle.weights:
             weights = io.BytesIO()
             np.savez(weights, **{name: np.asarray(value) for name, value in bundle.weights.items()})
@@ -306,6 +318,7 @@ def _read_bundle(path: Path) -> ModelBundle:
                     typical=header.get("typical"),
                     metadata=dict(header.get("metadata", {})),
                     weights=_load_weights(archive),
+                    gray_head=_load_npy(archive.read(GRAY_HEAD)) if GRAY_HEAD in archive.namelist() else None,
                 ),
             )
     except ModelError:

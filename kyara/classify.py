@@ -1,7 +1,9 @@
 """Embeddings -> ranked character guesses, with calibrated confidence and an unknown threshold.
 
-Every character has one or two prototypes: its row of the head if it was trained, and one made from
-its gallery images if pictures of it were enrolled (`gallery_prototype`). A face's score for a
+Every character has one to three prototypes: its row of the head if it was trained, the same made
+from gray copies of its training faces (models from 0.4 on: gray and manga faces are named better,
+docs/model-card.md), and one made from its gallery images if pictures of it were enrolled
+(`gallery_prototype`). A face's score for a
 character is its best similarity with them: a cosine, or for an enrolled character an estimate of
 the cosine to that character's centre, which can exceed 1 slightly (reported capped at 1).
 Confidence is the softmax of the scores at a temperature fitted on validation data.
@@ -91,6 +93,16 @@ class Classifier:
         self._starts = np.flatnonzero(np.r_[True, owners[1:] != owners[:-1]]) if len(owners) else owners
 
     @classmethod
+    def trained(
+        cls, labels: list[str], head: np.ndarray, gray_head: np.ndarray | None, typical: np.ndarray | None
+    ) -> Classifier:
+        """The trained characters alone, at temperature 1 and threshold 0: what calibration scores."""
+        heads = [head] if gray_head is None else [head, gray_head]
+        prototypes = np.stack(heads, axis=1).reshape(-1, head.shape[1])
+        owners = np.repeat(np.arange(len(labels)), len(heads))
+        return cls(labels, prototypes, 1.0, 0.0, owners, typical)
+
+    @classmethod
     def from_bundle(cls, bundle: ModelBundle) -> Classifier:
         labels = bundle.all_labels()
         head_rows = {name: row for row, name in enumerate(bundle.labels)}
@@ -100,6 +112,9 @@ class Classifier:
             members = [i for i, g in enumerate(bundle.gallery_labels) if g == name]
             if row is not None:
                 rows.append(bundle.head[row])
+                owners.append(index)
+            if row is not None and bundle.gray_head is not None:
+                rows.append(bundle.gray_head[row])
                 owners.append(index)
             if members:
                 rows.append(gallery_prototype(bundle.gallery[members], bundle.concentration))

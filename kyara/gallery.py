@@ -161,6 +161,8 @@ def forget(name: str, model: Model = None) -> int:
         if name in bundle.labels:
             row = bundle.labels.index(name)
             bundle.head = np.delete(bundle.head, row, axis=0)
+            if bundle.gray_head is not None:
+                bundle.gray_head = np.delete(bundle.gray_head, row, axis=0)
             if bundle.typical is not None:
                 bundle.typical = [value for i, value in enumerate(bundle.typical) if i != row]
             bundle.labels = [label for label in bundle.labels if label != name]

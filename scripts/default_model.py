@@ -252,7 +252,7 @@ same run. Figures on characters and series it never trained on: docs/heldout-cha
 - The shipped embedding is not the trained layer: the backbone's pooled features of the face and
   of its mirror image, whitened on the training faces and reduced to {bundle.embedding_dim} dimensions, then
   L2-normalised (`kyara/train/readout.py`). Each character is the mean of its training faces'
-  embeddings. This names characters enrolled later better than the trained layer.
+  embeddings. This names characters enrolled later better than the trained layer.{_gray_line(bundle)}
 - Runs on ONNX Runtime; the bundle also carries float16 weights so `kyara train` can fine-tune it.
 - Calibration: softmax temperature {bundle.temperature:.4f} fitted on the validation split;
   a face is unknown when its best similarity falls more than {-bundle.unknown_threshold:.4f} short of
@@ -292,7 +292,7 @@ New Game! fan-art faces described below.
   the unknown threshold: {m["known_accepted"]:.1%}, and {m["accuracy_of_accepted"]:.1%} of those names are right.
 - Weakest characters (test top-1): {", ".join(f"{n} {v:.2f}" for n, v in worst)}.
 
-## Framing: tight crop, loose crop, or a face in a larger picture
+{_gray_section(m)}## Framing: tight crop, loose crop, or a face in a larger picture
 The same test pictures through the whole pipeline (`Recognizer.recognize`: detector, cut rule,
 embedder), the answer being the most face-like face's: as stored; their central 70 %; pasted at a
 random place in a white picture twice their size (the detector must find the face, and the cut
@@ -321,6 +321,46 @@ characters and the folder names only one, so these figures undercount.
   copies are colour pictures inked by a filter, a harsher test.
 - Look-alikes (the holoen twins fuwawa and mococo, a character and its alternate outfits) are the
   common confusions.
+"""
+
+
+def _gray_line(bundle: ModelBundle) -> str:
+    if bundle.gray_head is None:
+        return ""
+    return """
+- Each trained character has a second prototype, the mean of its training faces' embeddings in
+  gray (`kyara.train.fit.gray_prototypes`); a face's score for a character is the better of its two
+  similarities, so gray and manga faces meet the character as it looks in gray."""
+
+
+def _gray_section(m: dict) -> str:
+    """Before and after `scripts/add_gray_prototypes.py`, when that script gave this model its gray
+    prototypes (a model built with them has no "before")."""
+    if "gray_prototypes" not in m:
+        return ""
+    g = m["gray_prototypes"]
+    temperature, margin = g["temperature"], g["unknown_threshold"]
+    rows = "\n".join(
+        f"| {title} | {g['before'][key]:.4f} | {g['after'][key]:.4f} |"
+        for key, title in (
+            ("top1", "top-1"),
+            ("grayscale_top1", "grayscale copies, top-1"),
+            ("manga_top1", "manga-like copies, top-1"),
+            ("known_accepted", "known faces keeping a name"),
+            ("accuracy_of_accepted", "names right among those"),
+            ("ece", "calibration error"),
+        )
+    )
+    return f"""## Gray prototypes (0.4.0)
+Added to the 0.3.0 network without training by `{g["command"]}`: the same test split, trained
+characters only, before and after (temperature {temperature["before"]:.4f} -> {temperature["after"]:.4f},
+unknown margin {margin["before"]:.4f} -> {margin["after"]:.4f}, refitted on the validation split).
+The framing and fan-art figures below were measured before, with colour prototypes only.
+
+| test split | before | after |
+| --- | --- | --- |
+{rows}
+
 """
 
 

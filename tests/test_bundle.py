@@ -58,6 +58,15 @@ def test_round_trip_keeps_everything(bundle, tmp_path):
     assert loaded.metadata["name"] == "tiny"
     assert loaded.all_labels() == ["a", "b (2)", "ç", "new"]
     np.testing.assert_allclose(loaded.typical, [0.8, 0.7, 0.6])
+    assert loaded.gray_head is None
+
+
+def test_gray_prototypes_travel_with_the_model(bundle, tmp_path):
+    bundle.gray_head = np.eye(3, 4, k=1, dtype=np.float32)
+    save_bundle(bundle, tmp_path / "m.kyara")
+    assert np.array_equal(load_bundle(tmp_path / "m.kyara").gray_head, bundle.gray_head)
+    with pytest.raises(ModelError, match="gray head"):
+        ModelBundle(**{**bundle.__dict__, "gray_head": np.zeros((2, 4))})
 
 
 def test_save_is_atomic(bundle, tmp_path, monkeypatch):

@@ -53,6 +53,16 @@ def test_similarities_take_each_labels_best_prototype_and_predictions_report_at_
     assert (first.label, first.similarity, second.label, second.similarity) == ("a", 1.0, "a", 1.0)
 
 
+def test_a_trained_character_is_its_colour_or_its_gray_prototype_whichever_is_nearer():
+    head = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], np.float32)
+    gray_head = np.array([[0.0, 0.0, 1.0], [0.0, 0.6, 0.8]], np.float32)
+    classifier = Classifier.trained(["a", "b"], head, gray_head, typical=None)
+    faces = np.array([[0.0, 0.0, 1.0], [0.8, 0.6, 0.0]], np.float32)
+    np.testing.assert_allclose(classifier.similarities(faces), [[1.0, 0.8], [0.8, 0.6]], atol=1e-6)
+    colour_only = Classifier.trained(["a", "b"], head, None, typical=None)
+    np.testing.assert_allclose(colour_only.similarities(faces), [[0.0, 0.0], [0.8, 0.6]], atol=1e-6)
+
+
 def test_a_face_is_unknown_by_how_far_it_falls_short_of_its_characters_typical_similarity():
     """A score of 0.75 is ordinary for a character whose own faces vary (typical 0.7) and far too
     low for one drawn alike in every picture (typical 0.95): the first is named, the second not."""

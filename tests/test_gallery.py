@@ -4,6 +4,7 @@ import io
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
@@ -50,6 +51,15 @@ def test_enroll_recognize_forget(model, tmp_path):
     after = Recognizer(model).recognize(picture(PURPLE, 360, (250, 250, 200)))
     assert after[0].label != "Aoi (OC)"
     assert "Aoi (OC)" not in load_bundle(model).all_labels()
+
+
+def test_forgetting_a_trained_character_removes_both_its_prototypes(model):
+    before = load_bundle(model)
+    name = before.labels[0]
+    assert forget(name, model) == 1
+    after = load_bundle(model)
+    assert name not in after.all_labels() and after.head.shape == (len(before.labels) - 1, before.embedding_dim)
+    assert np.array_equal(after.gray_head, before.gray_head[1:]) and np.array_equal(after.head, before.head[1:])
 
 
 def test_enrollment_finds_faces_with_the_callers_recognizer(model):

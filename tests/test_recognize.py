@@ -3,14 +3,19 @@ from __future__ import annotations
 import json
 import random
 from collections import defaultdict
+from dataclasses import replace
 
 import numpy as np
 import pytest
 from PIL import Image
 
 import kyara
+from kyara.classify import Classifier
 from kyara.imageio import list_images
 from tests.conftest import data_path, drawing_module, held_out, same_values
+
+GRAY_GAIN = 0.02
+"""Top-1 the gray prototypes must add on gray copies of the sample (measured: 0.814 -> 0.858)."""
 
 
 def sample_per_character(files, per_character: int, seed: int = 0):
@@ -35,6 +40,25 @@ def test_names_held_out_faces_of_all_34_characters(recognizer, held_out_files):
     named = [r for r in results if r.label is not None]
     assert np.mean([r.label == p.parent.name for r, p in zip(results, sample) if r.label is not None]) >= 0.93
     assert len(named) >= 0.85 * len(results)
+
+
+def test_gray_faces_meet_each_character_as_it_looks_in_gray(recognizer, held_out_files):
+    """The shipped model's gray prototypes name gray copies of held-out faces better than its
+    colour prototypes alone do, at almost no cost to colour faces (docs/model-card.md)."""
+    assert recognizer.bundle.gray_head is not None
+    sample = sample_per_character(held_out_files, 12)
+    crops = [Image.open(p).convert("RGB") for p in sample]
+    colour = recognizer.embedder.embed(crops)
+    gray = recognizer.embedder.embed([crop.convert("L").convert("RGB") for crop in crops])
+    with_gray = Classifier.from_bundle(recognizer.bundle)
+    colour_only = Classifier.from_bundle(replace(recognizer.bundle, gray_head=None))
+
+    def top1(classifier: Classifier, vectors: np.ndarray) -> float:
+        best = classifier.similarities(vectors).argmax(axis=1)
+        return float(np.mean([classifier.labels[i] == p.parent.name for i, p in zip(best, sample)]))
+
+    assert top1(with_gray, gray) >= top1(colour_only, gray) + GRAY_GAIN
+    assert top1(with_gray, colour) >= top1(colour_only, colour) - 0.01
 
 
 def test_a_face_is_named_the_same_tight_loose_or_small_in_a_picture(recognizer, held_out_files):
@@ -182,6 +206,6 @@ def test_evaluating_a_model_without_characters_is_a_clear_error(tmp_path):
 
     bundle = load_bundle(default_model_path())
     nothing = np.zeros((0, bundle.embedding_dim), np.float32)
-    empty = replace(bundle, labels=[], head=nothing, gallery=nothing, gallery_labels=[], typical=None)
+    empty = replace(bundle, labels=[], head=nothing, gallery=nothing, gallery_labels=[], typical=None, gray_head=None)
     with pytest.raises(KyaraError, match="knows no characters"):
         evaluate(Recognizer(empty), tmp_path)
