@@ -67,7 +67,9 @@ class ModelBundle:
     metadata: dict[str, Any] = field(default_factory=dict)
     gray_head: np.ndarray | None = None
     """Per trained character, the normalised mean of its training faces' embeddings in grayscale: a
-    second prototype, for gray and manga faces (kyara.classify). None in models before 0.4."""
+    second prototype, for gray and manga faces (kyara.classify). None in models without it (made
+    before kyara-default 0.4.0, or `linear` models); a kyara that predates it ignores the member
+    and scores with the colour head alone, against a margin fitted for both (slightly stricter)."""
     weights: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -83,9 +85,9 @@ class ModelBundle:
             self.gray_head = np.asarray(self.gray_head, np.float32)
             if self.gray_head.shape != self.head.shape:
                 raise ModelError(f"the gray head has shape {self.gray_head.shape}, the head {self.head.shape}")
-        gray_head = self.gray_head if self.gray_head is not None else self.head
-        if not (np.isfinite(self.head).all() and np.isfinite(self.gallery).all() and np.isfinite(gray_head).all()):
-            raise ModelError("the head or the gallery holds numbers that are not finite")
+        finite_gray = self.gray_head is None or bool(np.isfinite(self.gray_head).all())
+        if not (np.isfinite(self.head).all() and np.isfinite(self.gallery).all() and finite_gray):
+            raise ModelError("the head, the gray head or the gallery holds numbers that are not finite")
         if self.typical is not None:
             self.typical = [float(value) for value in self.typical]
             if len(self.typical) != len(self.labels) or not all(0 < value <= 1 for value in self.typical):

@@ -1,9 +1,9 @@
 """Embeddings -> ranked character guesses, with calibrated confidence and an unknown threshold.
 
 Every character has one to three prototypes: its row of the head if it was trained, the same made
-from gray copies of its training faces (models from 0.4 on: gray and manga faces are named better,
-docs/model-card.md), and one made from its gallery images if pictures of it were enrolled
-(`gallery_prototype`). A face's score for a
+from gray copies of its training faces (models that have a gray head, such as kyara-default from
+0.4.0: gray and manga faces are named better, docs/model-card.md), and one made from its gallery
+images if pictures of it were enrolled (`gallery_prototype`). A face's score for a
 character is its best similarity with them: a cosine, or for an enrolled character an estimate of
 the cosine to that character's centre, which can exceed 1 slightly (reported capped at 1).
 Confidence is the softmax of the scores at a temperature fitted on validation data.
@@ -15,7 +15,8 @@ at least the typical similarity plus the bundle's `unknown_threshold` (a negativ
 that 95 % of validation faces keep their name). Characters differ: some are drawn alike in every
 picture, others vary, and one threshold for all let a new character pass as a loose one. With
 95 % of known faces kept, this answers 59 % of the faces of series never trained on unknown, where
-one threshold answered 40 % (AUROC 0.934 against 0.904; docs/heldout-characters.md). Models
+one threshold answered 40 % (AUROC 0.934 against 0.904; docs/heldout-characters.md, measured with
+colour prototypes only: the gray ones leave the AUROC on colour faces at 0.935). Models
 without typical similarities (before 0.3) compare the best similarity itself with the threshold.
 """
 

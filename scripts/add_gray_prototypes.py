@@ -1,6 +1,7 @@
 """Give the shipped default model gray prototypes, without training, and measure what they change.
 
-    python scripts/add_gray_prototypes.py      # after scripts/default_model.py, same corpus and seed
+    git show 9803e90:kyara/models/default.kyara > build/default-0.3.0.kyara   # the model it was run on
+    python scripts/add_gray_prototypes.py --model build/default-0.3.0.kyara  # same corpus and seed
 
 `kyara.train.fit.package` now makes, for each trained character, a second prototype from gray copies
 of its training faces (`gray_prototypes`), and calibrates with both. The default model 0.3.0 was
@@ -36,7 +37,8 @@ COMPARED = ("top1", "top5", "grayscale_top1", "manga_top1", "known_accepted", "a
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     corpus_arguments(parser)
-    parser.add_argument("--model", type=Path, default=ROOT / "kyara" / "models" / "default.kyara")
+    parser.add_argument("--model", type=Path, default=ROOT / "kyara" / "models" / "default.kyara", help="0.3.0")
+    parser.add_argument("--out", type=Path, default=ROOT / "kyara" / "models" / "default.kyara")
     parser.add_argument("--metrics", type=Path, default=ROOT / "docs" / "default-model-metrics.json")
     parser.add_argument("--card", type=Path, default=ROOT / "docs" / "model-card.md")
     args = parser.parse_args()
@@ -82,7 +84,7 @@ def main() -> None:
         "unknown_threshold": {"before": shipped.unknown_threshold, "after": threshold},
         **figures,
     }
-    save_bundle(upgraded, args.model)
+    save_bundle(upgraded, args.out)
     written = json.loads(args.metrics.read_text())
     written.update(upgraded.metadata)
     atomic_write_text(args.metrics, json.dumps(written, indent=2, ensure_ascii=False) + "\n")

@@ -84,7 +84,7 @@ def main() -> None:
     metrics["as_shipped"] = {key: shipped[key] for key in SHIPPED_FIGURES}
     bundle.metadata = {
         "name": "kyara-default",
-        "version": "0.3.0",
+        "version": "0.4.0",
         "kyara_version": kyara.__version__,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "backbone": config.backbone,
@@ -329,8 +329,8 @@ def _gray_line(bundle: ModelBundle) -> str:
         return ""
     return """
 - Each trained character has a second prototype, the mean of its training faces' embeddings in
-  gray (`kyara.train.fit.gray_prototypes`); a face's score for a character is the better of its two
-  similarities, so gray and manga faces meet the character as it looks in gray."""
+  gray (`kyara.train.fit.gray_prototypes`); a face's score for a character is its best similarity
+  with the character's prototypes, so gray and manga faces meet the character as it looks in gray."""
 
 
 def _gray_section(m: dict) -> str:

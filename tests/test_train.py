@@ -115,6 +115,8 @@ def test_finetuned_model_exports_mirror_invariant_whitened_features(tmp_path):
     embedder = Embedder(bundle.onnx, bundle.input_size)
     assert embedder.dim == READOUT_DIM == bundle.embedding_dim
     np.testing.assert_allclose(np.linalg.norm(bundle.head, axis=1), 1.0, atol=1e-5)
+    assert bundle.gray_head.shape == bundle.head.shape  # each character as it looks in gray too
+    np.testing.assert_allclose(np.linalg.norm(bundle.gray_head, axis=1), 1.0, atol=1e-5)
     assert 0 < bundle.concentration < 1
     faces = [Image.fromarray(p) for p in data.pixels[np.arange(0, len(data.labels), 4)]]
     vectors = embedder.embed(faces)

@@ -105,7 +105,9 @@ def gray_prototypes(embedder: nn.Module, train_set: LabelledImages, size: int) -
     face (a manga page) lies nearer its character's gray faces than its colour ones: on the
     default model's test split, gray copies were named right 0.825 of the time against these,
     0.788 against the colour means alone (docs/model-card.md)."""
-    return class_means(embed_pixels(embedder, gray_copies(train_set.pixels), size), train_set)[0]
+    pixels, chunk = train_set.pixels, 1024  # in chunks: a gray copy of every face at once takes gigabytes
+    gray = [embed_pixels(embedder, gray_copies(pixels[i : i + chunk]), size) for i in range(0, len(pixels), chunk)]
+    return class_means(np.concatenate(gray), train_set)[0]
 
 
 def gray_copies(pixels: np.ndarray) -> np.ndarray:
