@@ -73,6 +73,11 @@ def gallery_prototype(vectors: np.ndarray, prior: float) -> np.ndarray:
     return vectors.mean(axis=0) / estimated_concentration(vectors, prior)
 
 
+def trained_prototypes(head: np.ndarray, gray_head: np.ndarray | None, row: int) -> list[np.ndarray]:
+    """A trained character's prototypes: its row of the head, and of the gray head if there is one."""
+    return [head[row]] if gray_head is None else [head[row], gray_head[row]]
+
+
 class Classifier:
     def __init__(
         self,
@@ -98,9 +103,9 @@ class Classifier:
         cls, labels: list[str], head: np.ndarray, gray_head: np.ndarray | None, typical: np.ndarray | None
     ) -> Classifier:
         """The trained characters alone, at temperature 1 and threshold 0: what calibration scores."""
-        heads = [head] if gray_head is None else [head, gray_head]
-        prototypes = np.stack(heads, axis=1).reshape(-1, head.shape[1])
-        owners = np.repeat(np.arange(len(labels)), len(heads))
+        rows = [trained_prototypes(head, gray_head, row) for row in range(len(labels))]
+        prototypes = np.asarray([p for own in rows for p in own], np.float32).reshape(-1, head.shape[1])
+        owners = np.repeat(np.arange(len(labels)), [len(own) for own in rows])
         return cls(labels, prototypes, 1.0, 0.0, owners, typical)
 
     @classmethod
@@ -112,11 +117,9 @@ class Classifier:
             row = head_rows.get(name)
             members = [i for i, g in enumerate(bundle.gallery_labels) if g == name]
             if row is not None:
-                rows.append(bundle.head[row])
-                owners.append(index)
-            if row is not None and bundle.gray_head is not None:
-                rows.append(bundle.gray_head[row])
-                owners.append(index)
+                own = trained_prototypes(bundle.head, bundle.gray_head, row)
+                rows += own
+                owners += [index] * len(own)
             if members:
                 rows.append(gallery_prototype(bundle.gallery[members], bundle.concentration))
                 owners.append(index)

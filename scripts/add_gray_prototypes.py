@@ -29,7 +29,7 @@ from recipe import SPLIT
 from kyara.bundle import ModelBundle, atomic_write_text, load_bundle, save_bundle
 from kyara.embedding import Embedder
 from kyara.train.data import split_by_group
-from kyara.train.fit import calibrated, class_means, gray_copies
+from kyara.train.fit import calibrated, gray_prototypes
 
 COMPARED = ("top1", "top5", "grayscale_top1", "manga_top1", "known_accepted", "accuracy_of_accepted", "ece")
 
@@ -51,12 +51,14 @@ def main() -> None:
         parser.error("the corpus does not hold the model's characters: build it as scripts/default_model.py says")
     train_idx, val_idx, test_idx = split_by_group(data.labels, data.groups, SPLIT, args.seed)
     embedder = Embedder(shipped.onnx, shipped.input_size)
-    train_part = data.subset(train_idx)
-    gray = embedder.embed([Image.fromarray(p) for p in gray_copies(train_part.pixels)])
-    gray_head = class_means(gray, train_part)[0]
+
+    def embed(pixels: np.ndarray) -> np.ndarray:
+        return embedder.embed([Image.fromarray(p) for p in pixels])
+
+    gray_head = gray_prototypes(embed, data.subset(train_idx))
     val = data.subset(val_idx)
     typical = np.asarray(shipped.typical)
-    val_vectors = embedder.embed([Image.fromarray(p) for p in val.pixels])
+    val_vectors = embed(val.pixels)
     temperature, threshold, _ = calibrated(shipped.labels, shipped.head, gray_head, typical, val_vectors, val.labels)
     upgraded = replace(
         shipped,

@@ -5,6 +5,7 @@ Shared by `kyara train` and the build of the default model.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -57,7 +58,7 @@ def package(
         embedder, embeddings = fit_readout(net, train_set.pixels, config.input_size)
         head, typical = class_means(embeddings, train_set)
         concentration = float(np.median(typical))
-        gray_head = gray_prototypes(embedder, train_set, config.input_size)
+        gray_head = gray_prototypes(lambda pixels: embed_pixels(embedder, pixels, config.input_size), train_set)
     val_top1 = None
     if len(val.labels):
         val_embeddings = embed_pixels(embedder, val.pixels, config.input_size)
@@ -100,13 +101,13 @@ def calibrated(
     return fit_temperature(similarities, val_labels), threshold, top1
 
 
-def gray_prototypes(embedder: nn.Module, train_set: LabelledImages, size: int) -> np.ndarray:
-    """Each character's normalised mean embedding of gray copies of its training faces. A gray
-    face (a manga page) lies nearer its character's gray faces than its colour ones: on the
-    default model's test split, gray copies were named right 0.825 of the time against these,
-    0.788 against the colour means alone (docs/model-card.md)."""
+def gray_prototypes(embed: Callable[[np.ndarray], np.ndarray], train_set: LabelledImages) -> np.ndarray:
+    """Each character's normalised mean embedding (`embed`: uint8 NHWC pixels -> unit vectors) of
+    gray copies of its training faces. A gray face (a manga page) lies nearer its character's gray
+    faces than its colour ones: on the default model's test split, gray copies were named right
+    0.825 of the time against these, 0.788 against the colour means alone (docs/model-card.md)."""
     pixels, chunk = train_set.pixels, 1024  # in chunks: a gray copy of every face at once takes gigabytes
-    gray = [embed_pixels(embedder, gray_copies(pixels[i : i + chunk]), size) for i in range(0, len(pixels), chunk)]
+    gray = [embed(gray_copies(pixels[i : i + chunk])) for i in range(0, len(pixels), chunk)]
     return class_means(np.concatenate(gray), train_set)[0]
 
 
