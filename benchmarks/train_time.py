@@ -47,7 +47,8 @@ def measure(mode: str, epochs: int, grayscale_p: float) -> dict:
     embedder, classifier = Embedder(bundle.onnx, bundle.input_size), Classifier.from_bundle(bundle)
     crops = [Image.fromarray(p) for p in test.pixels]
     colour = classifier.similarities(embedder.embed(crops))
-    gray = classifier.similarities(embedder.embed([c.convert("L").convert("RGB") for c in crops]))
+    gray_crops = [c.convert("L").convert("RGB") for c in crops]  # named against gray prototypes, as recognition does
+    gray = classifier.similarities(embedder.embed(gray_crops), np.ones(len(gray_crops), bool))
     return {
         "mode": mode,
         "grayscale_p": grayscale_p,

@@ -3,7 +3,8 @@
 Members: `kyara.json` (labels, thresholds, metadata), `embedder.onnx` (image -> L2-normalised
 embedding), `head.npy` (one unit vector per trained character), `gallery.npy` (embeddings of
 enrolled images, labelled in `kyara.json`) and, optionally, `gray_head.npy` (each trained
-character as its faces look in gray) and `weights.npz` (the network's weights in float16, so
+character as its faces look in gray), `gallery_gray.npy` (the enrolled images' gray copies) and
+`weights.npz` (the network's weights in float16, so
 `kyara train` can fine-tune from this model). Loading reads JSON and `.npy` without pickle, so a
 bundle from a stranger cannot run code.
 """
@@ -37,6 +38,7 @@ FORMAT_VERSION = 2
 present; a kyara that reads only 1 would take it for a similarity and never answer unknown."""
 _MEMBERS = ("kyara.json", "embedder.onnx", "head.npy", "gallery.npy")
 GRAY_HEAD = "gray_head.npy"
+GRAY_GALLERY = "gallery_gray.npy"
 MAX_UNPACKED_BYTES = 1 << 30
 """A zip bomb guard: real bundles are tens of megabytes, galleries included."""
 
@@ -70,6 +72,10 @@ class ModelBundle:
     second prototype, for gray and manga faces (kyara.classify). None in models without it (made
     before kyara-default 0.4.0, or `linear` models); a kyara that predates it ignores the member
     and scores with the colour head alone, against a margin fitted for both (slightly stricter)."""
+    gallery_gray: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+    """Per enrolled picture, the embedding of its gray copy: the enrolled character's second
+    prototype, as `gray_head` is a trained one's. A row of zeros where none was made (pictures
+    enrolled by a kyara that predates it); empty: no row has one."""
     weights: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -81,12 +87,18 @@ class ModelBundle:
             self.gallery = np.zeros((0, self.embedding_dim), np.float32)
         self.gallery = np.asarray(self.gallery, np.float32)
         _check_gallery(self.gallery, self.gallery_labels, self.embedding_dim)
+        if not self.gallery_gray.any():  # none made: whatever its shape, it says nothing
+            self.gallery_gray = np.zeros_like(self.gallery)
+        self.gallery_gray = np.asarray(self.gallery_gray, np.float32)
+        if self.gallery_gray.shape != self.gallery.shape:
+            raise ModelError(f"the gray gallery has shape {self.gallery_gray.shape}, the gallery {self.gallery.shape}")
         if self.gray_head is not None:
             self.gray_head = np.asarray(self.gray_head, np.float32)
             if self.gray_head.shape != self.head.shape:
                 raise ModelError(f"the gray head has shape {self.gray_head.shape}, the head {self.head.shape}")
         finite_gray = self.gray_head is None or bool(np.isfinite(self.gray_head).all())
-        if not (np.isfinite(self.head).all() and np.isfinite(self.gallery).all() and finite_gray):
+        finite_gallery = np.isfinite(self.gallery).all() and np.isfinite(self.gallery_gray).all()
+        if not (np.isfinite(self.head).all() and finite_gallery and finite_gray):
             raise ModelError("the head, the gray head or the gallery holds numbers that are not finite")
         if self.typical is not None:
             self.typical = [float(value) for value in self.typical]
@@ -122,11 +134,20 @@ class ModelBundle:
             "unknown_threshold": self.unknown_threshold,
         }
 
-    def add_to_gallery(self, vectors: np.ndarray, labels: list[str]) -> None:
-        if len(vectors) != len(labels):
-            raise ModelError(f"{len(vectors)} gallery vectors for {len(labels)} labels")
-        self.gallery = np.vstack([self.gallery, np.asarray(vectors, np.float32).reshape(len(labels), -1)])
+    def add_to_gallery(self, vectors: np.ndarray, labels: list[str], gray: np.ndarray | None = None) -> None:
+        """Enrolled pictures' embeddings, and of their gray copies if made (row by row)."""
+        vectors = np.asarray(vectors, np.float32).reshape(len(labels), -1)
+        gray = np.zeros_like(vectors) if gray is None else np.asarray(gray, np.float32).reshape(len(labels), -1)
+        if len(vectors) != len(labels) or gray.shape != vectors.shape:
+            raise ModelError(f"{len(vectors)} gallery vectors, {len(gray)} gray ones, for {len(labels)} labels")
+        self.gallery = np.vstack([self.gallery, vectors])
+        self.gallery_gray = np.vstack([self.gallery_gray, gray])
         self.gallery_labels = [*self.gallery_labels, *labels]
+
+    def keep_in_gallery(self, rows: list[int]) -> None:
+        """Only these enrolled pictures stay."""
+        self.gallery, self.gallery_gray = self.gallery[rows], self.gallery_gray[rows]
+        self.gallery_labels = [self.gallery_labels[i] for i in rows]
 
     def all_labels(self) -> list[str]:
         return list(dict.fromkeys([*self.labels, *self.gallery_labels]))
@@ -155,6 +176,8 @@ def save_bundle(bundle: ModelBundle, path: str | os.PathLike) -> None:
         archive.writestr("gallery.npy", _npy_bytes(bundle.gallery))
         if bundle.gray_head is not None:
             archive.writestr(GRAY_HEAD, _npy_bytes(bundle.gray_head))
+        if bundle.gallery_gray.any():
+            archive.writestr(GRAY_GALLERY, _npy_bytes(bundle.gallery_gray))
         if bundle.weights:
             weights = io.BytesIO()
             np.savez(weights, **{name: np.asarray(value) for name, value in bundle.weights.items()})
@@ -295,7 +318,8 @@ def _read_bundle(path: Path) -> ModelBundle:
         raise ModelError(f"{path}: no such model file")
     try:
         with zipfile.ZipFile(path) as archive:
-            missing = [name for name in _MEMBERS if name not in archive.namelist()]
+            members = archive.namelist()
+            missing = [name for name in _MEMBERS if name not in members]
             if missing:
                 raise ModelError(f"{path}: not a kyara model (missing {', '.join(missing)})")
             if sum(info.file_size for info in archive.infolist()) > MAX_UNPACKED_BYTES:
@@ -320,7 +344,8 @@ def _read_bundle(path: Path) -> ModelBundle:
                     typical=header.get("typical"),
                     metadata=dict(header.get("metadata", {})),
                     weights=_load_weights(archive),
-                    gray_head=_load_npy(archive.read(GRAY_HEAD)) if GRAY_HEAD in archive.namelist() else None,
+                    gray_head=_load_npy(archive.read(GRAY_HEAD)) if GRAY_HEAD in members else None,
+                    gallery_gray=_load_npy(archive.read(GRAY_GALLERY)) if GRAY_GALLERY in members else np.zeros((0, 0)),
                 ),
             )
     except ModelError:

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from kyara.bundle import ModelBundle
 from kyara.crop import training_cuts
-from kyara.cut import FaceCut
+from kyara.cut import FaceCut, drawn_gray
 from kyara.detection import Detector
 from kyara.errors import KyaraError
 from kyara.imageio import check_utf8, load_image, resolved, shortened
@@ -87,7 +87,7 @@ def embed_faces(recognizer: Recognizer, paths: Sequence[Path], progress: bool = 
 
     def flush() -> None:
         vectors = recognizer.embed([cut for _, _, cut in pending])
-        predictions = recognizer.classify(vectors, top_k=1)
+        predictions = recognizer.classify(vectors, top_k=1, gray=drawn_gray([cut for _, _, cut in pending]))
         face_set.faces += [FaceRef(path, number, p.label) for (path, number, _), p in zip(pending, predictions)]
         chunks.append(vectors)
         pending.clear()

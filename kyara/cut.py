@@ -19,7 +19,8 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from PIL import Image
+import numpy as np
+from PIL import Image, ImageOps
 
 from kyara.detection import DetectedFace
 
@@ -40,6 +41,18 @@ FACE_FILLS_CROP = 0.5
 """...and is one when its most face-like face spans at least this share of its side. Cutting the
 face out again loses accuracy there: on the default model's held-out holoen crops, top-1 fell
 from 0.963 (whole crops) to 0.938, and to 0.858 where the face spans 90 % of the crop."""
+COLOURFUL = 24
+"""A pixel is coloured when max(R, G, B) - min(R, G, B) exceeds this (gray scans and JPEG noise stay
+well below it)."""
+PAPER = 235
+"""Pixels brighter than this in every channel are paper or padding, left out of `GRAY_SHARE`."""
+GRAY_SHARE = 0.02
+"""A face is drawn in gray (a manga page, gray fan art) when under this share of its other pixels
+is coloured, on a `GRAY_PROBE_SIDE`-pixel copy: it is then named against gray prototypes
+(kyara.classify). Of the 11,222 character face crops of ../shared/data, 144 are (gray art, some
+with coloured eyes, a few washed-out colour pictures), and as many (143) once pasted into white
+pictures twice their size; a rule on mean chroma called 3,177 of those gray, misled by the white."""
+GRAY_PROBE_SIDE = 64
 
 
 @dataclass(frozen=True)
@@ -71,11 +84,37 @@ class FaceCut:
     def angle(self) -> float:
         return self.face.angle if self.face else 0.0
 
+    @property
+    def gray(self) -> bool:
+        """Whether the face is drawn in gray (`GRAY_SHARE`)."""
+        probe = self.pixels.convert("RGB").resize((GRAY_PROBE_SIDE, GRAY_PROBE_SIDE), Image.Resampling.BICUBIC)
+        return bool(gray_faces(np.asarray(probe)[None])[0])
+
     def of(self, picture: Image.Image) -> FaceCut:
         """The same cut of another copy of the picture, of the same size (its grayscale copy)."""
         if self.whole:
             return replace(self, pixels=picture)
         return cut_face(picture, self.face) if self.face else padded_whole(picture)
+
+
+def gray_faces(pixels: np.ndarray) -> np.ndarray:
+    """Which of these faces (uint8, N x H x W x 3) are drawn in gray (`GRAY_SHARE`)."""
+    pixels = pixels[..., :3].reshape(len(pixels), -1, 3)
+    coloured = pixels.max(axis=-1).astype(np.int16) - pixels.min(axis=-1) > COLOURFUL
+    inked = pixels.min(axis=-1) <= PAPER
+    return (coloured & inked).sum(axis=1) < GRAY_SHARE * np.maximum(inked.sum(axis=1), 1)
+
+
+def drawn_gray(cuts: list[FaceCut]) -> np.ndarray:
+    """Which of `cuts` are drawn in gray (`FaceCut.gray`), as classification takes it."""
+    return np.array([cut.gray for cut in cuts], bool)
+
+
+def gray_cuts(picture: Image.Image, cuts: list[FaceCut]) -> list[FaceCut]:
+    """The same `cuts` of `picture`'s gray copy (Pillow's luma, kept as three channels): how a
+    face of a manga page looks, for gray prototypes and for grayscale evaluation."""
+    gray = ImageOps.grayscale(picture).convert("RGB")
+    return [cut.of(gray) for cut in cuts]
 
 
 def cut_face(picture: Image.Image, face: DetectedFace, margin: float = CROP_MARGIN) -> FaceCut:

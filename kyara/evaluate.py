@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import ImageOps
 from tqdm import tqdm
 
 from kyara.bundle import atomic_write_bytes
-from kyara.classify import Classifier, gallery_prototype
+from kyara.classify import Classifier, enrolled_prototypes
+from kyara.cut import drawn_gray, gray_cuts
 from kyara.dataset import LabelledFile, character_folders, labelled_files
 from kyara.errors import ImageError, KyaraError
 from kyara.metrics import expected_calibration_error
@@ -28,13 +28,15 @@ from kyara.plots import png, pyplot
 
 @dataclass
 class EmbeddedImage:
-    """The faces of one labelled image, embedded in colour and in grayscale."""
+    """The faces of one labelled image, embedded in colour and in grayscale; `drawn_gray`: which
+    of them are gray in the picture itself (`FaceCut.gray`)."""
 
     file: LabelledFile
     colour: np.ndarray
     gray: np.ndarray
     detector_scores: np.ndarray
     face_found: bool
+    drawn_gray: np.ndarray
 
 
 @dataclass
@@ -79,27 +81,32 @@ def embed_files(recognizer: Recognizer, files: Sequence[LabelledFile]) -> tuple[
             skipped.append({"path": str(file.path), "error": str(exc)})
             continue
         cuts = recognizer.cuts_to_name(picture)
-        gray = ImageOps.grayscale(picture).convert("RGB")
         embedded.append(
             EmbeddedImage(
                 file,
                 recognizer.embed(cuts),
-                recognizer.embed([cut.of(gray) for cut in cuts]),
+                recognizer.embed(gray_cuts(picture, cuts)),
                 np.array([cut.score for cut in cuts]),
                 not cuts[0].fallback,
+                drawn_gray(cuts),
             )
         )
     return embedded, skipped
 
 
-def _best_face_probabilities(classifier: Classifier, faces: np.ndarray) -> np.ndarray:
+def _best_face_probabilities(classifier: Classifier, faces: np.ndarray, gray: np.ndarray) -> np.ndarray:
     """Probabilities of the face the classifier is most confident about."""
-    probabilities = classifier.probabilities(classifier.similarities(faces))
+    probabilities = classifier.probabilities(classifier.similarities(faces, gray))
     return probabilities[int(probabilities.max(axis=1).argmax())]
 
 
 def _score(classifier: Classifier, images: Sequence[EmbeddedImage], gray: bool) -> tuple[np.ndarray, list[str]]:
-    rows = [_best_face_probabilities(classifier, image.gray if gray else image.colour) for image in images]
+    rows = [
+        _best_face_probabilities(classifier, image.gray, np.ones(len(image.gray), bool))
+        if gray
+        else _best_face_probabilities(classifier, image.colour, image.drawn_gray)
+        for image in images
+    ]
     return np.asarray(rows).reshape(len(images), len(classifier.labels)), [image.file.label for image in images]
 
 
@@ -284,14 +291,16 @@ def _few_shot_draw(
             continue  # nothing would be left to query
         chosen = set(rng.choice(members, shots, replace=False).tolist())
         # Enroll the most face-like face of each picture, as a user enrolling a picture would.
-        enrolled = np.stack([images[i].colour[int(images[i].detector_scores.argmax())] for i in chosen])
+        faces = [(images[i], int(images[i].detector_scores.argmax())) for i in chosen]
+        colour = np.stack([image.colour[face] for image, face in faces])
+        gray = np.stack([image.gray[face] for image, face in faces])
+        prototypes.append(enrolled_prototypes(colour, gray, recognizer.bundle.concentration))
         labels.append(label)
-        prototypes.append(gallery_prototype(enrolled, recognizer.bundle.concentration))
         queries += [images[i] for i in members if i not in chosen]
     if not labels:
         raise KyaraError(f"every character has {shots} images or fewer: nothing left to query")
-    vectors = np.asarray(prototypes, np.float32)
-    classifier = Classifier(labels, vectors, recognizer.classifier.temperature, recognizer.classifier.unknown_threshold)
+    known, dim = recognizer.classifier, recognizer.bundle.embedding_dim
+    classifier = Classifier.of_characters(labels, prototypes, known.temperature, known.unknown_threshold, None, dim)
     return _report(classifier, queries, shots, skipped)
 
 

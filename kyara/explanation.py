@@ -26,7 +26,7 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageFont
 
 from kyara.bundle import atomic_write_bytes
 from kyara.classify import Classifier
-from kyara.cut import FaceCut, as_is
+from kyara.cut import FaceCut, as_is, drawn_gray
 from kyara.embedding import Embedder
 from kyara.errors import KyaraError
 from kyara.imageio import ImageSource, load_image
@@ -159,24 +159,26 @@ def _check_labels(classifier: Classifier, label: str | None, versus: str | None)
 
 def _explain(recognizer: Recognizer, cut: FaceCut, label: str | None, versus: str | None) -> Explanation:
     pixels = input_pixels(cut.pixels, recognizer.embedder.input_size)
-    prediction = recognizer.classifier.predict(recognizer.embedder.embed([Image.fromarray(pixels)]), top_k=2)[0]
+    embedding = recognizer.embedder.embed([Image.fromarray(pixels)])
+    prediction = recognizer.classifier.predict(embedding, top_k=2, gray=drawn_gray([cut]))[0]
     guesses = [guess.label for guess in prediction.top_k]
     label = label or guesses[0]
     if versus == label:
         versus = next((g for g in guesses if g != label), None)
-    score = scorer(recognizer.classifier, label, versus)
+    score = scorer(recognizer.classifier, label, versus, cut.gray)
     intact, heatmap = saliency_map(recognizer.embedder, pixels, score)
     known = prediction.label == label
     return Explanation(cut.box, cut.square, cut.angle, label, versus, intact, heatmap, known, cut.fallback)
 
 
-def scorer(classifier: Classifier, label: str, versus: str | None = None) -> Score:
-    """Embeddings -> the score being explained: similarity to `label`, minus that to `versus`."""
+def scorer(classifier: Classifier, label: str, versus: str | None = None, gray: bool = False) -> Score:
+    """Embeddings -> the score being explained: similarity to `label`, minus that to `versus`
+    (against their gray prototypes if the face is drawn in `gray`)."""
     first = classifier.labels.index(label)
     second = None if versus is None else classifier.labels.index(versus)
 
     def score(embeddings: np.ndarray) -> np.ndarray:
-        similarities = classifier.similarities(embeddings)
+        similarities = classifier.similarities(embeddings, np.full(len(embeddings), gray))
         return similarities[:, first] - (0.0 if second is None else similarities[:, second])
 
     return score

@@ -1,6 +1,7 @@
 """Teach a model new characters without retraining: enroll pictures, forget characters.
 
-Enrolled faces are embedded with the model's own embedder and stored in its gallery. Changes are
+Enrolled faces are embedded with the model's own embedder, in colour and in gray (a gray copy of
+the face: how it looks on a manga page), and stored in its gallery. Changes are
 written atomically, under a lock so two enrollments at once cannot lose each other's work.
 Without an explicit model, the user's copy of the default model is changed (created on first use).
 """
@@ -26,6 +27,7 @@ from kyara.bundle import (
     save_bundle,
     user_model_path,
 )
+from kyara.cut import gray_cuts
 from kyara.errors import ImageError, KyaraError, ModelError, NoFaceError
 from kyara.imageio import DEFAULT_MAX_PIXELS, ImageSource
 from kyara.pipeline import Model, Recognizer, forget_loaded_models
@@ -85,10 +87,10 @@ def clean_name(name: str) -> str:
     return name
 
 
-def embed_enrollment(recognizer: Recognizer, images: Sequence[ImageSource]) -> tuple[np.ndarray, list[str]]:
-    """One embedding per picture: the first of its `cuts_to_learn` (its most face-like face, or
-    the picture itself if it is a face crop)."""
-    cuts, skipped = [], []
+def embed_enrollment(recognizer: Recognizer, images: Sequence[ImageSource]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """One embedding per picture, and one of its gray copy: the first of its `cuts_to_learn` (its
+    most face-like face, or the picture itself if it is a face crop)."""
+    cuts, gray, skipped = [], [], []
     for number, image in enumerate(images, 1):
         try:
             picture = recognizer.load(image)
@@ -98,11 +100,12 @@ def embed_enrollment(recognizer: Recognizer, images: Sequence[ImageSource]) -> t
         learned = recognizer.cuts_to_learn(picture)
         if learned:
             cuts.append(learned[0])
+            gray += gray_cuts(picture, learned[:1])
         else:
             # A path names itself; bytes, arrays and images are named by their place.
             named = str(image) if isinstance(image, str | os.PathLike) else f"picture {number}"
             skipped.append(f"{named}: no face found")
-    return recognizer.embed(cuts), skipped
+    return recognizer.embed(cuts), recognizer.embed(gray), skipped
 
 
 def enroll(
@@ -122,10 +125,10 @@ def enroll(
         if isinstance(model, Recognizer) and model.bundle.onnx != bundle.onnx:
             raise ModelError(f"{path} holds another model than the recognizer's: load it again")
         recognizer = model if isinstance(model, Recognizer) else Recognizer(bundle, max_pixels=max_pixels)
-        vectors, skipped = embed_enrollment(recognizer, images)
+        vectors, gray, skipped = embed_enrollment(recognizer, images)
         if len(vectors) == 0:
             raise NoFaceError(f"no usable picture of {name}: " + "; ".join(skipped))
-        bundle.add_to_gallery(vectors, [name] * len(vectors))
+        bundle.add_to_gallery(vectors, [name] * len(vectors), gray)
         save_bundle(bundle, path)
     forget_loaded_models()
     return EnrollResult(name, len(vectors), skipped, str(path))
@@ -157,7 +160,7 @@ def forget(name: str, model: Model = None) -> int:
             raise KyaraError(f"{name!r} is not a character of {path}")
         keep = [i for i, label in enumerate(bundle.gallery_labels) if label != name]
         removed = len(bundle.gallery_labels) - len(keep) + (name in bundle.labels)
-        bundle.gallery, bundle.gallery_labels = bundle.gallery[keep], [bundle.gallery_labels[i] for i in keep]
+        bundle.keep_in_gallery(keep)
         if name in bundle.labels:
             row = bundle.labels.index(name)
             bundle.head = np.delete(bundle.head, row, axis=0)

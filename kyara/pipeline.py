@@ -19,7 +19,7 @@ from PIL import Image
 from kyara.bundle import ModelBundle, load_bundle, resolve_model_path
 from kyara.classify import Classifier, Guess, Prediction
 from kyara.cut import CROP_MARGIN as CROP_MARGIN  # kyara.server sizes enrolled boxes with it
-from kyara.cut import FaceCut, as_is, cut_face, cuts_to_learn, cuts_to_name
+from kyara.cut import FaceCut, as_is, cut_face, cuts_to_learn, cuts_to_name, drawn_gray
 from kyara.detection import DEFAULT_DETECTOR, DetectedFace, Detector, get_detector
 from kyara.embedding import Embedder
 from kyara.errors import KyaraError, ModelError
@@ -138,15 +138,16 @@ class Recognizer:
         """One unit vector per cut, as the model's embedder sees it."""
         return self.embedder.embed([cut.pixels for cut in cuts])
 
-    def classify(self, vectors: np.ndarray, top_k: int = 5) -> list[Prediction]:
-        return self.classifier.predict(vectors, checked_top_k(top_k))
+    def classify(self, vectors: np.ndarray, top_k: int = 5, gray: np.ndarray | None = None) -> list[Prediction]:
+        """Decisions for embedded faces; `gray` marks those drawn in gray (`kyara.cut.drawn_gray`)."""
+        return self.classifier.predict(vectors, checked_top_k(top_k), gray)
 
     def recognize(self, image: ImageSource, top_k: int = 5) -> list[FaceResult]:
         """Every face in `image` (most face-like first), each with its ranked guesses; the whole
         image, marked `fallback`, if no face is found."""
         checked_top_k(top_k)  # before the work, not after it
         cuts = self.cuts_to_name(self.load(image))
-        predictions = self.classify(self.embed(cuts), top_k)
+        predictions = self.classify(self.embed(cuts), top_k, drawn_gray(cuts))
         return [FaceResult.of(cut, prediction) for cut, prediction in zip(cuts, predictions)]
 
     def recognition_report(self, image: ImageSource, top_k: int = 5) -> dict:
@@ -157,7 +158,7 @@ class Recognizer:
     def recognize_crop(self, crop: ImageSource, top_k: int = 5) -> FaceResult:
         """Classify an image that is already a face crop (no detection)."""
         cut = as_is(self.load(crop))
-        (prediction,) = self.classify(self.embed([cut]), top_k)
+        (prediction,) = self.classify(self.embed([cut]), top_k, drawn_gray([cut]))
         return replace(FaceResult.of(cut, prediction), detector_score=1.0)
 
 

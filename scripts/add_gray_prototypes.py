@@ -4,12 +4,14 @@
     python scripts/add_gray_prototypes.py --model build/default-0.3.0.kyara  # same corpus and seed
 
 `kyara.train.fit.package` now makes, for each trained character, a second prototype from gray copies
-of its training faces (`gray_prototypes`), and calibrates with both. The default model 0.3.0 was
-built before that; this computes the same for it through ONNX Runtime (the shipped embedder, the
-same training split), recalibrates the temperature and the unknown threshold on the validation
-split (`calibrated`), measures the test split before and after, and writes the model (0.4.0), its
-metrics and its card. The framing and illustration figures are those of the build, measured
-before (the card says so). A model built by scripts/default_model.py today has them already.
+of its training faces (`gray_prototypes`), and enrolling a picture keeps its gray copy's embedding
+too; a face drawn in gray is named against the gray prototypes (kyara/classify.py). The default
+model 0.3.0 was built before that. This computes the same for it through ONNX Runtime: the gray
+prototypes from the same training split; the gallery of fan-art faces enrolled again from the same
+pictures (the same faces, checked) with their gray copies; the temperature and the unknown threshold
+recalibrated on the validation split (`calibrated`). It measures the test split before and after,
+measures the framing and fan-art figures again, and writes the model (0.5.0), its metrics and its
+card. A model built by scripts/default_model.py today has all of it already.
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+import illustrations
 import numpy as np
 from corpus import ROOT, corpus_arguments, load_corpus
-from default_model import SHIPPED_FIGURES, embed_test, evaluate_bundle, model_card
+from default_model import ILLUSTRATIONS, SHIPPED_FIGURES, embed_test, evaluate_bundle, framing_figures, model_card
 from PIL import Image
 from recipe import SPLIT
 
@@ -59,10 +62,19 @@ def main() -> None:
     val = data.subset(val_idx)
     typical = np.asarray(shipped.typical)
     val_vectors = embed(val.pixels)
-    temperature, threshold, _ = calibrated(shipped.labels, shipped.head, gray_head, typical, val_vectors, val.labels)
+    temperature, threshold, _ = calibrated(shipped.labels, shipped.head, gray_head, typical, val_vectors, val)
+    enroll_files, illustration_test = illustrations.split_files(args.data / ILLUSTRATIONS, args.seed)
+    enrolled = _without_gallery(shipped)
+    illustrations.enroll_faces(enrolled, enroll_files)
+    same_faces = enrolled.gallery.shape == shipped.gallery.shape and np.allclose(
+        enrolled.gallery, shipped.gallery, atol=1e-3
+    )
+    if enrolled.gallery_labels != shipped.gallery_labels or not same_faces:
+        parser.error(f"{args.model}'s gallery holds other faces than those enrolled again: another model or data")
     upgraded = replace(
         shipped,
         gray_head=gray_head,
+        gallery_gray=enrolled.gallery_gray,
         temperature=temperature,
         unknown_threshold=threshold,
         metadata=copy.deepcopy(shipped.metadata),
@@ -79,7 +91,13 @@ def main() -> None:
             upgraded.metadata["metrics"].update({key: trained_only[key] for key in (*COMPARED, "per_source")})
             upgraded.metadata["metrics"]["per_character"] = trained_only["per_character"]
             upgraded.metadata["metrics"]["as_shipped"] = figures[name]["as_shipped"]
-    upgraded.metadata["version"] = "0.4.0"
+    upgraded.metadata["metrics"]["framing"] = framing_figures(upgraded, test_set, args.seed)
+    upgraded.metadata["metrics"]["illustrations"] = {
+        "enrolled_faces": len(upgraded.gallery_labels),
+        "enrolled_from": len(enroll_files),
+        **illustrations.measure(_without_gallery(upgraded), upgraded, illustration_test),
+    }
+    upgraded.metadata["version"] = "0.5.0"
     upgraded.metadata["metrics"]["gray_prototypes"] = {
         "command": "python scripts/add_gray_prototypes.py",
         "temperature": {"before": shipped.temperature, "after": temperature},
@@ -95,7 +113,8 @@ def main() -> None:
 
 
 def _without_gallery(bundle: ModelBundle) -> ModelBundle:
-    return replace(bundle, gallery=np.zeros((0, bundle.embedding_dim), np.float32), gallery_labels=[])
+    nothing = np.zeros((0, bundle.embedding_dim), np.float32)
+    return replace(bundle, gallery=nothing, gallery_gray=nothing, gallery_labels=[])
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ measures on them:
   other characters answered unknown, and are the enrolled ones named?
 - enrollment: `kyara.enroll` of 5 pictures per held-out character, every character competing;
 - few-shot: K pictures per held-out character into an empty gallery, the rest queried.
+Faces are named as recognition names them: those drawn in gray against gray prototypes. Unknown
+and few-shot figures are also given for gray copies of every face (a manga page's faces).
 Queries never include a near-duplicate (or another crop of the same picture) of an enrolled one.
 Writes docs/heldout-characters.md and docs/heldout-metrics.json.
 """
@@ -23,15 +25,17 @@ import json
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 from corpus import HELD_OUT_HOLOEN, HELD_OUT_SERIES, ROOT, corpus_arguments, load_corpus, series_of
+from PIL import ImageOps
 from recipe import RECIPE, SPLIT, trained_network, training_set
 
 from kyara.bundle import ModelBundle, atomic_write_text, load_bundle, save_bundle
-from kyara.classify import Classifier, gallery_prototype
+from kyara.classify import Classifier, Prediction, enrolled_prototypes
+from kyara.cut import as_is, drawn_gray
 from kyara.embedding import Embedder
 from kyara.gallery import enroll
 from kyara.imageio import load_image
@@ -76,8 +80,7 @@ def main() -> None:
     save_bundle(bundle, args.out)
     known_test = known.subset(test_idx)
     embedder = Embedder(bundle.onnx, bundle.input_size)
-    known_vectors = embedder.embed([load_image(p) for p in known_test.paths])
-    held_vectors = embedder.embed([load_image(p) for p in held.paths])
+    known_faces, held_faces = embedded(embedder, known_test), embedded(embedder, held)
     classifier = Classifier.from_bundle(bundle)
     series_held = [c for c in held.classes if c not in HELD_OUT_HOLOEN]
     figures = {
@@ -88,22 +91,32 @@ def main() -> None:
         "held_out_images": len(held.labels),
         "training_epochs": len(history),
         "training_minutes": round(seconds / 60, 1),
-        "known_top1": round(float((classifier.similarities(known_vectors).argmax(1) == known_test.labels).mean()), 4),
+        "known_top1": top1(classifier, known_faces, known_test.labels),
+        "known_gray_top1": top1(classifier, known_faces.gray_copies(), known_test.labels),
         "unknown": {
-            "all_held_out": unknown_figures(classifier, known_vectors, known_test.labels, held_vectors),
+            "all_held_out": unknown_figures(classifier, known_faces, known_test.labels, held_faces),
             "held_out_series": unknown_figures(
-                classifier, known_vectors, known_test.labels, held_vectors[members_of(held, series_held)]
+                classifier, known_faces, known_test.labels, held_faces[members_of(held, series_held)]
+            ),
+            "held_out_series_gray_copies": unknown_figures(
+                classifier,
+                known_faces.gray_copies(),
+                known_test.labels,
+                held_faces.gray_copies()[members_of(held, series_held)],
             ),
         },
         "series_enrollment": {
-            s: series_enrollment(bundle, held, held_vectors, s, args.seed)
+            s: series_enrollment(bundle, held, held_faces, s, args.seed)
             for s in HELD_OUT_SERIES
             if len(series_members(held, s)) > SERIES_ENROLLED
         },
-        "enrollment": enrollment_figures(args.out, held, held_vectors, args.seed),
+        "enrollment": enrollment_figures(args.out, held, held_faces, args.seed),
         "few_shot": {
-            group: few_shot_figures(held.with_classes(names), held_vectors[members_of(held, names)], args.seed, bundle)
+            group + (", gray copies" if gray else ""): few_shot_figures(
+                held.with_classes(names), held_faces[members_of(held, names)], args.seed, bundle, gray
+            )
             for group, names in (("held_out_series", series_held), ("holoen", list(HELD_OUT_HOLOEN)))
+            for gray in (False, True)
         },
     }
     if args.baseline:
@@ -111,6 +124,33 @@ def main() -> None:
     atomic_write_text(args.metrics, json.dumps(figures, indent=2) + "\n")
     atomic_write_text(args.doc, report(figures))
     print(json.dumps(figures, indent=2), flush=True)
+
+
+@dataclass
+class Faces:
+    """Embeddings of face crops as stored (`colour`) and of their gray copies (`gray`), and which
+    crops are drawn in gray as stored (named against gray prototypes, as recognition does)."""
+
+    colour: np.ndarray
+    gray: np.ndarray
+    drawn_gray: np.ndarray
+
+    def __getitem__(self, rows: np.ndarray | list[int]) -> Faces:
+        return Faces(self.colour[rows], self.gray[rows], self.drawn_gray[rows])
+
+    def gray_copies(self) -> Faces:
+        """The gray copies, as faces of their own."""
+        return Faces(self.gray, self.gray, np.ones(len(self.gray), bool))
+
+
+def embedded(embedder: Embedder, images: LabelledImages) -> Faces:
+    pictures = [load_image(p) for p in images.paths]
+    gray = [ImageOps.grayscale(p).convert("RGB") for p in pictures]
+    return Faces(embedder.embed(pictures), embedder.embed(gray), drawn_gray([as_is(p) for p in pictures]))
+
+
+def top1(classifier: Classifier, faces: Faces, labels: np.ndarray) -> float:
+    return round(float((classifier.similarities(faces.colour, faces.drawn_gray).argmax(1) == labels).mean()), 4)
 
 
 def members_of(images: LabelledImages, names: list[str]) -> np.ndarray:
@@ -122,12 +162,12 @@ def series_members(images: LabelledImages, series: str) -> list[str]:
     return [c for c in images.classes if series_of(c) == series]
 
 
-def unknown_figures(classifier: Classifier, known: np.ndarray, labels: np.ndarray, held: np.ndarray) -> dict:
+def unknown_figures(classifier: Classifier, known: Faces, labels: np.ndarray, held: Faces) -> dict:
     """AUROC of the unknown score (`Classifier.familiarity`, known vs held-out characters) and the
     threshold trade-off."""
-    known_sims = classifier.similarities(known)
+    known_sims = classifier.similarities(known.colour, known.drawn_gray)
     known_score, correct = classifier.familiarity(known_sims), known_sims.argmax(1) == labels
-    held_score = classifier.familiarity(classifier.similarities(held))
+    held_score = classifier.familiarity(classifier.similarities(held.colour, held.drawn_gray))
     trade_off = []
     for acceptance in ACCEPTANCE_LEVELS:
         threshold = threshold_at_acceptance(known_score, acceptance)
@@ -142,7 +182,7 @@ def unknown_figures(classifier: Classifier, known: np.ndarray, labels: np.ndarra
         )
     return {
         "auroc": round(auroc(known_score, held_score), 4),
-        "held_out_images": len(held),
+        "held_out_images": len(held.colour),
         "model_threshold": round(classifier.unknown_threshold, 4),
         "known_kept_at_model_threshold": round(float((known_score >= classifier.unknown_threshold).mean()), 4),
         "held_out_rejected_at_model_threshold": round(float((held_score < classifier.unknown_threshold).mean()), 4),
@@ -158,7 +198,7 @@ def draw_shots(held: LabelledImages, label: int, shots: int, rng: np.random.Gene
     return chosen.tolist(), [i for i in members if held.groups[i] not in taken]
 
 
-def series_enrollment(bundle: ModelBundle, held: LabelledImages, vectors: np.ndarray, series: str, seed: int) -> dict:
+def series_enrollment(bundle: ModelBundle, held: LabelledImages, faces: Faces, series: str, seed: int) -> dict:
     """Enroll `SERIES_ENROLLED` characters of a held-out series (5 pictures each), every trained
     character competing: the share of the enrolled ones' other pictures named right, and of the
     series' other characters' pictures answered unknown. Mean over `DRAWS` draws of who and which."""
@@ -171,13 +211,13 @@ def series_enrollment(bundle: ModelBundle, held: LabelledImages, vectors: np.nda
         enrolled_model, queries = replace(bundle), []
         for name in enrolled:
             chosen, rest = draw_shots(held, held.classes.index(name), ENROLL_SHOTS, rng)
-            enrolled_model.add_to_gallery(vectors[chosen], [str(name)] * len(chosen))
+            enrolled_model.add_to_gallery(faces.colour[chosen], [str(name)] * len(chosen), faces.gray[chosen])
             queries += rest
         classifier = Classifier.from_bundle(enrolled_model)
         truth = [held.classes[held.labels[i]] for i in queries]
-        named.append(np.mean([p.label == t for p, t in zip(classifier.predict(vectors[queries], 1), truth)]))
+        named.append(np.mean([p.label == t for p, t in zip(predict(classifier, faces[queries]), truth)]))
         others = members_of(held, [m for m in members if m not in enrolled])
-        unknown.append(np.mean([p.label is None for p in classifier.predict(vectors[others], 1)]))
+        unknown.append(np.mean([p.label is None for p in predict(classifier, faces[others])]))
     return {
         "characters": members,
         "enrolled_per_draw": SERIES_ENROLLED,
@@ -187,37 +227,47 @@ def series_enrollment(bundle: ModelBundle, held: LabelledImages, vectors: np.nda
     }
 
 
+def predict(classifier: Classifier, faces: Faces) -> list[Prediction]:
+    return classifier.predict(faces.colour, 1, faces.drawn_gray)
+
+
 def baseline_few_shot(bundle: ModelBundle, held: LabelledImages, series_held: list[str], seed: int) -> dict:
     """Few-shot of another model (kyara's earlier default) on the held-out series' pictures."""
-    vectors = Embedder(bundle.onnx, bundle.input_size).embed([load_image(p) for p in held.paths])
+    faces = embedded(Embedder(bundle.onnx, bundle.input_size), held)
     chosen = members_of(held, series_held)
     return {
         "model": f"{bundle.name} {bundle.metadata.get('version', '')}".strip(),
         "trained_characters": len(bundle.labels),
-        "held_out_series": few_shot_figures(held.with_classes(series_held), vectors[chosen], seed, bundle),
+        "held_out_series": few_shot_figures(held.with_classes(series_held), faces[chosen], seed, bundle),
     }
 
 
-def few_shot_figures(held: LabelledImages, vectors: np.ndarray, seed: int, bundle: ModelBundle) -> dict[str, float]:
-    return {str(k): few_shot_top1(held, vectors, k, seed, bundle) for k in SHOTS}
+def few_shot_figures(
+    held: LabelledImages, faces: Faces, seed: int, bundle: ModelBundle, gray: bool = False
+) -> dict[str, float]:
+    return {str(k): few_shot_top1(held, faces, k, seed, bundle, gray) for k in SHOTS}
 
 
-def few_shot_top1(held: LabelledImages, vectors: np.ndarray, shots: int, seed: int, bundle: ModelBundle) -> float:
-    """Mean top-1 over draws: a gallery of only the held-out characters, K pictures each."""
+def few_shot_top1(held: LabelledImages, faces: Faces, shots: int, seed: int, bundle: ModelBundle, gray: bool) -> float:
+    """Mean top-1 over draws: a gallery of only the held-out characters, K pictures each as
+    stored; the other pictures queried as stored, or their gray copies if `gray`."""
+    queried = faces.gray_copies() if gray else faces
     rng, scores = np.random.default_rng(seed), []
     for _ in range(DRAWS):
         prototypes, queries = [], []
         for label in range(len(held.classes)):
             chosen, rest = draw_shots(held, label, shots, rng)
-            prototypes.append(gallery_prototype(vectors[chosen], bundle.concentration))
+            prototypes.append(enrolled_prototypes(faces.colour[chosen], faces.gray[chosen], bundle.concentration))
             queries += rest
-        classifier = Classifier(held.classes, np.asarray(prototypes), bundle.temperature, 0.0)
-        predicted = classifier.similarities(vectors[queries]).argmax(1)
+        classifier = Classifier.of_characters(
+            held.classes, prototypes, bundle.temperature, 0.0, None, bundle.embedding_dim
+        )
+        predicted = classifier.similarities(queried.colour[queries], queried.drawn_gray[queries]).argmax(1)
         scores.append(float((predicted == held.labels[queries]).mean()))
     return round(float(np.mean(scores)), 4)
 
 
-def enrollment_figures(model: Path, held: LabelledImages, vectors: np.ndarray, seed: int) -> dict:
+def enrollment_figures(model: Path, held: LabelledImages, faces: Faces, seed: int) -> dict:
     """`kyara.enroll` 5 pictures per held-out character into a fresh copy of the model, timed; then
     top-1 and named-correctly rates of their other pictures, every known character competing.
     Averaged over `DRAWS` seeded draws: which 5 pictures are enrolled moves top-1 by several points."""
@@ -235,7 +285,7 @@ def enrollment_figures(model: Path, held: LabelledImages, vectors: np.ndarray, s
                 seconds.append(time.perf_counter() - started)
                 queries += rest
             classifier = Classifier.from_bundle(load_bundle(copy))
-        predictions = classifier.predict(vectors[queries], top_k=1)
+        predictions = predict(classifier, faces[queries])
         truth = [held.classes[held.labels[i]] for i in queries]
         counts.append(len(queries))
         top1.append(np.mean([p.top_k[0].label == t for p, t in zip(predictions, truth)]))
@@ -297,7 +347,12 @@ Hololive EN characters ({f["held_out_images"]} pictures in all). Figures: `docs/
 - Held-out Hololive EN characters (fifteen others of their series train): {", ".join(f["held_out_holoen"])}.
 
 Known faces are the test split of the {f["known_characters"]} trained characters ({f["known_test_images"]}
-pictures, no near-duplicate of a training picture): top-1 **{f["known_top1"]:.4f}**.
+pictures, no near-duplicate of a training picture): top-1 **{f["known_top1"]:.4f}**; their gray copies
+{f["known_gray_top1"]:.4f}.
+
+Faces are named as `kyara recognize` names them: each character has a prototype made from its
+faces in colour and one from gray copies of them (trained or enrolled), and a face drawn in gray
+(`kyara.cut.GRAY_SHARE`) is compared with the gray ones, any other face with the colour ones.
 
 ## Unknown characters
 The unknown score is how far a face's best similarity lies above the typical similarity of that
@@ -311,6 +366,7 @@ threshold for all let a new character pass as a loose one.
 | --- | --- | --- | --- |
 {unknown_row("characters of the held-out series", s, bold=True)}
 {unknown_row("all held-out characters (with the five Hololive EN)", u)}
+{unknown_row("gray copies: known faces vs the held-out series'", f["unknown"]["held_out_series_gray_copies"])}
 
 The model's threshold ({u["model_threshold"]:.3f}) keeps 95 % of the *validation* faces of known
 characters named (`kyara/train/fit.py`); on test faces it keeps {u["known_kept_at_model_threshold"]:.1%}.
@@ -339,7 +395,9 @@ Mean over {e["draws"]} draws: top-1 **{e["top1"]:.4f}** (draws from {e["top1_low
 
 ## Few-shot (a gallery of only the held-out characters)
 K pictures per character enrolled, the rest queried, mean over {DRAWS} draws (the protocol of
-`kyara evaluate --shots K`, plus the near-duplicate exclusion).
+`kyara evaluate --shots K`, plus the near-duplicate exclusion). "Gray copies": the same colour
+pictures enrolled, gray copies of the others queried (a manga page of characters enrolled from
+colour fan art).
 
 | characters | {" | ".join(f"{k} shots" for k in SHOTS)} |
 | --- | {" | ".join("---" for _ in SHOTS)} |

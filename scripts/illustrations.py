@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from kyara.bundle import ModelBundle
 from kyara.classify import Classifier
-from kyara.cut import cuts_of
+from kyara.cut import cuts_of, drawn_gray, gray_cuts
 from kyara.dataset import LabelledFile, labelled_files
 from kyara.errors import ImageError
 from kyara.evaluate import embed_files, report_for
@@ -38,10 +38,11 @@ def split_files(root: Path, seed: int) -> tuple[list[LabelledFile], list[Labelle
 
 
 def enroll_faces(bundle: ModelBundle, files: list[LabelledFile]) -> int:
-    """Add the best matching face of each picture to `bundle`'s gallery; returns how many."""
+    """Add the best matching face of each picture to `bundle`'s gallery (with its gray copy, as
+    `kyara enroll` does); returns how many."""
     recognizer = Recognizer(bundle)
     labels = recognizer.classifier.labels
-    vectors, names = [], []
+    vectors, gray, names = [], [], []
     for file in tqdm(files, desc="illustration faces"):
         try:
             picture = recognizer.load(file.path)
@@ -50,15 +51,18 @@ def enroll_faces(bundle: ModelBundle, files: list[LabelledFile]) -> int:
         faces = recognizer.detector.detect(picture)
         if not faces or file.label not in labels:
             continue
-        embeddings = recognizer.embed(cuts_of(picture, faces))
-        probabilities = recognizer.classifier.probabilities(recognizer.classifier.similarities(embeddings))
+        cuts = cuts_of(picture, faces)
+        embeddings = recognizer.embed(cuts)
+        similarities = recognizer.classifier.similarities(embeddings, drawn_gray(cuts))
+        probabilities = recognizer.classifier.probabilities(similarities)
         column = labels.index(file.label)
         best = int(probabilities[:, column].argmax())
         if column in np.argsort(-probabilities[best])[:TOP_K]:
             vectors.append(embeddings[best])
+            gray.append(recognizer.embed(gray_cuts(picture, [cuts[best]]))[0])
             names.append(file.label)
     if vectors:
-        bundle.add_to_gallery(np.asarray(vectors), names)
+        bundle.add_to_gallery(np.asarray(vectors), names, np.asarray(gray))
     return len(vectors)
 
 

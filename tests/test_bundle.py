@@ -61,6 +61,19 @@ def test_round_trip_keeps_everything(bundle, tmp_path):
     assert loaded.gray_head is None
 
 
+def test_enrolled_pictures_gray_copies_travel_with_the_model(bundle, tmp_path):
+    path = tmp_path / "m.kyara"
+    bundle.add_to_gallery(np.eye(2, 4, dtype=np.float32), ["new", "new"])  # as an older kyara enrolled: no gray copy
+    save_bundle(bundle, path)
+    assert "gallery_gray.npy" not in zipfile.ZipFile(path).namelist()
+    assert load_bundle(path).gallery_gray.shape == (2, 4) and not load_bundle(path).gallery_gray.any()
+    bundle.add_to_gallery(np.eye(1, 4, dtype=np.float32), ["newer"], gray=np.eye(1, 4, k=3, dtype=np.float32))
+    save_bundle(bundle, path)
+    assert np.array_equal(load_bundle(path).gallery_gray, np.vstack([np.zeros((2, 4)), np.eye(1, 4, k=3)]))
+    with pytest.raises(ModelError, match="gray gallery has shape"):
+        ModelBundle(**{**bundle.__dict__, "gallery_gray": np.ones((2, 4))})
+
+
 def test_gray_prototypes_travel_with_the_model(bundle, tmp_path):
     bundle.gray_head = np.eye(3, 4, k=1, dtype=np.float32)
     save_bundle(bundle, tmp_path / "m.kyara")

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kyara.classify import MIN_CONCENTRATION, Classifier, gallery_prototype
+from kyara.classify import MIN_CONCENTRATION, Classifier, enrolled_prototypes, gallery_prototype
 
 
 def unit(rows: np.ndarray) -> np.ndarray:
@@ -53,14 +53,38 @@ def test_similarities_take_each_labels_best_prototype_and_predictions_report_at_
     assert (first.label, first.similarity, second.label, second.similarity) == ("a", 1.0, "a", 1.0)
 
 
-def test_a_trained_character_is_its_colour_or_its_gray_prototype_whichever_is_nearer():
+def test_a_face_drawn_in_gray_meets_the_gray_prototypes_and_a_colour_face_the_colour_ones():
     head = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], np.float32)
     gray_head = np.array([[0.0, 0.0, 1.0], [0.0, 0.6, 0.8]], np.float32)
     classifier = Classifier.trained(["a", "b"], head, gray_head, typical=None)
     faces = np.array([[0.0, 0.0, 1.0], [0.8, 0.6, 0.0]], np.float32)
-    np.testing.assert_allclose(classifier.similarities(faces), [[1.0, 0.8], [0.8, 0.6]], atol=1e-6)
+    np.testing.assert_allclose(classifier.similarities(faces), [[0.0, 0.0], [0.8, 0.6]], atol=1e-6)
+    in_gray = classifier.similarities(faces, np.array([True, True]))
+    np.testing.assert_allclose(in_gray, [[1.0, 0.8], [0.0, 0.36]], atol=1e-6)
+    mixed = classifier.similarities(faces, np.array([True, False]))
+    np.testing.assert_allclose(mixed, [[1.0, 0.8], [0.8, 0.6]], atol=1e-6)
+    assert [p.label for p in classifier.predict(faces, gray=np.array([True, False]))] == ["a", "a"]
     colour_only = Classifier.trained(["a", "b"], head, None, typical=None)
-    np.testing.assert_allclose(colour_only.similarities(faces), [[0.0, 0.0], [0.8, 0.6]], atol=1e-6)
+    np.testing.assert_allclose(colour_only.similarities(faces, np.array([True, True])), [[0, 0], [0.8, 0.6]], atol=1e-6)
+
+
+def test_a_character_without_a_gray_prototype_meets_gray_faces_with_its_colour_one():
+    """An enrolled character whose gray copies were never made (a gallery of an older kyara)."""
+    prototypes = [[(np.array([1.0, 0.0]), False), (np.array([0.0, 1.0]), True)], [(np.array([0.6, 0.8]), False)]]
+    classifier = Classifier.of_characters(["a", "old"], prototypes, 0.05, 0.0, None, dim=2)
+    face = np.array([[0.0, 1.0]], np.float32)
+    np.testing.assert_allclose(classifier.similarities(face, np.array([True])), [[1.0, 0.8]], atol=1e-6)
+    np.testing.assert_allclose(classifier.similarities(face, np.array([False])), [[0.0, 0.8]], atol=1e-6)
+
+
+def test_enrolled_gray_copies_make_a_second_prototype_and_missing_ones_none():
+    colour = np.array([[1.0, 0.0], [1.0, 0.0]], np.float32)
+    gray = np.array([[0.0, 1.0], [0.0, 0.0]], np.float32)  # the second picture's gray copy was not made
+    (own, own_kind), (made, made_kind) = enrolled_prototypes(colour, gray, prior=0.8)
+    assert (own_kind, made_kind) == (False, True)
+    np.testing.assert_allclose(own, [1.0, 0.0], atol=1e-6)
+    np.testing.assert_allclose(made, [0.0, 1.25], atol=1e-6)  # one picture: the prior's length
+    assert len(enrolled_prototypes(colour, np.zeros_like(gray), prior=0.8)) == 1
 
 
 def test_a_face_is_unknown_by_how_far_it_falls_short_of_its_characters_typical_similarity():

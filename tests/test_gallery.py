@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from kyara.bundle import default_model_path, load_bundle, save_bundle
 from kyara.cli import app
+from kyara.cut import gray_cuts
 from kyara.errors import KyaraError, ModelError, NoFaceError
 from kyara.gallery import characters, editable_model_path, enroll, forget
 from kyara.pipeline import Recognizer
@@ -46,8 +47,14 @@ def test_enroll_recognize_forget(model, tmp_path):
     mikan = recognizer.recognize(picture(ORANGE, 360, (250, 250, 200)))
     assert [f.label for f in aoi] == ["Aoi (OC)"] and [f.label for f in mikan] == ["Mikan オレンジ"]
     assert {"name": "Aoi (OC)", "trained": False, "training_images": 0, "enrolled_images": 4} in characters(model)
+    first = picture(PURPLE, 300, backgrounds[0])
+    gray_face = recognizer.embed(gray_cuts(first, recognizer.cuts_to_learn(first)[:1]))[0]
+    stored = load_bundle(model)
+    np.testing.assert_allclose(stored.gallery_gray[stored.gallery_labels.index("Aoi (OC)")], gray_face, atol=1e-4)
+    assert float(gray_face @ stored.gallery[stored.gallery_labels.index("Aoi (OC)")]) < 0.99  # not the colour one
 
     assert forget("Aoi (OC)", model) == 4
+    assert load_bundle(model).gallery_gray.shape == load_bundle(model).gallery.shape
     after = Recognizer(model).recognize(picture(PURPLE, 360, (250, 250, 200)))
     assert after[0].label != "Aoi (OC)"
     assert "Aoi (OC)" not in load_bundle(model).all_labels()

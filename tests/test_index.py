@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from PIL import ImageOps
 from typer.testing import CliRunner
 
 from kyara import index as index_module
@@ -110,7 +111,7 @@ def contents(db) -> list[tuple]:
     with contextlib.closing(sqlite3.connect(db / DATABASE)) as connection:
         return connection.execute(
             "SELECT files.path, sha256, width, height, embedder, x, y, w, h, detector_score, angle, fallback,"
-            " label, confidence, similarity, embedding FROM faces JOIN files ON files.id = faces.file_id"
+            " gray, label, confidence, similarity, embedding FROM faces JOIN files ON files.id = faces.file_id"
             " ORDER BY files.path, x, y"
         ).fetchall()
 
@@ -294,6 +295,34 @@ def test_relabel_after_a_gallery_change_without_detecting(indexed, tmp_path, upr
     relabelled.close()
     # The first model sees its own labels again.
     assert hifumi[0].face_id in {face.face_id for face in collection.find("takimoto_hifumi")}
+
+
+def test_faces_drawn_in_gray_are_marked_and_named_as_recognize_names_them(indexed):
+    """Their labels, stored and recomputed from the stored embeddings, are those `recognize`
+    gives: against the gray prototypes."""
+    root, collection = indexed
+    ImageOps.grayscale(load_image(root / "kou/1.jpg")).save(root / "kou/gray.png")
+    collection.update(root, progress=False)
+    recognized = [(face.box, face.label) for face in collection.recognizer.recognize(root / "kou/gray.png")]
+    assert recognized and [(f.box, f.label) for f in collection.faces_of("kou/gray.png")] == recognized
+    assert gray_marks(collection.path, "kou/gray.png") == [1] * len(recognized)
+    assert set(gray_marks(collection.path, "kou/1.jpg")) == {0}
+    collection.relabel()
+    assert [(f.box, f.label) for f in collection.faces_of("kou/gray.png")] == recognized
+
+
+def test_an_index_made_before_gray_faces_were_marked_takes_them_as_colour(base, tmp_path, upright):
+    db = shutil.copytree(base[1], tmp_path / "pictures.kyaradb")
+    with contextlib.closing(sqlite3.connect(db / DATABASE)) as connection:
+        connection.execute("ALTER TABLE faces DROP COLUMN gray")
+    with CollectionIndex(db, upright) as collection:
+        assert collection.find("yagami_kou") and set(gray_marks(db, "kou/1.jpg")) == {0}
+
+
+def gray_marks(db: Path, path: str) -> list[int]:
+    with contextlib.closing(sqlite3.connect(db / DATABASE)) as connection:
+        query = "SELECT gray FROM faces JOIN files ON files.id = faces.file_id WHERE files.path = ? ORDER BY faces.id"
+        return [row[0] for row in connection.execute(query, (path,))]
 
 
 def test_an_index_of_format_1_reads_its_face_crops_again(indexed, held_out_files):

@@ -11,10 +11,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from PIL import ImageOps
 from typer.testing import CliRunner
 
 from kyara.cli import app
 from kyara.detection import CnnDetector
+from kyara.imageio import load_image
 from kyara.index import SHARDS, CollectionIndex
 from kyara.index import update as index_update
 from kyara.index.work import InThreads
@@ -24,6 +26,8 @@ from tests.test_index import consistent, contents, make_pictures
 
 ray = pytest.importorskip("ray")
 from kyara.index.distributed import OnRay  # noqa: E402  (needs Ray)
+
+PICTURES = 7
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +40,10 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def pictures(tmp_path_factory) -> Path:
-    return make_pictures(tmp_path_factory.mktemp("ray") / "pictures")
+    """Six illustrations, and a gray copy of one (its faces are marked gray on the workers)."""
+    root = make_pictures(tmp_path_factory.mktemp("ray") / "pictures")
+    ImageOps.grayscale(load_image(root / "kou/1.jpg")).save(root / "kou/gray.png")
+    return root
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +51,9 @@ def one_machine(pictures) -> list[tuple]:
     db = pictures.parent / "one machine.kyaradb"
     with CollectionIndex(db, Recognizer(), create=True) as collection:
         collection.update(pictures, progress=False, engine=InThreads(1))
-    return contents(db)
+    rows = contents(db)
+    assert {row[12] for row in rows} == {0, 1}  # gray faces and colour ones
+    return rows
 
 
 class Recording(OnRay):
@@ -61,9 +70,13 @@ def test_ray_makes_the_index_one_machine_makes(cluster, pictures, one_machine, t
     db = tmp_path / "ray.kyaradb"
     with CollectionIndex(db, Recognizer(), create=True) as collection:
         summary = collection.update(pictures, progress=False, engine=OnRay(chunk=4))
-        assert (summary.added, summary.faces, consistent(collection)["faces"]) == (6, len(one_machine), summary.faces)
+        assert (summary.added, summary.faces, consistent(collection)["faces"]) == (
+            PICTURES,
+            len(one_machine),
+            summary.faces,
+        )
         engine = Recording()
-        assert collection.update(pictures, progress=False, engine=engine).unchanged == 6
+        assert collection.update(pictures, progress=False, engine=engine).unchanged == PICTURES
     assert engine.jobs == []  # unchanged files never reach the cluster
     assert same_values(contents(db), one_machine)
     assert not (db / SHARDS).exists() or not any((db / SHARDS).iterdir())  # merged, then deleted
@@ -98,7 +111,11 @@ def test_a_worker_killed_mid_run_is_replaced_and_nothing_is_lost_or_doubled(
     db = tmp_path / "killed worker.kyaradb"
     with CollectionIndex(db, Recognizer(detector=DiesOnce(marker)), create=True) as collection:
         summary = collection.update(pictures, progress=False, engine=OnRay())
-        assert (summary.added, summary.faces, consistent(collection)["faces"]) == (6, len(one_machine), summary.faces)
+        assert (summary.added, summary.faces, consistent(collection)["faces"]) == (
+            PICTURES,
+            len(one_machine),
+            summary.faces,
+        )
     assert not marker.exists(), "no worker was killed: the test did not test anything"
     assert same_values(contents(db), one_machine)
 
@@ -124,7 +141,7 @@ def test_the_shards_of_a_run_that_died_are_merged_not_computed_again(
         assert consistent(collection)["files"] == 2  # one batch committed; the other shards wait
         engine = Recording()
         summary = collection.update(pictures, progress=False, engine=engine)
-        assert (summary.added, summary.unchanged) == (4, 2)
+        assert (summary.added, summary.unchanged) == (PICTURES - 2, 2)
     assert engine.jobs == []  # every picture came from a shard: none was computed again
     assert same_values(contents(db), one_machine)
 
@@ -134,5 +151,5 @@ def test_cli_index_on_ray(cluster, pictures, one_machine, tmp_path):
     result = CliRunner().invoke(app, ["index", str(pictures), "--db", str(db), "--ray", "auto", "--json"])
     assert result.exit_code == 0, result.output
     document = json.loads(result.stdout)
-    assert (document["added"], document["faces"]) == (6, len(one_machine))
+    assert (document["added"], document["faces"]) == (PICTURES, len(one_machine))
     assert same_values(contents(db), one_machine)

@@ -194,7 +194,7 @@ def _outcomes_table(outcomes: list[Outcome], embedder: str):
                 "height": o.height,
                 "reembedded": o.reembedded,
                 "embedder": embedder,
-                "faces": [[*f.box, f.score, f.angle, f.fallback] for f in o.faces],
+                "faces": [[*f.box, f.score, f.angle, f.fallback, f.gray] for f in o.faces],
                 "vectors": None if o.vectors is None else o.vectors.astype(np.float32).tobytes(),
                 "dimension": 0 if o.vectors is None else o.vectors.shape[1],
                 "seconds": [o.seconds[stage] for stage in STAGES],
@@ -234,8 +234,15 @@ def read_shard(shard: Path) -> list[tuple[Outcome, str]]:
     return [(_outcome_of(row), row["embedder"]) for row in pq.read_table(shard, schema=_schema()).to_pylist()]
 
 
+def _face_of(numbers: list[float]) -> FaceFound:
+    """x, y, w, h, score, angle, fallback, gray (a shard of a kyara that did not mark gray faces
+    stops at fallback)."""
+    x, y, w, h, score, angle, fallback, *gray = numbers
+    return FaceFound((round(x), round(y), round(w), round(h)), score, angle, bool(fallback), bool(gray and gray[0]))
+
+
 def _outcome_of(row: dict) -> Outcome:
-    faces = [FaceFound(tuple(round(v) for v in f[:4]), f[4], f[5], bool(f[6])) for f in row["faces"]]
+    faces = [_face_of(numbers) for numbers in row["faces"]]
     vectors = None
     if row["vectors"] is not None:
         vectors = np.frombuffer(row["vectors"], np.float32).reshape(-1, row["dimension"])

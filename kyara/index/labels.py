@@ -8,6 +8,8 @@ import sqlite3
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 
+import numpy as np
+
 from kyara.classify import Prediction
 from kyara.errors import KyaraError
 from kyara.gallery import locked
@@ -53,7 +55,7 @@ class LabelledStore(IndexStore):
     def _relabel(self) -> int:
         done = 0
         with self._connection as db:
-            rows = db.execute(f"SELECT faces.id, embedding {CURRENT_FACES}", (self.embedder_id,))
+            rows = db.execute(f"SELECT faces.id, {self.gray_column}, embedding {CURRENT_FACES}", (self.embedder_id,))
             for labelled in self._labelled(rows):
                 db.executemany(
                     "UPDATE faces SET label = ?, confidence = ?, similarity = ? WHERE id = ?",
@@ -86,15 +88,17 @@ class LabelledStore(IndexStore):
             rows = self._connection.execute(f"SELECT {FACE_COLUMNS} {query}", parameters)
             yield from (face_from_row(row) for row in rows)
             return
-        rows = self._connection.execute(f"SELECT {FACE_COLUMNS}, embedding {query}", parameters)
+        rows = self._connection.execute(f"SELECT {FACE_COLUMNS}, {self.gray_column}, embedding {query}", parameters)
         for labelled in self._labelled(rows):
             for row, p in labelled:
-                yield replace(face_from_row(row[:-1]), label=p.label, confidence=p.confidence, similarity=p.similarity)
+                yield replace(face_from_row(row[:-2]), label=p.label, confidence=p.confidence, similarity=p.similarity)
 
     def _labelled(self, rows: sqlite3.Cursor) -> Iterator[list[tuple[tuple, Prediction]]]:
-        """`rows` (the stored embedding last) in chunks, each row with this model's prediction."""
+        """`rows` (whether the face is gray, then its stored embedding, last) in chunks, each row
+        with this model's prediction."""
         while chunk := rows.fetchmany(65536):
-            predictions = self.recognizer.classify(self._decode([row[-1] for row in chunk]), top_k=1)
+            gray = np.array([row[-2] for row in chunk], bool)
+            predictions = self.recognizer.classify(self._decode([row[-1] for row in chunk]), top_k=1, gray=gray)
             yield list(zip(chunk, predictions))
 
 

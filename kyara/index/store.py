@@ -51,6 +51,7 @@ CREATE TABLE IF NOT EXISTS faces (
     detector_score REAL NOT NULL,
     angle REAL NOT NULL,
     fallback INTEGER NOT NULL,
+    gray INTEGER NOT NULL DEFAULT 0,
     label TEXT,
     confidence REAL NOT NULL,
     similarity REAL NOT NULL,
@@ -87,6 +88,8 @@ class IndexStore:
         self.classifier_id = _classifier_id(recognizer)
         self.dim = recognizer.embedder.dim
         self._connection = self._connect(create)
+        # "0" in a read-only index made before faces were marked gray, which cannot be changed
+        self.gray_column = "gray" if _has_gray_column(self._connection) else "0"
         try:
             self._check_format()
             self._vectors = ShardedVectors(self.dim)
@@ -138,6 +141,8 @@ class IndexStore:
             connection.execute("PRAGMA foreign_keys = ON")
             connection.execute("PRAGMA journal_mode = WAL")  # readers (find, search) never wait for `index`
             connection.executescript(SCHEMA)
+            if not _has_gray_column(connection):  # an index made before faces were marked gray: they count as colour
+                connection.execute("ALTER TABLE faces ADD COLUMN gray INTEGER NOT NULL DEFAULT 0")
         except sqlite3.DatabaseError as exc:
             connection.close()
             raise KyaraError(f"{database}: not a usable collection database ({exc})") from exc
@@ -231,6 +236,10 @@ class IndexStore:
     def _decode(self, blobs: list[bytes]) -> np.ndarray:
         vectors = np.frombuffer(b"".join(blobs), np.float16).reshape(len(blobs), self.dim).astype(np.float32)
         return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+
+
+def _has_gray_column(connection: sqlite3.Connection) -> bool:
+    return any(row[1] == "gray" for row in connection.execute("PRAGMA table_info(faces)"))
 
 
 def embedder_id(bundle: ModelBundle) -> str:

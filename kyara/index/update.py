@@ -331,7 +331,8 @@ class IndexUpdates(LabelledStore):
         only after the commit succeeded."""
         vectors = np.concatenate([p.vectors for p in batch.pictures] or [np.zeros((0, self.dim), np.float32)])
         with summary.timing("write"):
-            predictions = self.recognizer.classify(vectors, top_k=1)
+            gray = np.array([face.gray for p in batch.pictures for face in p.faces], bool)
+            predictions = self.recognizer.classify(vectors, top_k=1, gray=gray)
             replaced = [p.replaces for p in batch.pictures if p.replaces] + [u[4] for u in batch.unreadable if u[4]]
             old_faces = self._face_ids_of(replaced)
             new_faces: list[int] = []
@@ -377,14 +378,15 @@ class IndexUpdates(LabelledStore):
         prediction: Prediction,
     ) -> int:
         return db.execute(
-            "INSERT INTO faces (file_id, x, y, w, h, detector_score, angle, fallback, label, confidence, "
-            "similarity, embedding) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO faces (file_id, x, y, w, h, detector_score, angle, fallback, gray, label, confidence, "
+            "similarity, embedding) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 file_id,
                 *face.box,
                 face.score,
                 face.angle,
                 face.fallback,
+                face.gray,
                 prediction.label,
                 prediction.confidence,
                 prediction.similarity,

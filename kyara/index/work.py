@@ -48,13 +48,15 @@ class Job:
 
 @dataclass(frozen=True)
 class FaceFound:
-    """A face as the index stores it: where, how face-like, its tilt, and whether it is the whole
-    picture standing in for a face that was not found."""
+    """A face as the index stores it: where, how face-like, its tilt, whether it is the whole
+    picture standing in for a face that was not found, and whether it is drawn in gray (it is
+    named against gray prototypes: `kyara.cut.FaceCut.gray`)."""
 
     box: tuple[int, int, int, int]
     score: float
     angle: float
     fallback: bool
+    gray: bool = False
 
 
 @dataclass
@@ -122,7 +124,7 @@ class PictureWork:
                 cuts = self.recognizer.cuts_to_name(picture)
         with timed(seconds, "embed"):
             outcome.vectors = self.recognizer.embed(cuts)
-        outcome.faces = [FaceFound(cut.box, cut.score, cut.angle, cut.fallback) for cut in cuts]
+        outcome.faces = [FaceFound(cut.box, cut.score, cut.angle, cut.fallback, cut.gray) for cut in cuts]
         return outcome
 
 

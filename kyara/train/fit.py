@@ -16,6 +16,7 @@ from torch import nn
 import kyara
 from kyara.bundle import ModelBundle
 from kyara.classify import Classifier, estimated_concentration
+from kyara.cut import gray_faces
 from kyara.metrics import fit_temperature, threshold_at_acceptance
 from kyara.train.data import LabelledImages, split_by_group
 from kyara.train.readout import fit_readout
@@ -62,7 +63,7 @@ def package(
     val_top1 = None
     if len(val.labels):
         val_embeddings = embed_pixels(embedder, val.pixels, config.input_size)
-        temperature, threshold, val_top1 = calibrated(classes, head, gray_head, typical, val_embeddings, val.labels)
+        temperature, threshold, val_top1 = calibrated(classes, head, gray_head, typical, val_embeddings, val)
     else:
         # Nothing to calibrate on: name every face (with typical similarities the threshold is a
         # margin, and -1 lets any cosine pass).
@@ -90,15 +91,16 @@ def calibrated(
     gray_head: np.ndarray | None,
     typical: np.ndarray | None,
     val_embeddings: np.ndarray,
-    val_labels: np.ndarray,
+    val: LabelledImages,
 ) -> tuple[float, float, float]:
     """The softmax temperature and the unknown threshold fitted on validation faces of the trained
-    characters (`KNOWN_ACCEPTANCE` of them keep their name), and their top-1."""
+    characters (`KNOWN_ACCEPTANCE` of them keep their name), and their top-1. Faces drawn in gray
+    are named as recognition names them, against gray prototypes."""
     classifier = Classifier.trained(classes, head, gray_head, typical)
-    similarities = classifier.similarities(val_embeddings)
+    similarities = classifier.similarities(val_embeddings, gray_faces(val.pixels))
     threshold = threshold_at_acceptance(classifier.familiarity(similarities), KNOWN_ACCEPTANCE)
-    top1 = float((similarities.argmax(axis=1) == val_labels).mean())
-    return fit_temperature(similarities, val_labels), threshold, top1
+    top1 = float((similarities.argmax(axis=1) == val.labels).mean())
+    return fit_temperature(similarities, val.labels), threshold, top1
 
 
 def gray_prototypes(embed: Callable[[np.ndarray], np.ndarray], train_set: LabelledImages) -> np.ndarray:
