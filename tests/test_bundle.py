@@ -298,6 +298,7 @@ def test_a_head_the_embedder_does_not_fit_says_so(shipped_copy):
     rewrite(shipped_copy, "gallery.npy", npy(np.zeros((0, 128), np.float32)))
     rewrite(shipped_copy, "head.npy", npy(model.head[:, :128]))
     rewrite(shipped_copy, "gray_head.npy", npy(model.gray_head[:, :128]))
+    rewrite(shipped_copy, "gallery_gray.npy", npy(np.zeros((0, 128), np.float32)))
     with pytest.raises(ModelError, match="embedder makes embeddings of 256 numbers but its head's rows have 128"):
         Recognizer(shipped_copy)
 
