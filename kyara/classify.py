@@ -19,9 +19,9 @@ at least the typical similarity plus the bundle's `unknown_threshold` (a negativ
 that 95 % of validation faces keep their name). Characters differ: some are drawn alike in every
 picture, others vary, and one threshold for all let a new character pass as a loose one. With
 95 % of known faces kept, this answers 59 % of the faces of series never trained on unknown, where
-one threshold answered 40 % (AUROC 0.934 against 0.904; docs/heldout-characters.md, measured with
-colour prototypes only: the gray ones leave the AUROC on colour faces at 0.935). Models
-without typical similarities (before 0.3) compare the best similarity itself with the threshold.
+one threshold answered 40 % (AUROC 0.934 against 0.904, colour prototypes only; 0.937 with gray
+ones as above, docs/heldout-characters.md). Models without typical similarities (before 0.3)
+compare the best similarity itself with the threshold.
 """
 
 from __future__ import annotations
@@ -90,8 +90,8 @@ def enrolled_prototypes(colour: np.ndarray, gray: np.ndarray, prior: float) -> l
     """An enrolled character's prototypes (`gallery_prototype`): of its pictures' unit embeddings
     `colour`, and of their gray copies' `gray` where they were made (rows of zeros: not made).
     Enrolled from five colour pictures each, characters of series never trained on are named on
-    gray copies of their other pictures 0.79 of the time with the gray prototype, 0.69 without it
-    (docs/heldout-characters.md)."""
+    gray copies of their other pictures 0.79 of the time with the gray prototype
+    (docs/heldout-characters.md), 0.69 without it (an exploratory run)."""
     own, made = [(gallery_prototype(colour, prior), False)], gray[gray.any(axis=1)]
     return [*own, (gallery_prototype(made, prior), True)] if len(made) else own
 
