@@ -136,10 +136,11 @@ class ModelBundle:
 
     def add_to_gallery(self, vectors: np.ndarray, labels: list[str], gray: np.ndarray | None = None) -> None:
         """Enrolled pictures' embeddings, and of their gray copies if made (row by row)."""
-        vectors = np.asarray(vectors, np.float32).reshape(len(labels), -1)
-        gray = np.zeros_like(vectors) if gray is None else np.asarray(gray, np.float32).reshape(len(labels), -1)
+        vectors = np.asarray(vectors, np.float32)
+        gray = np.zeros_like(vectors) if gray is None else np.asarray(gray, np.float32)
         if len(vectors) != len(labels) or gray.shape != vectors.shape:
             raise ModelError(f"{len(vectors)} gallery vectors, {len(gray)} gray ones, for {len(labels)} labels")
+        vectors, gray = vectors.reshape(len(labels), -1), gray.reshape(len(labels), -1)
         self.gallery = np.vstack([self.gallery, vectors])
         self.gallery_gray = np.vstack([self.gallery_gray, gray])
         self.gallery_labels = [*self.gallery_labels, *labels]

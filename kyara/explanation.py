@@ -26,7 +26,7 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageFont
 
 from kyara.bundle import atomic_write_bytes
 from kyara.classify import Classifier
-from kyara.cut import FaceCut, as_is, drawn_gray
+from kyara.cut import FaceCut, as_is
 from kyara.embedding import Embedder
 from kyara.errors import KyaraError
 from kyara.imageio import ImageSource, load_image
@@ -159,13 +159,13 @@ def _check_labels(classifier: Classifier, label: str | None, versus: str | None)
 
 def _explain(recognizer: Recognizer, cut: FaceCut, label: str | None, versus: str | None) -> Explanation:
     pixels = input_pixels(cut.pixels, recognizer.embedder.input_size)
-    embedding = recognizer.embedder.embed([Image.fromarray(pixels)])
-    prediction = recognizer.classifier.predict(embedding, top_k=2, gray=drawn_gray([cut]))[0]
+    embedding, gray = recognizer.embedder.embed([Image.fromarray(pixels)]), cut.gray
+    prediction = recognizer.classifier.predict(embedding, top_k=2, gray=np.array([gray]))[0]
     guesses = [guess.label for guess in prediction.top_k]
     label = label or guesses[0]
     if versus == label:
         versus = next((g for g in guesses if g != label), None)
-    score = scorer(recognizer.classifier, label, versus, cut.gray)
+    score = scorer(recognizer.classifier, label, versus, gray)
     intact, heatmap = saliency_map(recognizer.embedder, pixels, score)
     known = prediction.label == label
     return Explanation(cut.box, cut.square, cut.angle, label, versus, intact, heatmap, known, cut.fallback)
