@@ -1,6 +1,7 @@
 """Search speed of the collection index at scale, on synthetic faces. Prints JSON.
 
     python benchmarks/index_synthetic.py [--faces 1000000] [--data uniform|clustered] [--queries 200]
+                                         [--expansions 64,256,1024]
 
 Writes N random unit vectors of the default model's dimension into the SQLite store of a new
 `.kyaradb` (as `kyara index` stores faces: float16 embeddings, four faces per picture), then
@@ -8,7 +9,8 @@ opens it: the HNSW shards (one per `FACES_PER_SHARD` face ids) are built from SQ
 when their files are missing (`build_s`) and saved. `open_memory_mb`: what opening the saved
 index adds to the process (the shards held in memory); `peak_memory_mb` includes the benchmark's
 own copies of the vectors. Queries go through `CollectionIndex.search_vectors`, one at a time, so they include
-fetching the hits' rows from SQLite.
+fetching the hits' rows from SQLite; they are asked once per search expansion in `--expansions`
+(candidates each shard's graph walk keeps; the first figures are at kyara's default).
 
 - `uniform`: vectors uniform on the sphere, the worst case for any approximate index: in 256
   dimensions every point is almost as far from a query as its nearest neighbours are.
@@ -34,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kyara.index import DATABASE, FACES_PER_SHARD, CollectionIndex
+from kyara.index import DATABASE, FACES_PER_SHARD, SEARCH_EXPANSION, CollectionIndex
 from kyara.pipeline import Recognizer
 
 CHUNK = 50_000
@@ -104,6 +106,23 @@ def exact_top(stored: np.ndarray, queries: np.ndarray, k: int) -> list[set[int]]
     return [set((np.argpartition(-row, k)[:k] + 1).tolist()) for row in scores]
 
 
+def asked(collection: CollectionIndex, queries: np.ndarray, truth: list[set[int]], top_k: int, expansion: int) -> dict:
+    """Each query asked alone at one search expansion: milliseconds, and recall on the first
+    `len(truth)` queries."""
+    times, answers = [], []
+    for query in queries:
+        started = time.perf_counter()
+        (hits,) = collection.search_vectors(query[None], top_k, expansion)
+        times.append(time.perf_counter() - started)
+        answers.append({hit.face.face_id for hit in hits})
+    return {
+        "expansion": expansion,
+        "query_ms_median": round(1000 * statistics.median(times), 3),
+        "query_ms_p95": round(1000 * float(np.percentile(times, 95)), 3),
+        f"recall_at_{top_k}": round(statistics.mean(len(a & t) / top_k for a, t in zip(answers, truth)), 4),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--faces", type=int, default=1_000_000)
@@ -111,6 +130,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--recall-sample", type=int, default=100)
     parser.add_argument("--top-k", type=int, default=10)
+    parser.add_argument("--expansions", default=f"{SEARCH_EXPANSION},64,1024,2048")
     args = parser.parse_args()
     recognizer = Recognizer()
     stored, queries = synthetic(args.faces, args.queries, recognizer.embedder.dim, args.data)
@@ -134,18 +154,14 @@ def main() -> None:
         open_s = time.perf_counter() - started
         open_rss = resident_bytes() - rss_before
 
-        times, answers = [], []
-        for query in queries:
-            started = time.perf_counter()
-            (hits,) = collection.search_vectors(query[None], args.top_k)
-            times.append(time.perf_counter() - started)
-            answers.append({hit.face.face_id for hit in hits})
+        sample = slice(0, args.recall_sample)
+        truth = exact_top(stored, queries[sample], args.top_k)
+        searches = [
+            asked(collection, queries, truth, args.top_k, int(expansion)) for expansion in args.expansions.split(",")
+        ]
         started = time.perf_counter()
         collection.relabel()
         relabel_s = time.perf_counter() - started
-        sample = slice(0, args.recall_sample)
-        truth = exact_top(stored, queries[sample], args.top_k)
-        recall = statistics.mean(len(a & t) / args.top_k for a, t in zip(answers[sample], truth))
         report = {
             "faces": args.faces,
             "dim": int(stored.shape[1]),
@@ -154,9 +170,9 @@ def main() -> None:
             "sqlite_fill_s": round(fill_s, 1),
             "build_s": round(build_s, 1),
             "open_s": round(open_s, 2),
-            "query_ms_median": round(1000 * statistics.median(times), 3),
-            "query_ms_p95": round(1000 * float(np.percentile(times, 95)), 3),
-            f"recall_at_{args.top_k}": round(recall, 4),
+            **{key: value for key, value in searches[0].items() if key != "expansion"},
+            "search_expansion": searches[0]["expansion"],
+            "by_expansion": searches,
             "relabel_s": round(relabel_s, 1),
             "shards": len(list(db.glob("*.usearch"))),
             "faces_per_shard": FACES_PER_SHARD,

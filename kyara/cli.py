@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from kyara.errors import ImageError, KyaraError
 from kyara.imageio import IMAGE_SUFFIXES, list_images
+from kyara.index.vectors import SEARCH_EXPANSION
 from kyara.train.data import DEFAULT_GRAYSCALE_P
 
 app = typer.Typer(help="Which anime character is in this picture?", no_args_is_help=True, add_completion=False)
@@ -447,12 +448,22 @@ def search(
     db: DbOption,
     model: ModelOption = None,
     top_k: Annotated[int, typer.Option("--top-k", min=1, max=1000, help="How many similar faces per face.")] = 10,
+    expansion: Annotated[
+        int,
+        typer.Option(
+            "--expansion",
+            min=1,
+            max=100_000,
+            help="Search effort in collections of over 50,000 faces: candidates each graph walk keeps "
+            "(more finds more of the true nearest faces, slower; docs/collection.md).",
+        ),
+    ] = SEARCH_EXPANSION,
     as_json: JsonFlag = False,
 ) -> None:
     """Find the indexed faces most similar to each face of a picture."""
     from kyara.index import search_similar
 
-    root, query = search_similar(db, image, model, top_k)
+    root, query = search_similar(db, image, model, top_k, expansion)
     if as_json:
         document = {"root": root, "query": image, "faces": [face.to_dict() for face in query]}
         print(json.dumps(document, ensure_ascii=False, indent=2))

@@ -9,6 +9,7 @@ import sqlite3
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import ImageOps
 from typer.testing import CliRunner
@@ -244,6 +245,35 @@ def test_vectors_in_several_shards_answer_as_one_index(base, tmp_path, upright, 
         assert len(expected) == stats["faces"] and same_values(answers(sharded), expected)
     with CollectionIndex(db, upright) as reopened:  # read from the shard files as they are
         assert consistent(reopened)["vectors"] == stats["faces"] and same_values(answers(reopened), expected)
+
+
+def test_a_larger_search_expansion_finds_more_of_the_true_neighbours(monkeypatch):
+    """Past `EXACT_UP_TO` faces a shard answers from its HNSW graph, and the walk's expansion
+    decides how much of the true top-k it finds: faces of 2,000 "characters" of five faces, each
+    scattered as real embeddings are (cosine about 0.5 between two faces of one character)."""
+    monkeypatch.setattr(index_vectors, "EXACT_UP_TO", 0)
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((2000, 256)).astype(np.float32)
+
+    def faces(owners: np.ndarray) -> np.ndarray:
+        noisy = centres[owners] / np.linalg.norm(centres[owners], axis=1, keepdims=True)
+        noisy = noisy + rng.standard_normal(noisy.shape).astype(np.float32) / 16
+        return noisy / np.linalg.norm(noisy, axis=1, keepdims=True)
+
+    stored, queries = faces(np.arange(10_000) // 5), faces(np.arange(100) * 7)
+    vectors = index_vectors.ShardedVectors(256)
+    vectors.add(np.arange(1, len(stored) + 1, dtype=np.uint64), stored)
+    truth = [set((np.argsort(-(stored @ query))[:5] + 1).tolist()) for query in queries]
+
+    def recall(expansion: int) -> float:
+        found = vectors.search(queries, 5, expansion)
+        return float(np.mean([len(set(keys.tolist()) & true) / 5 for (keys, _), true in zip(found, truth)]))
+
+    thorough, hasty = recall(500), recall(5)
+    assert thorough >= 0.98 and hasty < thorough - 0.05
+    assert recall(index_vectors.SEARCH_EXPANSION) >= 0.98
+    with pytest.raises(KyaraError, match="at least 1"):
+        vectors.search(queries, 5, 0)
 
 
 def test_a_killed_run_goes_on_where_it_stopped(base, tmp_path, upright, monkeypatch):

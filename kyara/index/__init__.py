@@ -36,7 +36,7 @@ from kyara.index.labels import IndexedFace
 from kyara.index.queries import IndexQueries, QueryFace, SearchHit
 from kyara.index.store import DATABASE, FORMAT_VERSION, SHARDS
 from kyara.index.update import FILES_PER_COMMIT, IndexUpdates, UpdateSummary
-from kyara.index.vectors import EXACT_UP_TO, FACES_PER_SHARD, VECTORS
+from kyara.index.vectors import EXACT_UP_TO, FACES_PER_SHARD, SEARCH_EXPANSION, VECTORS
 from kyara.index.work import Engine, InThreads
 from kyara.pipeline import Model
 
@@ -46,6 +46,7 @@ __all__ = [
     "FACES_PER_SHARD",
     "FILES_PER_COMMIT",
     "FORMAT_VERSION",
+    "SEARCH_EXPANSION",
     "SHARDS",
     "VECTORS",
     "CollectionIndex",
@@ -121,7 +122,13 @@ class Similar(NamedTuple):
     faces: list[QueryFace]
 
 
-def search_similar(db: str | os.PathLike, image: ImageSource, model: Model = None, top_k: int = 10) -> Similar:
+def search_similar(
+    db: str | os.PathLike,
+    image: ImageSource,
+    model: Model = None,
+    top_k: int = 10,
+    expansion: int = SEARCH_EXPANSION,
+) -> Similar:
     """`kyara search`: the indexed faces most similar to each face of `image` (see `CollectionIndex.search`)."""
     with CollectionIndex.open(db, model) as collection:
-        return Similar(str(collection.root), collection.search(image, top_k))
+        return Similar(str(collection.root), collection.search(image, top_k, expansion))

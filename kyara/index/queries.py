@@ -11,6 +11,7 @@ import numpy as np
 from kyara.imageio import ImageSource
 from kyara.index.labels import IndexedFace, LabelledStore
 from kyara.index.store import CURRENT_FACES, FACES, SQL_CHUNK, chunks
+from kyara.index.vectors import SEARCH_EXPANSION
 
 
 @dataclass(frozen=True)
@@ -53,23 +54,25 @@ class IndexQueries(LabelledStore):
         query = f"{CURRENT_FACES} AND files.path = ? ORDER BY faces.id"
         return list(self._select_faces(query, (self.embedder_id, path), self._labels_stale()))
 
-    def search(self, image: ImageSource, top_k: int = 10) -> list[QueryFace]:
+    def search(self, image: ImageSource, top_k: int = 10, expansion: int = SEARCH_EXPANSION) -> list[QueryFace]:
         """The faces of the collection most similar to each face of `image` (a face crop is used
         as it is, see `Recognizer.cuts_to_name`; a picture without a face found is used whole, marked
-        `fallback`)."""
+        `fallback`). `expansion`: the search effort in large collections (`SEARCH_EXPANSION`)."""
         self._require_same_embedder()
         cuts = self.recognizer.cuts_to_name(self.recognizer.load(image))  # as `update` cut the collection
-        hits = self.search_vectors(self.recognizer.embed(cuts), top_k)
+        hits = self.search_vectors(self.recognizer.embed(cuts), top_k, expansion)
         return [QueryFace(cut.box, cut.fallback, face_hits) for cut, face_hits in zip(cuts, hits)]
 
-    def search_vectors(self, vectors: np.ndarray, top_k: int = 10) -> list[list[SearchHit]]:
+    def search_vectors(
+        self, vectors: np.ndarray, top_k: int = 10, expansion: int = SEARCH_EXPANSION
+    ) -> list[list[SearchHit]]:
         """For each embedding, the `top_k` most similar faces of the collection, best first (with
         labels from this model's current gallery)."""
         stale = self._labels_stale()
         if len(self._vectors) == 0 or len(vectors) == 0:
             return [[] for _ in vectors]
         queries = np.asarray(vectors, np.float32).reshape(len(vectors), -1)
-        matches = self._vectors.search(queries, top_k)
+        matches = self._vectors.search(queries, top_k, expansion)
         ids = sorted({int(k) for keys, _ in matches for k in keys})
         faces = {face.face_id: face for face in self._faces_by_id(ids, stale)}
         return [
