@@ -1,7 +1,7 @@
 """Search speed of the collection index at scale, on synthetic faces. Prints JSON.
 
     python benchmarks/index_synthetic.py [--faces 1000000] [--data uniform|clustered] [--queries 200]
-                                         [--expansions 64,256,1024]
+                                         [--per-character 50] [--expansions 256,64,1024,2048]
 
 Writes N random unit vectors of the default model's dimension into the SQLite store of a new
 `.kyaradb` (as `kyara index` stores faces: float16 embeddings, four faces per picture), then
@@ -14,8 +14,11 @@ fetching the hits' rows from SQLite; they are asked once per search expansion in
 
 - `uniform`: vectors uniform on the sphere, the worst case for any approximate index: in 256
   dimensions every point is almost as far from a query as its nearest neighbours are.
-- `clustered`: one "character" per 50 faces (20,000 for a million), scattered around a centre
-  (cosine about 0.7 to it), closer to real embeddings; queries are new faces of those characters.
+- `clustered`: one "character" per `--per-character` faces (50: 20,000 for a million), scattered
+  around a centre (cosine about 0.7 to it, so about 0.5 between two faces of one character, as
+  the default model's faces of one character are: scripts/embedding_geometry.py); queries are new
+  faces of those characters. Each of the five shards of five million such faces holds about ten
+  faces of each of 100,000 characters: `--faces 1000000 --per-character 10` is one of them.
 
 Recall@10 compares the top 10 with exact search (every stored vector) on a sample of queries.
 `relabel_s`: every face labelled again from its stored embedding, as after `kyara enroll`.
@@ -51,14 +54,16 @@ def unit(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
 
-def synthetic(count: int, queries: int, dim: int, data: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def synthetic(
+    count: int, queries: int, dim: int, data: str, per_character: int = 50, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """`count` stored vectors and `queries` query vectors, float32 unit vectors."""
     rng = np.random.default_rng(seed)
     if data == "uniform":
         return unit(rng.standard_normal((count, dim), np.float32)), unit(
             rng.standard_normal((queries, dim), np.float32)
         )
-    centres = unit(rng.standard_normal((max(1, count // 50), dim), np.float32))
+    centres = unit(rng.standard_normal((max(1, count // per_character), dim), np.float32))
     spread = 1.0 / np.sqrt(dim)  # noise of norm ~1 around a unit centre: cosine ~0.7 to it
 
     def faces(n: int) -> np.ndarray:
@@ -130,10 +135,11 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--recall-sample", type=int, default=100)
     parser.add_argument("--top-k", type=int, default=10)
+    parser.add_argument("--per-character", type=int, default=50)
     parser.add_argument("--expansions", default=f"{SEARCH_EXPANSION},64,1024,2048")
     args = parser.parse_args()
     recognizer = Recognizer()
-    stored, queries = synthetic(args.faces, args.queries, recognizer.embedder.dim, args.data)
+    stored, queries = synthetic(args.faces, args.queries, recognizer.embedder.dim, args.data, args.per_character)
     with tempfile.TemporaryDirectory(dir=os.environ.get("KYARA_BENCH_DIR")) as folder:
         db = Path(folder) / "synthetic.kyaradb"
         started = time.perf_counter()
@@ -166,6 +172,7 @@ def main() -> None:
             "faces": args.faces,
             "dim": int(stored.shape[1]),
             "data": args.data,
+            "per_character": args.per_character if args.data == "clustered" else None,
             "cpu_count": os.cpu_count(),
             "sqlite_fill_s": round(fill_s, 1),
             "build_s": round(build_s, 1),
