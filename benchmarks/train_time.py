@@ -29,6 +29,7 @@ def measure(mode: str, epochs: int, grayscale_p: float) -> dict:
 
     from kyara.bundle import default_model_path, load_bundle
     from kyara.classify import Classifier
+    from kyara.cut import gray_copy
     from kyara.embedding import Embedder
     from kyara.metrics import top_k_accuracy
     from kyara.train.data import load_folders
@@ -47,7 +48,7 @@ def measure(mode: str, epochs: int, grayscale_p: float) -> dict:
     embedder, classifier = Embedder(bundle.onnx, bundle.input_size), Classifier.from_bundle(bundle)
     crops = [Image.fromarray(p) for p in test.pixels]
     colour = classifier.similarities(embedder.embed(crops))
-    gray_crops = [c.convert("L").convert("RGB") for c in crops]  # named against gray prototypes, as recognition does
+    gray_crops = [gray_copy(c) for c in crops]  # named against gray prototypes, as recognition does
     gray = classifier.similarities(embedder.embed(gray_crops), np.ones(len(gray_crops), bool))
     return {
         "mode": mode,

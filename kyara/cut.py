@@ -110,10 +110,15 @@ def drawn_gray(cuts: list[FaceCut]) -> np.ndarray:
     return np.array([cut.gray for cut in cuts], bool)
 
 
+def gray_copy(picture: Image.Image) -> Image.Image:
+    """`picture` in gray (Pillow's luma, kept as three channels): how a face of a manga page
+    looks, for gray prototypes and for grayscale evaluation."""
+    return ImageOps.grayscale(picture).convert("RGB")
+
+
 def gray_cuts(picture: Image.Image, cuts: list[FaceCut]) -> list[FaceCut]:
-    """The same `cuts` of `picture`'s gray copy (Pillow's luma, kept as three channels): how a
-    face of a manga page looks, for gray prototypes and for grayscale evaluation."""
-    gray = ImageOps.grayscale(picture).convert("RGB")
+    """The same `cuts` of `picture`'s gray copy (`gray_copy`)."""
+    gray = gray_copy(picture)
     return [cut.of(gray) for cut in cuts]
 
 

@@ -30,7 +30,7 @@ from tqdm import tqdm
 import kyara
 from kyara.bundle import ModelBundle, atomic_write_text, save_bundle
 from kyara.classify import Classifier
-from kyara.cut import gray_faces
+from kyara.cut import gray_copy, gray_faces
 from kyara.embedding import Embedder
 from kyara.imageio import load_image
 from kyara.metrics import expected_calibration_error, top_k_accuracy
@@ -137,7 +137,7 @@ def embed_test(bundle: ModelBundle, test: LabelledImages) -> TestVectors:
     started = time.time()
     pictures = [Image.fromarray(p) for p in test.pixels]
     known = embedder.embed(pictures)
-    gray = embedder.embed([p.convert("L").convert("RGB") for p in pictures])
+    gray = embedder.embed([gray_copy(p) for p in pictures])
     manga = embedder.embed([Image.fromarray(p) for p in manga_copies(test.pixels)])
     return TestVectors(known, gray, manga, round(time.time() - started, 1), gray_faces(test.pixels))
 

@@ -30,12 +30,11 @@ from pathlib import Path
 
 import numpy as np
 from corpus import HELD_OUT_HOLOEN, HELD_OUT_SERIES, ROOT, corpus_arguments, load_corpus, series_of
-from PIL import ImageOps
 from recipe import RECIPE, SPLIT, trained_network, training_set
 
 from kyara.bundle import ModelBundle, atomic_write_text, load_bundle, save_bundle
 from kyara.classify import Classifier, Prediction, enrolled_prototypes
-from kyara.cut import as_is, drawn_gray
+from kyara.cut import as_is, drawn_gray, gray_copy
 from kyara.embedding import Embedder
 from kyara.gallery import enroll
 from kyara.imageio import load_image
@@ -145,7 +144,7 @@ class Faces:
 
 def embedded(embedder: Embedder, images: LabelledImages) -> Faces:
     pictures = [load_image(p) for p in images.paths]
-    gray = [ImageOps.grayscale(p).convert("RGB") for p in pictures]
+    gray = [gray_copy(p) for p in pictures]
     return Faces(embedder.embed(pictures), embedder.embed(gray), drawn_gray([as_is(p) for p in pictures]))
 
 

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from kyara.bundle import atomic_write_bytes, atomic_write_text
 from kyara.classify import Classifier
+from kyara.cut import gray_copy
 from kyara.detection import Detector
 from kyara.embedding import Embedder
 from kyara.errors import KyaraError
@@ -163,7 +164,7 @@ def run_setting(
     embedder, classifier = Embedder(bundle.onnx, bundle.input_size), Classifier.from_bundle(bundle)
     crops = [Image.fromarray(p) for p in tqdm(test.pixels, desc="test", leave=False)]
     colour = classifier.similarities(embedder.embed(crops))
-    gray = classifier.similarities(embedder.embed([c.convert("L").convert("RGB") for c in crops]))
+    gray = classifier.similarities(embedder.embed([gray_copy(c) for c in crops]))
     return {
         **asdict(setting),
         "top1": top_k_accuracy(colour, test.labels, 1),
