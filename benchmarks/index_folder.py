@@ -1,7 +1,7 @@
 """Indexing speed on real pictures, and where the time goes. Prints JSON.
 
     python benchmarks/index_folder.py [--folder ../shared/data/newgame-illustrations] [--pictures 60]
-        [--workers N | --ray N]
+        [--workers N | --ray N] [--precision int8]
 
 `--workers N`: N pictures worked on at once in this process (default: one per core); `--ray N`:
 the work done by a local Ray cluster of N CPUs started here (one actor per CPU; the first run's
@@ -28,6 +28,7 @@ from pathlib import Path
 from kyara.imageio import list_images
 from kyara.index import CollectionIndex, Engine, InThreads
 from kyara.pipeline import Recognizer
+from kyara.runtime import DEFAULT_PRECISION, PRECISIONS
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -36,6 +37,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--folder", type=Path, default=DATA / "newgame-illustrations")
     parser.add_argument("--pictures", type=int, default=60)
+    parser.add_argument("--precision", default=DEFAULT_PRECISION, choices=PRECISIONS)
     how = parser.add_mutually_exclusive_group()
     how.add_argument("--workers", type=int, default=None)
     how.add_argument("--ray", type=int, default=None, metavar="CPUS")
@@ -50,7 +52,7 @@ def main() -> None:
             link.symlink_to(path.resolve())
         db = Path(folder) / "bench.kyaradb"
         engine = InThreads(args.workers) if args.ray is None else on_ray(args.ray)
-        with CollectionIndex(db, Recognizer(), create=True) as collection:
+        with CollectionIndex(db, Recognizer(precision=args.precision), create=True) as collection:
             started, cpu_started = time.perf_counter(), time.process_time()
             first = collection.update(root, progress=False, engine=engine)
             first_s, first_cpu_s = time.perf_counter() - started, time.process_time() - cpu_started
@@ -66,6 +68,7 @@ def main() -> None:
         "pictures": len(pictures),
         "faces": stats["faces"],
         "cpu_count": os.cpu_count(),
+        "precision": args.precision,
         "engine": f"ray, {args.ray} CPUs" if args.ray else f"threads, {engine.workers} workers",
         "first_run_s": round(first_s, 2),
         "first_run_cpu_s": round(first_cpu_s, 2),

@@ -1,6 +1,6 @@
 """Speed and memory of the default pipeline on this machine. Prints JSON.
 
-    python benchmarks/recognition_speed.py [--images 30] [--threads N] [--detector cnn|animeface]
+    python benchmarks/recognition_speed.py [--images 30] [--threads N] [--detector cnn|animeface] [--precision int8]
 
 - detect_ms: median time to detect faces in one illustration (as stored: about 768 px);
 - detect_ms_1024: the same with each illustration scaled so that its longer side is 1024 px;
@@ -26,6 +26,7 @@ from kyara.cut import as_is, cuts_of
 from kyara.detection import DEFAULT_DETECTOR, DETECTORS
 from kyara.imageio import list_images, load_image
 from kyara.pipeline import Recognizer
+from kyara.runtime import DEFAULT_PRECISION, PRECISIONS
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -49,8 +50,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=30)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--detector", default=DEFAULT_DETECTOR, choices=sorted(DETECTORS))
+    parser.add_argument("--precision", default=DEFAULT_PRECISION, choices=PRECISIONS)
     args = parser.parse_args()
-    recognizer = Recognizer(detector=args.detector, threads=args.threads)
+    recognizer = Recognizer(detector=args.detector, threads=args.threads, precision=args.precision)
     paths = list_images(DATA / "newgame-illustrations")
     paths = paths[:: max(1, len(paths) // args.images)][: args.images]
     detect_s, detect_1024_s, face_s, crops = [], [], [], []
@@ -78,6 +80,7 @@ def main() -> None:
         "faces": len(crops),
         "cpu_count": os.cpu_count(),
         "detector": recognizer.detector.name,
+        "precision": args.precision,
         "detect_ms": median_ms(detect_s),
         "detect_ms_1024": median_ms(detect_1024_s),
         "face_ms": median_ms(face_s),

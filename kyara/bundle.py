@@ -5,7 +5,8 @@ embedding), `head.npy` (one unit vector per trained character), `gallery.npy` (e
 enrolled images, labelled in `kyara.json`) and, optionally, `gray_head.npy` (each trained
 character as its faces look in gray), `gallery_gray.npy` (the enrolled images' gray copies) and
 `weights.npz` (the network's weights in float16, so
-`kyara train` can fine-tune from this model). Loading reads JSON and `.npy` without pickle, so a
+`kyara train` can fine-tune from this model) and `embedder-int8.onnx` (the same embedder in 8-bit
+integers, `kyara.runtime.PRECISIONS`). Loading reads JSON and `.npy` without pickle, so a
 bundle from a stranger cannot run code.
 """
 
@@ -31,6 +32,7 @@ import numpy as np
 
 from kyara.errors import KyaraError, ModelError, StorageError
 from kyara.onnxfile import onnx_problem
+from kyara.runtime import DEFAULT_PRECISION, FLOAT32, check_precision
 
 FORMAT = "kyara-model"
 FORMAT_VERSION = 2
@@ -39,6 +41,7 @@ present; a kyara that reads only 1 would take it for a similarity and never answ
 _MEMBERS = ("kyara.json", "embedder.onnx", "head.npy", "gallery.npy")
 GRAY_HEAD = "gray_head.npy"
 GRAY_GALLERY = "gallery_gray.npy"
+INT8_EMBEDDER = "embedder-int8.onnx"
 MAX_UNPACKED_BYTES = 1 << 30
 """A zip bomb guard: real bundles are tens of megabytes, galleries included."""
 
@@ -77,6 +80,10 @@ class ModelBundle:
     prototype, as `gray_head` is a trained one's. A row of zeros where none was made (pictures
     enrolled by a kyara that predates it); empty: no row has one."""
     weights: dict[str, np.ndarray] = field(default_factory=dict)
+    onnx_int8: bytes | None = None
+    """`onnx` in 8-bit integers (tools/quantize.py), for `precision="int8"`; None in models
+    without one (those `kyara train` makes, and copies of the default model made before it had one,
+    which borrow the built-in model's: `embedder_onnx`)."""
 
     def __post_init__(self) -> None:
         _check_labels(self.labels, self.gallery_labels)
@@ -134,6 +141,20 @@ class ModelBundle:
             "unknown_threshold": self.unknown_threshold,
         }
 
+    def embedder_onnx(self, precision: str = DEFAULT_PRECISION) -> bytes:
+        """The embedder network at `precision` (`kyara.runtime.PRECISIONS`)."""
+        if check_precision(precision) == FLOAT32:
+            return self.onnx
+        if self.onnx_int8 is not None:
+            return self.onnx_int8
+        shipped = load_bundle(default_model_path())
+        if shipped.onnx == self.onnx and shipped.onnx_int8 is not None:  # a copy of it, made before it had one
+            return shipped.onnx_int8
+        raise ModelError(
+            f"the model {self.name!r} has no 8-bit embedder (models made by `kyara train` are float only; "
+            "tools/quantize.py makes one): use precision float32"
+        )
+
     def add_to_gallery(self, vectors: np.ndarray, labels: list[str], gray: np.ndarray | None = None) -> None:
         """Enrolled pictures' embeddings, and of their gray copies if made (row by row)."""
         vectors = np.asarray(vectors, np.float32)
@@ -173,6 +194,8 @@ def save_bundle(bundle: ModelBundle, path: str | os.PathLike) -> None:
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
         archive.writestr("kyara.json", json.dumps(header, indent=2, ensure_ascii=False))
         archive.writestr("embedder.onnx", bundle.onnx)
+        if bundle.onnx_int8 is not None:
+            archive.writestr(INT8_EMBEDDER, bundle.onnx_int8)
         archive.writestr("head.npy", _npy_bytes(bundle.head))
         archive.writestr("gallery.npy", _npy_bytes(bundle.gallery))
         if bundle.gray_head is not None:
@@ -330,10 +353,13 @@ def _read_bundle(path: Path) -> ModelBundle:
                 raise ModelError(f"{path}: not a kyara model (kyara.json is not an object)")
             _check_format(header, path)
             onnx = _checked_onnx(archive.read("embedder.onnx"), path)
+            int8 = INT8_EMBEDDER in members
+            onnx_int8 = _checked_onnx(archive.read(INT8_EMBEDDER), path, INT8_EMBEDDER) if int8 else None
             return _bundle_or_error(
                 path,
                 lambda: ModelBundle(
                     onnx=onnx,
+                    onnx_int8=onnx_int8,
                     labels=list(header["labels"]),
                     head=_load_npy(archive.read("head.npy")),
                     gallery=_load_npy(archive.read("gallery.npy")),
@@ -355,11 +381,11 @@ def _read_bundle(path: Path) -> ModelBundle:
         raise ModelError(f"{path}: not a valid kyara model ({exc.__class__.__name__}: {exc})") from exc
 
 
-def _checked_onnx(onnx: bytes, path: Path) -> bytes:
+def _checked_onnx(onnx: bytes, path: Path, member: str = "embedder.onnx") -> bytes:
     # Its outline only: opening a session here would make every load half as slow again.
     problem = onnx_problem(onnx)
     if problem:
-        raise ModelError(f"{path}: embedder.onnx inside it is not a usable ONNX model: {problem}")
+        raise ModelError(f"{path}: {member} inside it is not a usable ONNX model: {problem}")
     return onnx
 
 

@@ -23,7 +23,7 @@ import PIL
 from PIL import Image
 
 from kyara.errors import KyaraError, ModelError
-from kyara.runtime import model_settings, open_session
+from kyara.runtime import DEFAULT_PRECISION, FLOAT32, INT8, check_precision, model_settings, open_session
 
 Point = tuple[float, float]
 
@@ -211,6 +211,8 @@ def containment(a: Sequence[float], b: Sequence[float]) -> float:
 
 
 CNN_MODEL = Path(__file__).parent / "models" / "detector.onnx"
+CNN_MODELS = {FLOAT32: CNN_MODEL, INT8: CNN_MODEL.with_name("detector-int8.onnx")}
+"""The shipped detector at each precision (`kyara.runtime.PRECISIONS`)."""
 CNN_SETTINGS = {"input_side": 384, "stride": 8, "min_score": 0.46}
 """The CNN's settings where its ONNX file carries none (`kyara.*` metadata, written by
 tools/train_detector.py): the longer side the picture is scaled to, the output grid's cell, and the
@@ -223,7 +225,8 @@ class CnnDetector:
     The picture is scaled so that its longer side is `input_side` pixels; the network marks face
     centres on a grid of `stride`-pixel cells with each face's side and tilt; peaks above `min_score`
     become faces (in original pixels), and overlapping ones are merged as for every backend.
-    `input_side` and `min_score` default to the settings stored in the model file.
+    `input_side` and `min_score` default to the settings stored in the model file; `model`, to the
+    shipped detector at `precision`.
     """
 
     name = "cnn"
@@ -233,8 +236,10 @@ class CnnDetector:
         input_side: int | None = None,
         min_score: float | None = None,
         threads: int | None = None,
-        model: Path | bytes = CNN_MODEL,
+        model: Path | bytes | None = None,
+        precision: str = DEFAULT_PRECISION,
     ) -> None:
+        model = CNN_MODELS[check_precision(precision)] if model is None else model
         if isinstance(model, Path) and not model.is_file():
             raise KyaraError(f"the detector model {model} is missing: reinstall kyara")
         weights = model.read_bytes() if isinstance(model, Path) else model
@@ -320,8 +325,10 @@ DETECTORS = {"animeface": AnimeFaceDetector, "cnn": CnnDetector}
 DEFAULT_DETECTOR = "cnn"
 
 
-def get_detector(name: str = DEFAULT_DETECTOR, **options) -> Detector:
-    try:
-        return DETECTORS[name](**options)
-    except KeyError:
-        raise KyaraError(f"unknown detector {name!r}; available: {', '.join(DETECTORS)}") from None
+def get_detector(name: str = DEFAULT_DETECTOR, precision: str = DEFAULT_PRECISION, **options) -> Detector:
+    """The detector called `name`; `precision` is the CNN's (animeface runs no network)."""
+    if name not in DETECTORS:
+        raise KyaraError(f"unknown detector {name!r}; available: {', '.join(DETECTORS)}")
+    if name == CnnDetector.name:
+        options["precision"] = precision
+    return DETECTORS[name](**options)

@@ -31,6 +31,7 @@ from kyara.cut import gray_cuts
 from kyara.errors import ImageError, KyaraError, ModelError, NoFaceError
 from kyara.imageio import DEFAULT_MAX_PIXELS, ImageSource
 from kyara.pipeline import Model, Recognizer, forget_loaded_models
+from kyara.runtime import FLOAT32
 
 MAX_NAME_LENGTH = 100
 
@@ -124,6 +125,9 @@ def enroll(
         bundle = load_bundle(path)
         if isinstance(model, Recognizer) and model.bundle.onnx != bundle.onnx:
             raise ModelError(f"{path} holds another model than the recognizer's: load it again")
+        if isinstance(model, Recognizer) and model.precision != FLOAT32:
+            # Enrolled embeddings serve every precision, so they come from the float network.
+            raise KyaraError(f"enroll with a float32 recognizer, not {model.precision}")
         recognizer = model if isinstance(model, Recognizer) else Recognizer(bundle, max_pixels=max_pixels)
         vectors, gray, skipped = embed_enrollment(recognizer, images)
         if len(vectors) == 0:

@@ -24,6 +24,7 @@ from kyara.detection import DEFAULT_DETECTOR, DetectedFace, Detector, get_detect
 from kyara.embedding import Embedder
 from kyara.errors import KyaraError, ModelError
 from kyara.imageio import DEFAULT_MAX_PIXELS, ImageSource, load_image
+from kyara.runtime import DEFAULT_PRECISION
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,8 @@ class Recognizer:
     """A loaded model plus a detector. Reuse one instance: loading the model is the slow part.
 
     `model`: a .kyara file, None for the user's copy of the default model (or the built-in one
-    before any enrollment), or a bundle already in memory (`from_memory`).
+    before any enrollment), or a bundle already in memory (`from_memory`). `precision`: run the
+    embedder and a detector given by name in float32 or in 8-bit integers (`kyara.runtime`).
     """
 
     def __init__(
@@ -85,12 +87,14 @@ class Recognizer:
         detector: Detector | str = DEFAULT_DETECTOR,
         threads: int | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        precision: str = DEFAULT_PRECISION,
     ) -> None:
         self.bundle = model if isinstance(model, ModelBundle) else load_bundle(resolve_model_path(model))
         self.from_memory = isinstance(model, ModelBundle)
         self.model_file = None if self.from_memory else model
-        self.detector = get_detector(detector) if isinstance(detector, str) else detector
-        self.embedder = Embedder(self.bundle.onnx, self.bundle.input_size, threads)
+        self.precision = precision
+        self.detector = get_detector(detector, precision) if isinstance(detector, str) else detector
+        self.embedder = Embedder(self.bundle.embedder_onnx(precision), self.bundle.input_size, threads)
         if self.embedder.dim != self.bundle.embedding_dim:
             raise ModelError(
                 f"the model's embedder makes embeddings of {self.embedder.dim} numbers but its head's rows have "
@@ -106,14 +110,14 @@ class Recognizer:
         networks this small, a second thread per call buys little and spins a core."""
         threaded = getattr(self.detector, "with_threads", None)  # see kyara.detection.Detector
         detector = threaded(threads) if threaded else self.detector
-        copy = Recognizer(self.bundle, detector, threads, self.max_pixels)
+        copy = Recognizer(self.bundle, detector, threads, self.max_pixels, self.precision)
         copy.from_memory, copy.model_file = self.from_memory, self.model_file
         return copy
 
     def __reduce__(self) -> tuple:
         # ONNX Runtime sessions do not pickle: a copy sent to another process (a Ray worker) opens
         # the same bundle and detector again there.
-        return Recognizer, (self.bundle, self.detector, self.threads, self.max_pixels)
+        return Recognizer, (self.bundle, self.detector, self.threads, self.max_pixels, self.precision)
 
     def __copy__(self) -> Recognizer:
         copy = object.__new__(Recognizer)  # shares the loaded sessions, unlike __reduce__

@@ -78,12 +78,14 @@ def index_folder(
     progress: bool = True,
     workers: int | None = None,
     ray: str | None = None,
+    precision: str | None = None,
 ) -> tuple[UpdateSummary, dict]:
     """`kyara index`: make or update the index at `db` of the pictures under `root` (see
     `CollectionIndex.update`); returns what the update did and the index's `stats` after it.
     `workers`: pictures worked on at once here (default: one per core). `ray`: do the work on
     the Ray cluster at this address instead ("auto": the one `ray start` joined this machine to;
-    "local": a cluster of this machine alone), its shards in the index's `shards` folder."""
+    "local": a cluster of this machine alone), its shards in the index's `shards` folder.
+    `precision`: the networks' (`kyara.runtime`; default: the index's own, else float32)."""
     if not Path(root).is_dir():
         raise KyaraError(f"{root}: not a folder")  # before an index is made for it
     if ray is not None and workers is not None:
@@ -94,7 +96,7 @@ def index_folder(
         from kyara.index.distributed import OnRay
 
         engine = OnRay(ray, progress=progress)
-    with CollectionIndex.open(db, model, create=True) as collection:
+    with CollectionIndex.open(db, model, create=True, precision=precision) as collection:
         summary = collection.update(root, reembed=reembed, moved=moved, progress=progress, engine=engine)
         return summary, collection.stats()
 
@@ -108,9 +110,11 @@ class Found(NamedTuple):
     known: bool
 
 
-def find_character(db: str | os.PathLike, name: str, model: Model = None, min_confidence: float = 0.0) -> Found:
+def find_character(
+    db: str | os.PathLike, name: str, model: Model = None, min_confidence: float = 0.0, precision: str | None = None
+) -> Found:
     """`kyara find`: every indexed face labelled `name` (see `CollectionIndex.find`)."""
-    with CollectionIndex.open(db, model) as collection:
+    with CollectionIndex.open(db, model, precision=precision) as collection:
         root = str(collection.root)
         return Found(root, collection.find(name, min_confidence), name in collection.recognizer.classifier.labels)
 
@@ -128,7 +132,8 @@ def search_similar(
     model: Model = None,
     top_k: int = 10,
     expansion: int = SEARCH_EXPANSION,
+    precision: str | None = None,
 ) -> Similar:
     """`kyara search`: the indexed faces most similar to each face of `image` (see `CollectionIndex.search`)."""
-    with CollectionIndex.open(db, model) as collection:
+    with CollectionIndex.open(db, model, precision=precision) as collection:
         return Similar(str(collection.root), collection.search(image, top_k, expansion))

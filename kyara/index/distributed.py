@@ -126,7 +126,7 @@ class _ShardWriter:
 
     def __init__(self, shared_work, shards: str) -> None:
         self.work: PictureWork = _ray().get(shared_work)  # in the object store once, not once per actor
-        self.embedder = embedder_id(self.work.recognizer.bundle)
+        self.embedder = embedder_id(self.work.recognizer)
         self.shards = Path(shards)
 
     def __call__(self, batch):

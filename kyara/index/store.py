@@ -3,6 +3,7 @@ with, and the vector index kept in agreement with SQLite."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import sqlite3
@@ -12,12 +13,12 @@ from typing import Self
 
 import numpy as np
 
-from kyara.bundle import ModelBundle
 from kyara.errors import KyaraError
 from kyara.gallery import locked
 from kyara.imageio import check_utf8
 from kyara.index.vectors import ShardedVectors
 from kyara.pipeline import Model, Recognizer
+from kyara.runtime import DEFAULT_PRECISION
 
 FORMAT_VERSION = 2
 """2: a face crop is one face, the whole picture (`cut.cuts_to_name`). An index of format 1
@@ -84,7 +85,7 @@ class IndexStore:
     def __init__(self, db: str | os.PathLike, recognizer: Recognizer, create: bool = False) -> None:
         self.path = Path(db).expanduser()
         self.recognizer = recognizer
-        self.embedder_id = embedder_id(recognizer.bundle)
+        self.embedder_id = embedder_id(recognizer)
         self.classifier_id = _classifier_id(recognizer)
         self.dim = recognizer.embedder.dim
         self._connection = self._connect(create)
@@ -100,9 +101,14 @@ class IndexStore:
             raise
 
     @classmethod
-    def open(cls, db: str | os.PathLike, model: Model = None, create: bool = False) -> Self:
-        """The index at `db` with `model` (default: the user's copy of the model or the built-in)."""
-        return cls(db, model if isinstance(model, Recognizer) else Recognizer(model), create)
+    def open(
+        cls, db: str | os.PathLike, model: Model = None, create: bool = False, precision: str | None = None
+    ) -> Self:
+        """The index at `db` with `model` (default: the user's copy of the model or the built-in),
+        run at `precision` (default: the one the index was made with, else float32)."""
+        if isinstance(model, Recognizer):
+            return cls(db, model, create)
+        return cls(db, Recognizer(model, precision=precision or stored_precision(db) or DEFAULT_PRECISION), create)
 
     def close(self) -> None:
         self._connection.close()
@@ -180,7 +186,8 @@ class IndexStore:
             self._set_meta(
                 format_version=str(FORMAT_VERSION),
                 embedder=self.embedder_id,
-                model=self.recognizer.bundle.name,
+                model=model_name(self.recognizer),
+                precision=self.recognizer.precision,
                 classifier=self.classifier_id,
             )
 
@@ -196,9 +203,10 @@ class IndexStore:
         if self._meta("embedder") != self.embedder_id:
             raise KyaraError(
                 f"{self.path} was indexed with another embedder (model {self._meta('model')!r}), whose vectors "
-                f"cannot be compared with those of {self.recognizer.bundle.name!r}. Re-embed it with "
+                f"cannot be compared with those of {model_name(self.recognizer)!r}. Re-embed it with "
                 f"`kyara index {self.root or 'FOLDER'} --db {self.path} --reembed` (faces are cut again from the "
-                "stored boxes; nothing is detected again), or pass the model it was built with (--model)."
+                "stored boxes; nothing is detected again), or pass the model it was built with (--model, "
+                "--precision)."
             )
 
     def _load_vectors(self) -> None:
@@ -242,9 +250,32 @@ def _has_gray_column(connection: sqlite3.Connection) -> bool:
     return any(row[1] == "gray" for row in connection.execute("PRAGMA table_info(faces)"))
 
 
-def embedder_id(bundle: ModelBundle) -> str:
-    """The identity of a model's embedder: vectors of two embedders cannot be compared."""
-    return hashlib.sha256(bundle.onnx).hexdigest()
+def embedder_id(recognizer: Recognizer) -> str:
+    """The identity of a recognizer's embedder: vectors of two embedders cannot be compared (the
+    float and the 8-bit one of a model are two embedders)."""
+    return hashlib.sha256(recognizer.bundle.embedder_onnx(recognizer.precision)).hexdigest()
+
+
+def stored_precision(db: str | os.PathLike) -> str | None:
+    """The precision the index at `db` was made with; None where there is none to read (opening
+    the index says what is wrong with it)."""
+    database = Path(db).expanduser() / DATABASE
+    if not database.is_file():
+        return None
+    for how in ("mode=ro", "immutable=1"):  # a read-only folder has no room for the WAL's index: immutable
+        try:
+            with contextlib.closing(sqlite3.connect(f"{database.resolve().as_uri()}?{how}", uri=True)) as connection:
+                row = connection.execute("SELECT value FROM meta WHERE key = 'precision'").fetchone()
+            return row[0] if row else None
+        except sqlite3.Error:
+            continue
+    return None
+
+
+def model_name(recognizer: Recognizer) -> str:
+    """The model as an index names it: its name, and its precision unless float32."""
+    precision = recognizer.precision
+    return recognizer.bundle.name if precision == DEFAULT_PRECISION else f"{recognizer.bundle.name} ({precision})"
 
 
 def _classifier_id(recognizer: Recognizer) -> str:

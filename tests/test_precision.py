@@ -1,0 +1,107 @@
+"""The networks in 8-bit integers (`precision="int8"`): they answer as the float ones do, and an
+index keeps the precision it was made with."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from kyara.bundle import default_model_path, load_bundle, save_bundle
+from kyara.cli import app
+from kyara.detection import CnnDetector, iou
+from kyara.errors import KyaraError, ModelError
+from kyara.gallery import enroll
+from kyara.index import CollectionIndex
+from kyara.pipeline import Recognizer
+from tests.conftest import data_path, held_out
+from tests.test_bundle import tiny_onnx
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def int8() -> Recognizer:
+    return Recognizer(precision="int8")
+
+
+def test_the_int8_networks_find_and_name_faces_as_the_float_ones_do(recognizer, int8):
+    pictures = held_out("illustration_test_files")[::19][:20]
+    matched, agreeing, faces = 0, 0, 0
+    for path in pictures:
+        floats, integers = recognizer.recognize(path), int8.recognize(path)
+        faces += len(floats)
+        for face in floats:
+            twin = max(integers, key=lambda other: iou(face.box, other.box), default=None)
+            if twin is not None and iou(face.box, twin.box) >= 0.5:
+                matched, agreeing = matched + 1, agreeing + (twin.label == face.label)
+    assert faces >= 20 and matched >= 0.9 * faces  # 44 of 44 when measured
+    assert agreeing >= 0.85 * matched  # 41 of 44
+
+    cuts = [cut.pixels for path in pictures for cut in recognizer.cuts_to_name(recognizer.load(path))]
+    cosines = np.sum(recognizer.embedder.embed(cuts) * int8.embedder.embed(cuts), axis=1)
+    assert np.median(cosines) > 0.97 and cosines.min() > 0.9  # 0.988 and 0.971
+    assert not np.allclose(cosines, 1.0, atol=1e-4)  # another network, not the float one again
+
+
+def test_each_precision_is_its_own_network(recognizer, int8):
+    assert int8.detector.model_digest != recognizer.detector.model_digest
+    bundle = load_bundle(default_model_path())
+    assert bundle.onnx_int8 is not None and len(bundle.onnx_int8) < len(bundle.onnx) / 2
+    assert int8.with_threads(1).precision == "int8"
+    assert pickle.loads(pickle.dumps(int8)).precision == "int8"  # as Ray sends it to its workers
+    with pytest.raises(KyaraError, match="unknown precision 'int4'"):
+        Recognizer(precision="int4")
+    with pytest.raises(KyaraError, match="unknown precision"):
+        CnnDetector(precision="float16")
+
+
+def test_the_8_bit_embedder_travels_with_the_model_and_old_copies_borrow_it(tmp_path):
+    shipped = load_bundle(default_model_path())
+    path = tmp_path / "copy.kyara"
+    save_bundle(shipped, path)
+    assert load_bundle(path).onnx_int8 == shipped.onnx_int8
+
+    shipped.onnx_int8 = None  # a copy of the default model saved before it had one
+    save_bundle(shipped, path)
+    copy = load_bundle(path)
+    assert copy.onnx_int8 is None and copy.embedder_onnx("int8") == load_bundle(default_model_path()).onnx_int8
+
+    copy.onnx = tiny_onnx()  # a model of one's own: float only
+    with pytest.raises(ModelError, match="has no 8-bit embedder"):
+        copy.embedder_onnx("int8")
+    assert copy.embedder_onnx("float32") == copy.onnx
+
+
+def test_an_index_keeps_the_precision_it_was_made_with(tmp_path):
+    source = data_path("newgame-illustrations", "yagami_kou")
+    root = tmp_path / "pictures"
+    root.mkdir()
+    for name in ("1.jpg", "2.jpg"):
+        shutil.copyfile(source / name, root / name)
+    db = tmp_path / "pictures.kyaradb"
+    result = runner.invoke(app, ["index", str(root), "--db", str(db), "--precision", "int8", "--json"])
+    assert result.exit_code == 0, result.output
+
+    with CollectionIndex.open(db) as collection:  # no precision asked: the index's own
+        assert collection.recognizer.precision == "int8"
+        assert collection.stats()["faces"] >= 2
+    result = runner.invoke(app, ["search", str(root / "1.jpg"), "--db", str(db), "--top-k", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    (hit,) = json.loads(result.stdout)["faces"][0]["hits"]
+    assert hit["path"] == "1.jpg" and hit["similarity"] > 0.99  # the query's own face, embedded alike
+    result = runner.invoke(app, ["search", str(root / "1.jpg"), "--db", str(db), "--precision", "float32"])
+    assert result.exit_code == 2 and "(int8)" in result.stderr and "--precision" in result.stderr
+
+
+def test_enrolling_takes_the_float_network(tmp_path):
+    model = tmp_path / "model.kyara"
+    shutil.copyfile(default_model_path(), model)
+    mine = Recognizer(model, precision="int8")
+    picture = data_path("newgame-illustrations", "yagami_kou") / "1.jpg"
+    with pytest.raises(KyaraError, match="float32"):
+        enroll("kou", [picture], mine)
