@@ -3,6 +3,7 @@
     python tools/build_data.py --mirrors /work/.mirror --out build/data   # the public sources
     python scripts/heldout.py          # trains the recipe without the held-out series (start point)
     python scripts/default_model.py    # every character: kyara/models/default.kyara, model card
+    python tools/quantize.py           # the 8-bit detector and embedder (--precision int8)
 
 Characters: every one of the corpus (scripts/corpus.py): 34 of ../shared/data, 105 moeimouto,
 10 Naruto. Split 75/10/15 (train/validation/test) per character with near-duplicates grouped. The
@@ -259,7 +260,10 @@ same run. Figures on characters and series it never trained on: docs/heldout-cha
   of its mirror image, whitened on the training faces and reduced to {bundle.embedding_dim} dimensions, then
   L2-normalised (`kyara/train/readout.py`). Each character is the mean of its training faces'
   embeddings. This names characters enrolled later better than the trained layer.{_gray_line(bundle)}
-- Runs on ONNX Runtime; the bundle also carries float16 weights so `kyara train` can fine-tune it.
+- Runs on ONNX Runtime; the bundle also carries float16 weights so `kyara train` can fine-tune it,
+  and, once `python tools/quantize.py` has run after this script, the embedder in 8-bit integers
+  (`--precision int8`; its figures are in docs/collection.md). The figures below are the float
+  network's.
 - Calibration: softmax temperature {bundle.temperature:.4f} fitted on the validation split;
   a face is unknown when its best similarity falls more than {-bundle.unknown_threshold:.4f} short of
   that character's typical similarity (the estimated length of its training faces' mean;
