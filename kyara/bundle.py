@@ -3,17 +3,17 @@
 Members: `kyara.json` (labels, thresholds, metadata), `embedder.onnx` (image -> L2-normalised
 embedding), `head.npy` (one unit vector per trained character), `gallery.npy` (embeddings of
 enrolled images, labelled in `kyara.json`) and, optionally, `gray_head.npy` (each trained
-character as its faces look in gray), `gallery_gray.npy` (the enrolled images' gray copies) and
-`weights.npz` (the network's weights in float16, so
-`kyara train` can fine-tune from this model) and `embedder-int8.onnx` (the same embedder in 8-bit
-integers, `kyara.runtime.PRECISIONS`). Loading reads JSON and `.npy` without pickle, so a
-bundle from a stranger cannot run code.
+character as its faces look in gray), `gallery_gray.npy` (the enrolled images' gray copies),
+`weights.npz` (the network's weights in float16, so `kyara train` can fine-tune from this model)
+and `embedder-int8.onnx` (the same embedder in 8-bit integers, `kyara.runtime.PRECISIONS`).
+Loading reads JSON and `.npy` without pickle, so a bundle from a stranger cannot run code.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import glob
 import io
 import json
@@ -147,12 +147,13 @@ class ModelBundle:
             return self.onnx
         if self.onnx_int8 is not None:
             return self.onnx_int8
-        shipped = load_bundle(default_model_path())
-        if shipped.onnx == self.onnx and shipped.onnx_int8 is not None:  # a copy of it, made before it had one
-            return shipped.onnx_int8
+        shipped_float, shipped_int8 = _shipped_embedders()
+        if shipped_float == self.onnx and shipped_int8 is not None:  # a copy of it, made before it had one
+            return shipped_int8
         raise ModelError(
-            f"the model {self.name!r} has no 8-bit embedder (models made by `kyara train` are float only; "
-            "tools/quantize.py makes one): use precision float32"
+            f"the model {self.name!r} has no 8-bit embedder (models made by `kyara train` are float only; a "
+            "kyara checkout's `python tools/quantize.py --what embedder --model FILE --pictures FOLDER` adds "
+            "one): run it with precision float32"
         )
 
     def add_to_gallery(self, vectors: np.ndarray, labels: list[str], gray: np.ndarray | None = None) -> None:
@@ -430,6 +431,13 @@ def _load_weights(archive: zipfile.ZipFile) -> dict[str, np.ndarray]:
         if sum(info.file_size for info in weights.zip.infolist()) > MAX_UNPACKED_BYTES:
             raise ModelError(f"weights.npz unpacks to more than {MAX_UNPACKED_BYTES >> 20} MiB; refusing it")
         return {name: weights[name] for name in weights.files}
+
+
+@functools.lru_cache(maxsize=1)
+def _shipped_embedders() -> tuple[bytes, bytes | None]:
+    """The built-in model's embedder in float and in 8 bits (read once: it is 17 MB)."""
+    shipped = load_bundle(default_model_path())
+    return shipped.onnx, shipped.onnx_int8
 
 
 def default_model_path() -> Path:

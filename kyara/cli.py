@@ -41,8 +41,9 @@ PrecisionOption = Annotated[
     str | None,
     typer.Option(
         "--precision",
-        help="float32 (default) or int8: the networks in 8-bit integers, about twice as fast, faces and "
-        "embeddings slightly different (docs/collection.md). An index keeps the one it was made with.",
+        help="float32 (default) or int8: the networks in 8-bit integers, about 1.6 times the pictures per "
+        "second, faces and embeddings slightly different (docs/collection.md). An index keeps the one it was made "
+        "with; --reembed with another adopts it.",
     ),
 ]
 
@@ -150,7 +151,8 @@ def recognize(
     recognizer = Recognizer(model, detector or DEFAULT_DETECTOR, precision=precision or DEFAULT_PRECISION)
     results, failed = _run_batch(paths, lambda path: recognizer.recognition_report(path, top_k))
     if as_json:
-        print(json.dumps({"images": results, "model": recognizer.bundle.describe()}, ensure_ascii=False, indent=2))
+        model_summary = {**recognizer.bundle.describe(), "precision": recognizer.precision}
+        print(json.dumps({"images": results, "model": model_summary}, ensure_ascii=False, indent=2))
     else:
         _print_recognitions(results)
     raise typer.Exit(1 if failed else 0)
@@ -401,7 +403,10 @@ def index(
     db: DbOption,
     model: ModelOption = None,
     reembed: Annotated[
-        bool, typer.Option("--reembed", help="Adopt this model's embedder: re-embed faces from their stored boxes.")
+        bool,
+        typer.Option(
+            "--reembed", help="Adopt this model's embedder (and --precision): re-embed faces from their stored boxes."
+        ),
     ] = False,
     moved: Annotated[bool, typer.Option("--moved", help="The indexed folder has moved to ROOT.")] = False,
     workers: Annotated[

@@ -120,14 +120,14 @@ def enroll(
     `model` given as a `Recognizer`: its model file is changed, and its detector finds the faces
     (the recognizer itself keeps the model it loaded; make a new one to see the character)."""
     name = clean_name(name)
+    if isinstance(model, Recognizer) and model.precision != FLOAT32:
+        # Enrolled embeddings serve every precision, so they come from the float network.
+        raise KyaraError(f"enroll with a float32 recognizer, not {model.precision}")
     path = editable_model_path(_model_file(model))
     with locked(path):
         bundle = load_bundle(path)
         if isinstance(model, Recognizer) and model.bundle.onnx != bundle.onnx:
             raise ModelError(f"{path} holds another model than the recognizer's: load it again")
-        if isinstance(model, Recognizer) and model.precision != FLOAT32:
-            # Enrolled embeddings serve every precision, so they come from the float network.
-            raise KyaraError(f"enroll with a float32 recognizer, not {model.precision}")
         recognizer = model if isinstance(model, Recognizer) else Recognizer(bundle, max_pixels=max_pixels)
         vectors, gray, skipped = embed_enrollment(recognizer, images)
         if len(vectors) == 0:

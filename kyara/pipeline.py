@@ -94,7 +94,8 @@ class Recognizer:
         self.model_file = None if self.from_memory else model
         self.precision = precision
         self.detector = get_detector(detector, precision) if isinstance(detector, str) else detector
-        self.embedder = Embedder(self.bundle.embedder_onnx(precision), self.bundle.input_size, threads)
+        self.embedder_weights = self.bundle.embedder_onnx(precision)
+        self.embedder = Embedder(self.embedder_weights, self.bundle.input_size, threads)
         if self.embedder.dim != self.bundle.embedding_dim:
             raise ModelError(
                 f"the model's embedder makes embeddings of {self.embedder.dim} numbers but its head's rows have "

@@ -3,9 +3,12 @@ index keeps the precision it was made with."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import pickle
 import shutil
+import sqlite3
+import zipfile
 
 import numpy as np
 import pytest
@@ -16,7 +19,8 @@ from kyara.cli import app
 from kyara.detection import CnnDetector, iou
 from kyara.errors import KyaraError, ModelError
 from kyara.gallery import enroll
-from kyara.index import CollectionIndex
+from kyara.index import DATABASE, CollectionIndex
+from kyara.index.store import stored_precision
 from kyara.pipeline import Recognizer
 from tests.conftest import data_path, held_out
 from tests.test_bundle import tiny_onnx
@@ -52,8 +56,9 @@ def test_each_precision_is_its_own_network(recognizer, int8):
     assert int8.detector.model_digest != recognizer.detector.model_digest
     bundle = load_bundle(default_model_path())
     assert bundle.onnx_int8 is not None and len(bundle.onnx_int8) < len(bundle.onnx) / 2
-    assert int8.with_threads(1).precision == "int8"
-    assert pickle.loads(pickle.dumps(int8)).precision == "int8"  # as Ray sends it to its workers
+    for copy in (int8.with_threads(1), pickle.loads(pickle.dumps(int8))):  # as kyara index and Ray copy it
+        assert copy.precision == "int8" and copy.detector.model_digest == int8.detector.model_digest
+        assert copy.embedder_weights == int8.embedder_weights == bundle.onnx_int8
     with pytest.raises(KyaraError, match="unknown precision 'int4'"):
         Recognizer(precision="int4")
     with pytest.raises(KyaraError, match="unknown precision"):
@@ -77,7 +82,7 @@ def test_the_8_bit_embedder_travels_with_the_model_and_old_copies_borrow_it(tmp_
     assert copy.embedder_onnx("float32") == copy.onnx
 
 
-def test_an_index_keeps_the_precision_it_was_made_with(tmp_path):
+def test_an_index_keeps_the_precision_it_was_made_with(tmp_path, int8):
     source = data_path("newgame-illustrations", "yagami_kou")
     root = tmp_path / "pictures"
     root.mkdir()
@@ -86,6 +91,7 @@ def test_an_index_keeps_the_precision_it_was_made_with(tmp_path):
     db = tmp_path / "pictures.kyaradb"
     result = runner.invoke(app, ["index", str(root), "--db", str(db), "--precision", "int8", "--json"])
     assert result.exit_code == 0, result.output
+    assert stored_precision(db) == "int8"
 
     with CollectionIndex.open(db) as collection:  # no precision asked: the index's own
         assert collection.recognizer.precision == "int8"
@@ -94,8 +100,56 @@ def test_an_index_keeps_the_precision_it_was_made_with(tmp_path):
     assert result.exit_code == 0, result.output
     (hit,) = json.loads(result.stdout)["faces"][0]["hits"]
     assert hit["path"] == "1.jpg" and hit["similarity"] > 0.99  # the query's own face, embedded alike
+
+    # Another precision is refused with the command that adopts it, and that command works.
     result = runner.invoke(app, ["search", str(root / "1.jpg"), "--db", str(db), "--precision", "float32"])
-    assert result.exit_code == 2 and "(int8)" in result.stderr and "--precision" in result.stderr
+    assert result.exit_code == 2 and "(int8)" in result.stderr
+    assert f"--db {db} --reembed --precision float32`" in result.stderr
+    result = runner.invoke(app, ["index", str(root), "--db", str(db), "--reembed", "--precision", "float32", "--json"])
+    assert result.exit_code == 0 and json.loads(result.stdout)["reembedded"] == 2, result.output
+    assert stored_precision(db) == "float32"
+    with pytest.raises(KyaraError, match="runs at int8, not at the float32"):
+        CollectionIndex.open(db, int8, precision="float32")
+
+    # An index made before kyara had precisions is a float one.
+    with contextlib.closing(sqlite3.connect(db / DATABASE)) as connection, connection:
+        connection.execute("DELETE FROM meta WHERE key = 'precision'")
+    assert stored_precision(db) == "float32" and stored_precision(tmp_path / "none.kyaradb") is None
+    with CollectionIndex.open(db) as collection:
+        assert collection.recognizer.precision == "float32"
+
+
+def test_an_int8_index_opened_with_a_float_only_model_says_how_to_go_on(tmp_path):
+    root = tmp_path / "pictures"
+    root.mkdir()
+    shutil.copyfile(data_path("newgame-illustrations", "yagami_kou") / "1.jpg", root / "1.jpg")
+    db = tmp_path / "pictures.kyaradb"
+    assert runner.invoke(app, ["index", str(root), "--db", str(db), "--precision", "int8"]).exit_code == 0
+    mine = load_bundle(default_model_path())
+    mine.onnx_int8, mine.weights = None, {}
+    save_bundle(mine, tmp_path / "copy.kyara")  # a copy of the shipped model, saved before it had one
+    with CollectionIndex.open(db, tmp_path / "copy.kyara") as collection:  # borrows the shipped one
+        assert collection.recognizer.precision == "int8"
+
+    with zipfile.ZipFile(tmp_path / "copy.kyara") as archive:  # a network of one's own: float only
+        assert "embedder-int8.onnx" not in archive.namelist()
+    other = tmp_path / "other.kyara"
+    mine.metadata = {**mine.metadata, "name": "mine"}
+    mine.onnx = retitled(mine.onnx)
+    save_bundle(mine, other)
+    with pytest.raises(
+        KyaraError, match=r"indexed at int8.*'mine' has no 8-bit embedder.*--reembed --precision float32"
+    ):
+        CollectionIndex.open(db, other)
+
+
+def retitled(onnx: bytes) -> bytes:
+    """The same network under another graph name: other bytes, so another embedder to kyara."""
+    import onnx as onnx_format
+
+    proto = onnx_format.load_from_string(onnx)
+    proto.graph.name = "mine"
+    return proto.SerializeToString()
 
 
 def test_enrolling_takes_the_float_network(tmp_path):

@@ -1,6 +1,7 @@
 """Build the shipped 8-bit networks: the face detector and the default model's embedder in integers.
 
     python tools/quantize.py            # kyara/models/detector-int8.onnx, and embedder-int8.onnx into default.kyara
+    python tools/quantize.py --what embedder --model mine.kyara --pictures my-illustrations/   # one's own model
 
 ONNX Runtime static quantization: weights per channel in signed integers, activations in unsigned
 8 bits (QDQ format), ranges calibrated on what each network sees at run time: 64 training
@@ -77,12 +78,13 @@ def detector_inputs(pictures: list[Image.Image], side: int) -> Callable[[str], I
 def embedder_inputs(pictures: list[Image.Image], recognizer: Recognizer) -> Callable[[str], Inputs]:
     """The faces recognition cuts from `pictures`, in batches as the embedder takes them."""
     crops = [cut.pixels for picture in pictures for cut in recognizer.cuts_to_name(picture)]
-    batches = (crops[i : i + EMBEDDER_BATCH] for i in range(0, len(crops), EMBEDDER_BATCH))
+    batches = [crops[i : i + EMBEDDER_BATCH] for i in range(0, len(crops), EMBEDDER_BATCH)]
     return lambda name: Inputs(name, (recognizer.embedder.to_input(batch) for batch in batches))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--what", choices=("both", "detector", "embedder"), default="both")
     parser.add_argument("--detector", type=Path, default=CNN_MODELS[FLOAT32])
     parser.add_argument("--detector-out", type=Path, default=CNN_MODELS[INT8])
     parser.add_argument("--model", type=Path, default=default_model_path(), help="the bundle given an 8-bit embedder")
@@ -95,15 +97,20 @@ def main() -> None:
     pictures = [load_image(path) for path in paths[:CALIBRATION_PICTURES]]
 
     detector = CnnDetector(model=args.detector)
-    calibration = detector_inputs(pictures, detector.input_side)
-    atomic_write_bytes(args.detector_out, quantized(detector.weights, calibration, args.full_range))
-    print(f"wrote {args.detector_out} ({args.detector_out.stat().st_size / 1e6:.1f} MB)")
+    if args.what in ("both", "detector"):
+        calibration = detector_inputs(pictures, detector.input_side)
+        atomic_write_bytes(args.detector_out, quantized(detector.weights, calibration, args.full_range))
+        print(f"wrote {args.detector_out} ({args.detector_out.stat().st_size / 1e6:.1f} MB)")
+    if args.what in ("both", "embedder"):
+        add_int8_embedder(args.model, pictures, detector, args.full_range)
 
-    bundle = load_bundle(args.model)
+
+def add_int8_embedder(model: Path, pictures: list[Image.Image], detector: CnnDetector, full_range: bool) -> None:
+    bundle = load_bundle(model)
     recognizer = Recognizer(bundle, detector)
-    bundle.onnx_int8 = quantized(bundle.onnx, embedder_inputs(pictures, recognizer), args.full_range)
-    save_bundle(bundle, args.model)
-    print(f"wrote {args.model}: its embedder in 8 bits, {len(bundle.onnx_int8) / 1e6:.1f} MB")
+    bundle.onnx_int8 = quantized(bundle.onnx, embedder_inputs(pictures, recognizer), full_range)
+    save_bundle(bundle, model)
+    print(f"wrote {model}: its embedder in 8 bits, {len(bundle.onnx_int8) / 1e6:.1f} MB")
 
 
 if __name__ == "__main__":

@@ -13,12 +13,12 @@ from typing import Self
 
 import numpy as np
 
-from kyara.errors import KyaraError
+from kyara.errors import KyaraError, ModelError
 from kyara.gallery import locked
 from kyara.imageio import check_utf8
 from kyara.index.vectors import ShardedVectors
 from kyara.pipeline import Model, Recognizer
-from kyara.runtime import DEFAULT_PRECISION
+from kyara.runtime import FLOAT32
 
 FORMAT_VERSION = 2
 """2: a face crop is one face, the whole picture (`cut.cuts_to_name`). An index of format 1
@@ -107,8 +107,20 @@ class IndexStore:
         """The index at `db` with `model` (default: the user's copy of the model or the built-in),
         run at `precision` (default: the one the index was made with, else float32)."""
         if isinstance(model, Recognizer):
+            if precision is not None and precision != model.precision:
+                raise KyaraError(f"the recognizer runs at {model.precision}, not at the {precision} asked for")
             return cls(db, model, create)
-        return cls(db, Recognizer(model, precision=precision or stored_precision(db) or DEFAULT_PRECISION), create)
+        stored = stored_precision(db)
+        try:
+            recognizer = Recognizer(model, precision=precision or stored or FLOAT32)
+        except ModelError as exc:
+            if precision is not None or stored in (None, FLOAT32):
+                raise
+            raise KyaraError(
+                f"{db} was indexed at {stored}, and {exc}. To use this model, re-embed it: "
+                f"`kyara index FOLDER --db {db} --reembed --precision {FLOAT32}`"
+            ) from exc
+        return cls(db, recognizer, create)
 
     def close(self) -> None:
         self._connection.close()
@@ -160,7 +172,7 @@ class IndexStore:
     def _connect_read_only(self, database: Path) -> sqlite3.Connection:
         """An index on a read-only mount or folder: read as it is (SQLite could not make its WAL files)."""
         try:
-            connection = sqlite3.connect(f"{database.as_uri()}?immutable=1", uri=True)
+            connection = sqlite3.connect(f"{database.resolve().as_uri()}?immutable=1", uri=True)
             self._check_tables(connection, database, create=False)
         except sqlite3.DatabaseError as exc:
             raise KyaraError(f"{database}: not a usable collection database ({exc})") from exc
@@ -201,12 +213,15 @@ class IndexStore:
 
     def _require_same_embedder(self) -> None:
         if self._meta("embedder") != self.embedder_id:
+            # The command given must name this precision: without it, the index's own would be taken.
+            asked = self.recognizer.precision
+            precision = f" --precision {asked}" if asked != (self._meta("precision") or FLOAT32) else ""
             raise KyaraError(
                 f"{self.path} was indexed with another embedder (model {self._meta('model')!r}), whose vectors "
                 f"cannot be compared with those of {model_name(self.recognizer)!r}. Re-embed it with "
-                f"`kyara index {self.root or 'FOLDER'} --db {self.path} --reembed` (faces are cut again from the "
-                "stored boxes; nothing is detected again), or pass the model it was built with (--model, "
-                "--precision)."
+                f"`kyara index {self.root or 'FOLDER'} --db {self.path} --reembed{precision}` (faces are cut again "
+                "from the stored boxes; nothing is detected again), or pass the model it was built with "
+                "(--model, --precision)."
             )
 
     def _load_vectors(self) -> None:
@@ -253,12 +268,12 @@ def _has_gray_column(connection: sqlite3.Connection) -> bool:
 def embedder_id(recognizer: Recognizer) -> str:
     """The identity of a recognizer's embedder: vectors of two embedders cannot be compared (the
     float and the 8-bit one of a model are two embedders)."""
-    return hashlib.sha256(recognizer.bundle.embedder_onnx(recognizer.precision)).hexdigest()
+    return hashlib.sha256(recognizer.embedder_weights).hexdigest()
 
 
 def stored_precision(db: str | os.PathLike) -> str | None:
-    """The precision the index at `db` was made with; None where there is none to read (opening
-    the index says what is wrong with it)."""
+    """The precision the index at `db` was made with (float32 for indexes made before kyara had
+    another); None where there is no index to read (opening it says what is wrong)."""
     database = Path(db).expanduser() / DATABASE
     if not database.is_file():
         return None
@@ -266,7 +281,7 @@ def stored_precision(db: str | os.PathLike) -> str | None:
         try:
             with contextlib.closing(sqlite3.connect(f"{database.resolve().as_uri()}?{how}", uri=True)) as connection:
                 row = connection.execute("SELECT value FROM meta WHERE key = 'precision'").fetchone()
-            return row[0] if row else None
+            return row[0] if row else FLOAT32
         except sqlite3.Error:
             continue
     return None
@@ -275,7 +290,7 @@ def stored_precision(db: str | os.PathLike) -> str | None:
 def model_name(recognizer: Recognizer) -> str:
     """The model as an index names it: its name, and its precision unless float32."""
     precision = recognizer.precision
-    return recognizer.bundle.name if precision == DEFAULT_PRECISION else f"{recognizer.bundle.name} ({precision})"
+    return recognizer.bundle.name if precision == FLOAT32 else f"{recognizer.bundle.name} ({precision})"
 
 
 def _classifier_id(recognizer: Recognizer) -> str:
