@@ -11,12 +11,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 from torch import nn
 
 import kyara
 from kyara.bundle import ModelBundle
 from kyara.classify import Classifier, estimated_concentration
-from kyara.cut import gray_faces
+from kyara.cut import gray_copy, gray_faces
 from kyara.metrics import fit_temperature, threshold_at_acceptance
 from kyara.train.data import LabelledImages, split_by_group
 from kyara.train.readout import fit_readout
@@ -114,9 +115,8 @@ def gray_prototypes(embed: Callable[[np.ndarray], np.ndarray], train_set: Labell
 
 
 def gray_copies(pixels: np.ndarray) -> np.ndarray:
-    """uint8 NHWC pixels in gray (ITU-R 601 luma, as Pillow's "L"), kept as three channels."""
-    luma = pixels[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
-    return np.repeat(np.round(luma).astype(np.uint8)[..., None], 3, axis=-1)
+    """uint8 NHWC pixels in gray, each as `kyara.cut.gray_copy` makes it (three channels)."""
+    return np.stack([np.asarray(gray_copy(Image.fromarray(picture))) for picture in pixels]) if len(pixels) else pixels
 
 
 def class_means(embeddings: np.ndarray, data: LabelledImages) -> tuple[np.ndarray, np.ndarray]:
