@@ -151,8 +151,7 @@ def recognize(
     recognizer = Recognizer(model, detector or DEFAULT_DETECTOR, precision=precision or DEFAULT_PRECISION)
     results, failed = _run_batch(paths, lambda path: recognizer.recognition_report(path, top_k))
     if as_json:
-        model_summary = {**recognizer.bundle.describe(), "precision": recognizer.precision}
-        print(json.dumps({"images": results, "model": model_summary}, ensure_ascii=False, indent=2))
+        print(json.dumps({"images": results, "model": recognizer.describe()}, ensure_ascii=False, indent=2))
     else:
         _print_recognitions(results)
     raise typer.Exit(1 if failed else 0)

@@ -132,7 +132,7 @@ def explain_to_file(
     recognizer = model if isinstance(model, Recognizer) else Recognizer(model)
     explanations = explain(image, recognizer, label, versus)
     write_overlay(output, recognizer.load(image), explanations)
-    return ExplainedPicture(explanations, recognizer.bundle.describe())
+    return ExplainedPicture(explanations, recognizer.describe())
 
 
 def explain_crop(

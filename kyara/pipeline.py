@@ -115,6 +115,11 @@ class Recognizer:
         copy.from_memory, copy.model_file = self.from_memory, self.model_file
         return copy
 
+    def describe(self) -> dict:
+        """The model as JSON answers name it (`kyara recognize --json`, the server): the bundle's
+        summary and the precision its networks run at."""
+        return {**self.bundle.describe(), "precision": self.precision}
+
     def __reduce__(self) -> tuple:
         # ONNX Runtime sessions do not pickle: a copy sent to another process (a Ray worker) opens
         # the same bundle and detector again there.

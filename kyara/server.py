@@ -119,7 +119,7 @@ class Service:
     def recognize(self, upload: Upload, top_k: int) -> dict:
         recognizer = self.recognizer
         report = recognizer.recognition_report(upload.data, top_k)
-        return {"path": upload.name, **report, "model": recognizer.bundle.describe()}
+        return {"path": upload.name, **report, "model": recognizer.describe()}
 
     def explain(self, upload: Upload, label: str | None, versus: str | None) -> dict:
         recognizer = self.recognizer
@@ -127,7 +127,7 @@ class Service:
         explained = explain(picture, recognizer, label, versus, self.limits.max_explained_faces)
         faces = [explanation.to_dict() for explanation in explained]
         size = {"width": picture.width, "height": picture.height}
-        return {"path": upload.name, **size, "faces": faces, "model": recognizer.bundle.describe()}
+        return {"path": upload.name, **size, "faces": faces, "model": recognizer.describe()}
 
     def detect(self, upload: Upload) -> dict:
         recognizer = self.recognizer
@@ -207,7 +207,7 @@ class Service:
         return {
             "status": "ok",
             "kyara_version": __version__,
-            "model": bundle.describe(),
+            "model": self.recognizer.describe(),
             "characters": bundle.all_labels(),
             "limits": asdict(self.limits),
             "writes": self.writes(),
