@@ -234,7 +234,7 @@ def evaluate_folders(
     result = evaluate_few_shot(recognizer, folder, shots, repeats, seed) if shots else evaluate(recognizer, folder)
     if report:
         roots = [folder] if isinstance(folder, Path | str) else folder
-        write_report(result, report, title=f"{recognizer.bundle.name} on {', '.join(map(str, roots))}")
+        write_report(result, report, title=f"{recognizer.name} on {', '.join(map(str, roots))}")
     return result
 
 

@@ -24,7 +24,7 @@ from kyara.detection import DEFAULT_DETECTOR, DetectedFace, Detector, get_detect
 from kyara.embedding import Embedder
 from kyara.errors import KyaraError, ModelError
 from kyara.imageio import DEFAULT_MAX_PIXELS, ImageSource, load_image
-from kyara.runtime import DEFAULT_PRECISION
+from kyara.runtime import DEFAULT_PRECISION, FLOAT32
 
 
 @dataclass(frozen=True)
@@ -114,6 +114,12 @@ class Recognizer:
         copy = Recognizer(self.bundle, detector, threads, self.max_pixels, self.precision)
         copy.from_memory, copy.model_file = self.from_memory, self.model_file
         return copy
+
+    @property
+    def name(self) -> str:
+        """The model's name, and its precision unless float32 (an index's metadata, report titles)."""
+        precision = self.precision
+        return self.bundle.name if precision == FLOAT32 else f"{self.bundle.name} ({precision})"
 
     def describe(self) -> dict:
         """The model as JSON answers name it (`kyara recognize --json`, the server): the bundle's

@@ -159,3 +159,17 @@ def test_enrolling_takes_the_float_network(tmp_path):
     picture = data_path("newgame-illustrations", "yagami_kou") / "1.jpg"
     with pytest.raises(KyaraError, match="float32"):
         enroll("kou", [picture], mine)
+
+
+def test_kyara_evaluate_measures_the_precision_asked_for_and_says_so(tmp_path):
+    root = tmp_path / "faces"
+    for character in ("gura", "ina"):
+        source = data_path("holoen-faces", character)
+        (root / character).mkdir(parents=True)
+        for path in sorted(source.iterdir())[:4]:
+            shutil.copyfile(path, root / character / path.name)
+    report = tmp_path / "report"
+    result = runner.invoke(app, ["evaluate", str(root), "--precision", "int8", "--report", str(report), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["top1"] >= 0.75
+    assert (report / "report.md").read_text().startswith("# kyara-default (int8) on ")

@@ -198,7 +198,7 @@ class IndexStore:
             self._set_meta(
                 format_version=str(FORMAT_VERSION),
                 embedder=self.embedder_id,
-                model=model_name(self.recognizer),
+                model=self.recognizer.name,
                 precision=self.recognizer.precision,
                 classifier=self.classifier_id,
             )
@@ -218,7 +218,7 @@ class IndexStore:
             precision = f" --precision {asked}" if asked != (self._meta("precision") or FLOAT32) else ""
             raise KyaraError(
                 f"{self.path} was indexed with another embedder (model {self._meta('model')!r}), whose vectors "
-                f"cannot be compared with those of {model_name(self.recognizer)!r}. Re-embed it with "
+                f"cannot be compared with those of {self.recognizer.name!r}. Re-embed it with "
                 f"`kyara index {self.root or 'FOLDER'} --db {self.path} --reembed{precision}` (faces are cut again "
                 "from the stored boxes; nothing is detected again), or pass the model it was built with "
                 "(--model, --precision)."
@@ -285,12 +285,6 @@ def stored_precision(db: str | os.PathLike) -> str | None:
         except sqlite3.Error:
             continue
     return None
-
-
-def model_name(recognizer: Recognizer) -> str:
-    """The model as an index names it: its name, and its precision unless float32."""
-    precision = recognizer.precision
-    return recognizer.bundle.name if precision == FLOAT32 else f"{recognizer.bundle.name} ({precision})"
 
 
 def _classifier_id(recognizer: Recognizer) -> str:

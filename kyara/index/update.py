@@ -19,7 +19,7 @@ from kyara.errors import KyaraError
 from kyara.gallery import locked
 from kyara.imageio import check_utf8, list_images, resolved
 from kyara.index.labels import LabelledStore
-from kyara.index.store import DATABASE, FORMAT_VERSION, SHARDS, model_name
+from kyara.index.store import DATABASE, FORMAT_VERSION, SHARDS
 from kyara.index.work import Engine, FaceFound, InThreads, Job, MovedContents, Outcome, timed
 
 FILES_PER_COMMIT = 16
@@ -121,7 +121,7 @@ class IndexUpdates(LabelledStore):
         with locked(self.path / DATABASE):
             if reembed and self._meta("embedder") != self.embedder_id:
                 self._set_meta(
-                    embedder=self.embedder_id, model=model_name(self.recognizer), precision=self.recognizer.precision
+                    embedder=self.embedder_id, model=self.recognizer.name, precision=self.recognizer.precision
                 )
             if self._meta("embedder") == self.embedder_id:
                 # Another writer may have run since this index was opened: start from its vectors,
