@@ -215,7 +215,7 @@ class IndexStore:
         if self._meta("embedder") != self.embedder_id:
             # The command given must name this precision: without it, the index's own would be taken.
             asked = self.recognizer.precision
-            precision = f" --precision {asked}" if asked != (self._meta("precision") or FLOAT32) else ""
+            precision = f" --precision {asked}" if asked != recorded_precision(self._connection) else ""
             raise KyaraError(
                 f"{self.path} was indexed with another embedder (model {self._meta('model')!r}), whose vectors "
                 f"cannot be compared with those of {self.recognizer.name!r}. Re-embed it with "
@@ -272,19 +272,24 @@ def embedder_id(recognizer: Recognizer) -> str:
 
 
 def stored_precision(db: str | os.PathLike) -> str | None:
-    """The precision the index at `db` was made with (float32 for indexes made before kyara had
-    another); None where there is no index to read (opening it says what is wrong)."""
+    """The precision the index at `db` was made with (`recorded_precision`); None where there is
+    no index to read (opening it says what is wrong)."""
     database = Path(db).expanduser() / DATABASE
     if not database.is_file():
         return None
     for how in ("mode=ro", "immutable=1"):  # a read-only folder has no room for the WAL's index: immutable
         try:
             with contextlib.closing(sqlite3.connect(f"{database.resolve().as_uri()}?{how}", uri=True)) as connection:
-                row = connection.execute("SELECT value FROM meta WHERE key = 'precision'").fetchone()
-            return row[0] if row else FLOAT32
+                return recorded_precision(connection)
         except sqlite3.Error:
             continue
     return None
+
+
+def recorded_precision(connection: sqlite3.Connection) -> str:
+    """The precision an open index records; float32 for indexes made before kyara had another."""
+    row = connection.execute("SELECT value FROM meta WHERE key = 'precision'").fetchone()
+    return row[0] if row else FLOAT32
 
 
 def _classifier_id(recognizer: Recognizer) -> str:
