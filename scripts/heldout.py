@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
-from corpus import HELD_OUT_HOLOEN, HELD_OUT_SERIES, ROOT, corpus_arguments, load_corpus, series_of
+from corpus import HELD_OUT_HOLOEN, HELD_OUT_SERIES, ROOT, Corpus, corpus_arguments, load_corpus, series_of
 from recipe import RECIPE, SPLIT, trained_network, training_set
 
 from kyara.bundle import ModelBundle, atomic_write_text, load_bundle, save_bundle
@@ -59,25 +59,22 @@ def main() -> None:
     parser.add_argument("--baseline", type=Path, help="another model's few-shot on the same pictures, to compare")
     args = parser.parse_args()
 
-    corpus = load_corpus(args.data, args.faces, args.cache)
-    held_names = corpus.held_out_classes()
-    known = corpus.images.with_classes([c for c in corpus.images.classes if c not in held_names])
-    held = corpus.images.with_classes(held_names)
-    train_idx, val_idx, test_idx = split_by_group(known.labels, known.groups, SPLIT, args.seed)
-    train_part, val = known.subset(train_idx), known.subset(val_idx)
-    train_set = training_set(train_part, ROOT / "build" / "views.npz")
-    print(f"known {len(known.classes)} characters, train {len(train_idx)}; held out {len(held.labels)}", flush=True)
-    net, history, seconds = trained_network(train_set, val, RECIPE, args.checkpoint)
+    split = held_out_split(load_corpus(args.data, args.faces, args.cache), args.seed)
+    known, held, train_part, val, known_test = split.known, split.held, split.train, split.val, split.known_test
+    print(
+        f"known {len(known.classes)} characters, train {len(train_part.labels)}; held out {len(held.labels)}",
+        flush=True,
+    )
+    net, history, seconds = trained_network(split.training_set(), val, RECIPE, args.checkpoint)
 
     bundle = package(net, np.zeros(0), known.classes, train_part, val, RECIPE)
     bundle.metadata = {
         "name": "kyara-heldout",
         "version": "3",
         "backbone": RECIPE.backbone,
-        "training": {"held_out": held_names, "config": asdict(RECIPE), "history": history, "seconds": seconds},
+        "training": {"held_out": held.classes, "config": asdict(RECIPE), "history": history, "seconds": seconds},
     }
     save_bundle(bundle, args.out)
-    known_test = known.subset(test_idx)
     embedder = Embedder(bundle.onnx, bundle.input_size)
     known_faces, held_faces = embedded(embedder, known_test), embedded(embedder, held)
     classifier = Classifier.from_bundle(bundle)
@@ -123,6 +120,35 @@ def main() -> None:
     atomic_write_text(args.metrics, json.dumps(figures, indent=2) + "\n")
     atomic_write_text(args.doc, report(figures))
     print(json.dumps(figures, indent=2), flush=True)
+
+
+@dataclass
+class HeldOutSplit:
+    """The known characters (split 75/10/15 by near-duplicate group as the default model's) and the
+    held-out ones (`Corpus.held_out_classes`), never trained on."""
+
+    known: LabelledImages
+    held: LabelledImages
+    train: LabelledImages
+    val: LabelledImages
+    known_test: LabelledImages
+
+    def training_set(self) -> LabelledImages:
+        """What the network trains on: the training part and its detector views (recipe.training_set)."""
+        return training_set(self.train, ROOT / "build" / "views.npz")
+
+
+def held_out_split(corpus: Corpus, seed: int) -> HeldOutSplit:
+    held_names = corpus.held_out_classes()
+    known = corpus.images.with_classes([c for c in corpus.images.classes if c not in held_names])
+    train_idx, val_idx, test_idx = split_by_group(known.labels, known.groups, SPLIT, seed)
+    return HeldOutSplit(
+        known,
+        corpus.images.with_classes(held_names),
+        known.subset(train_idx),
+        known.subset(val_idx),
+        known.subset(test_idx),
+    )
 
 
 @dataclass

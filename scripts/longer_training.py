@@ -22,12 +22,12 @@ import heldout
 import numpy as np
 import torch
 from corpus import HELD_OUT_HOLOEN, HELD_OUT_SERIES, ROOT, corpus_arguments, load_corpus
-from recipe import RECIPE, SPLIT, trained_network, training_set
+from recipe import RECIPE, trained_network
 
 from kyara.bundle import ModelBundle, atomic_write_text
 from kyara.classify import Classifier
 from kyara.embedding import Embedder
-from kyara.train.data import LabelledImages, split_by_group
+from kyara.train.data import LabelledImages
 from kyara.train.fit import package
 from kyara.train.trainer import EmbeddingNet, build_net
 
@@ -44,21 +44,15 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "longer-training.json")
     args = parser.parse_args()
 
-    corpus = load_corpus(args.data, args.faces, args.cache)
-    held_names = corpus.held_out_classes()
-    known = corpus.images.with_classes([c for c in corpus.images.classes if c not in held_names])
-    held = corpus.images.with_classes(held_names)
-    train_idx, val_idx, test_idx = split_by_group(known.labels, known.groups, SPLIT, args.seed)
-    train_part, val = known.subset(train_idx), known.subset(val_idx)
-    train_set = training_set(train_part, ROOT / "build" / "views.npz")
+    split = heldout.held_out_split(load_corpus(args.data, args.faces, args.cache), args.seed)
     config = replace(RECIPE, epochs=MORE_EPOCHS)
-    longer, history, seconds = trained_network(train_set, val, config, args.checkpoint, args.start)
+    longer, history, seconds = trained_network(split.training_set(), split.val, config, args.checkpoint, args.start)
     first = torch.load(args.start, map_location="cpu", weights_only=True)["net"]
     networks = {f"{MORE_EPOCHS} more epochs": longer, "average of both": averaged(first, longer.state_dict())}
     figures: dict[str, dict] = {"recipe (scripts/heldout.py)": baseline_figures(args.baseline)}
     for name, net in networks.items():
-        bundle = package(net, np.zeros(0), known.classes, train_part, val, RECIPE)
-        figures[name] = measured(bundle, known.subset(test_idx), held, args.seed)
+        bundle = package(net, np.zeros(0), split.known.classes, split.train, split.val, RECIPE)
+        figures[name] = measured(bundle, split.known_test, split.held, args.seed)
         print(name, json.dumps(figures[name]), flush=True)
     result = {"more_epochs": MORE_EPOCHS, "training_minutes": round(seconds / 60, 1), "history": history, **figures}
     atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
