@@ -8,6 +8,7 @@ false Content-Length cannot pass the size limit, and a burst beyond the queue's 
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 from collections.abc import Callable
@@ -65,6 +66,12 @@ class Limits:
     """Request bodies held at once, all requests together: a body that would pass it gets 503
     with Retry-After (unless it is the only one held). With `max_waiting`, this bounds what a
     burst can make the server hold before decoding, whatever the size of each body."""
+    body_idle_seconds: float = 15.0
+    """A request body that stops arriving for this long is answered 408 and its connection
+    given up: a client that sends part of its body and waits would otherwise hold its place in
+    the queue for good, and a few hundred of them would lock every other client out."""
+    body_seconds: float = 120.0
+    """...and one that has not arrived whole this long after it began (20 MB at 170 kB/s)."""
     max_explained_faces: int = 8
     """Faces given a heat map per /api/explain request (the most face-like first): about 0.4 s each."""
 
@@ -96,17 +103,19 @@ CHARACTERS_PATH = b"/api/characters/"
 def character_name(request: Request, suffix: bytes = b"") -> str:
     """The character a request's address names, cleaned as enroll cleans names (`clean_name`):
     one function for enroll and forget, so what was enrolled can be removed by the same address.
-    It is decoded from the raw address: bytes that are not UTF-8 are refused (400) rather than
-    read as U+FFFD, which would make different names one."""
+    It is decoded from the raw address, one segment (`/api/characters/NAME` then `suffix`, a '/'
+    in a name written %2F): bytes that are not UTF-8 are refused (400) rather than read as U+FFFD,
+    which would make different names one, and so is an address whose other segments are spelled
+    in escapes (the route sees them decoded, and would take part of them for the name)."""
     raw = request.scope.get("raw_path")
     if raw is None:  # a server that gives no raw path: the decoded one
         return clean_name(request.path_params["name"])
-    raw = raw.split(b"?", 1)[0]
-    segment = raw[raw.find(CHARACTERS_PATH) + len(CHARACTERS_PATH) :]
-    if suffix and segment.endswith(suffix):
-        segment = segment[: -len(suffix)]
+    segments = raw.split(b"?", 1)[0].split(b"/")
+    expected = CHARACTERS_PATH.split(b"/")[:-1] + suffix.split(b"/")[1:]
+    if len(segments) != len(expected) + 1 or segments[:3] + segments[4:] != expected:
+        raise HTTPException(400, "write the address as /api/characters/NAME, with only the name's characters escaped")
     try:
-        name = unquote_to_bytes(segment).decode("utf-8")
+        name = unquote_to_bytes(segments[3]).decode("utf-8")
     except UnicodeDecodeError:
         raise HTTPException(400, "the character name in the address is not valid UTF-8") from None
     return clean_name(name)
@@ -129,7 +138,8 @@ class Admission:
     - the answer of `guard(scope)` when it gives one (a change without the token: 401).
 
     Requests without a body to read (GET, HEAD) pass at once. A client that goes away in the
-    middle of its body is logged in one line."""
+    middle of its body is logged in one line; one whose body stalls gets 408 (`body_idle_seconds`,
+    `body_seconds`)."""
 
     def __init__(
         self, app: ASGIApp, limits: Limits, guard: Callable[[Scope], JSONResponse | None] = lambda _: None
@@ -161,9 +171,15 @@ class Admission:
         self.admitted += admitted
         chunks: list[bytes] = []
         kept = dropped = 0
+        clock = asyncio.get_running_loop().time
+        deadline = clock() + limits.body_seconds
         try:
             while True:
-                message = await receive()
+                try:
+                    message = await asyncio.wait_for(receive(), min(limits.body_idle_seconds, deadline - clock()))
+                except TimeoutError:
+                    await error(408, "the request body stopped arriving; send it whole")(scope, receive, send)
+                    return
                 if message["type"] == "http.disconnect":
                     path = scope.get("raw_path") or scope["path"].encode()
                     log.info(

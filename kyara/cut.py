@@ -36,7 +36,10 @@ MAX_CUT_SIDE = 1024
 """Faces and fallback squares are cut at no more than this many pixels: the embedder sees 128,
 and a strip picture padded to a square at full size would take gigabytes."""
 MAX_CROP_SIDE = 512
-"""A near-square picture no larger than this may be a face crop already."""
+"""A near-square picture no larger than this may be a face crop already..."""
+MIN_CROP_SIDE = 32
+"""...and no smaller than this: a few pixels show no face, and enrolled as one they would draw
+every faceless picture to that name."""
 FACE_FILLS_CROP = 0.5
 """...and is one when its most face-like face spans at least this share of its side. Cutting the
 face out again loses accuracy there: on the default model's held-out holoen crops, top-1 fell
@@ -153,8 +156,9 @@ def as_is(picture: Image.Image) -> FaceCut:
 
 
 def crop_sized(width: int, height: int) -> bool:
-    """Small and nearly square: a picture of this size may be a face crop already."""
-    return max(width, height) <= MAX_CROP_SIDE and 0.75 <= width / height <= 4 / 3
+    """Small (not tiny) and nearly square: a picture of this size may be a face crop already."""
+    within_sides = MIN_CROP_SIDE <= min(width, height) and max(width, height) <= MAX_CROP_SIDE  # noqa: SIM300
+    return within_sides and 0.75 <= width / height <= 4 / 3
 
 
 def cuts_to_name(picture: Image.Image, faces: list[DetectedFace]) -> list[FaceCut]:

@@ -81,22 +81,31 @@ def locked(path: Path, wait: bool = True) -> Iterator[bool]:
 
 def clean_name(name: str) -> str:
     name = unicodedata.normalize("NFC", name).strip()
-    if not name or len(name) > MAX_NAME_LENGTH or any(unicodedata.category(c).startswith("C") for c in name):
+    if not name or len(name) > MAX_NAME_LENGTH or not all(map(_printable, name)):
         raise KyaraError(f"a character name must be 1 to {MAX_NAME_LENGTH} printable characters, got {name!r}")
     if name in (".", ".."):  # a web address cannot carry them as a path segment
         raise KyaraError(f"{name!r} cannot be a character name")
     return name
 
 
-def embed_enrollment(recognizer: Recognizer, images: Sequence[ImageSource]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def _printable(character: str) -> bool:
+    """Neither a control or format character nor a line or paragraph separator."""
+    category = unicodedata.category(character)
+    return not category.startswith("C") and category not in ("Zl", "Zp")
+
+
+def embed_enrollment(
+    recognizer: Recognizer, images: Sequence[ImageSource]
+) -> tuple[np.ndarray, np.ndarray, list[KyaraError]]:
     """One embedding per picture, and one of its gray copy: the first of its `cuts_to_learn` (its
-    most face-like face, or the picture itself if it is a face crop)."""
+    most face-like face, or the picture itself if it is a face crop); and why the others were
+    skipped (an `ImageError` if unreadable, a `NoFaceError` if no face was found)."""
     cuts, gray, skipped = [], [], []
     for number, image in enumerate(images, 1):
         try:
             picture = recognizer.load(image)
         except ImageError as exc:
-            skipped.append(str(exc))
+            skipped.append(exc)
             continue
         learned = recognizer.cuts_to_learn(picture)
         if learned:
@@ -105,7 +114,7 @@ def embed_enrollment(recognizer: Recognizer, images: Sequence[ImageSource]) -> t
         else:
             # A path names itself; bytes, arrays and images are named by their place.
             named = str(image) if isinstance(image, str | os.PathLike) else f"picture {number}"
-            skipped.append(f"{named}: no face found")
+            skipped.append(NoFaceError(f"{named}: no face found"))
     return recognizer.embed(cuts), recognizer.embed(gray), skipped
 
 
@@ -131,11 +140,14 @@ def enroll(
         recognizer = model if isinstance(model, Recognizer) else Recognizer(bundle, max_pixels=max_pixels)
         vectors, gray, skipped = embed_enrollment(recognizer, images)
         if len(vectors) == 0:
-            raise NoFaceError(f"no usable picture of {name}: " + "; ".join(skipped))
+            # Every picture unreadable in one way (corrupt, too large) is that error, not "no face".
+            kinds = {type(problem) for problem in skipped}
+            kind = kinds.pop() if len(kinds) == 1 else NoFaceError
+            raise kind(f"no usable picture of {name}: " + "; ".join(map(str, skipped)))
         bundle.add_to_gallery(vectors, [name] * len(vectors), gray)
         save_bundle(bundle, path)
     forget_loaded_models()
-    return EnrollResult(name, len(vectors), skipped, str(path))
+    return EnrollResult(name, len(vectors), [str(problem) for problem in skipped], str(path))
 
 
 def _model_file(model: Model) -> str | os.PathLike | None:

@@ -124,6 +124,7 @@ class Service:
     def explain(self, upload: Upload, label: str | None, versus: str | None) -> dict:
         recognizer = self.recognizer
         picture = recognizer.load(upload.data)
+        label, versus = (name and (self.label_named(name) or name) for name in (label, versus))
         explained = explain(picture, recognizer, label, versus, self.limits.max_explained_faces)
         faces = [explanation.to_dict() for explanation in explained]
         size = {"width": picture.width, "height": picture.height}
@@ -184,17 +185,22 @@ class Service:
     def writes(self) -> str:
         return "read-only" if self.read_only else "token" if self.token else "open"
 
+    def label_named(self, name: str) -> str | None:
+        """The model's label that `name` asks for: itself, or the label whose cleaned form is
+        the cleaned `name` (a trained name is a folder's name as it was, maybe spaced or
+        decomposed, and names in requests are cleaned as enroll cleans them)."""
+        labels, cleaned = self.recognizer.bundle.all_labels(), cleaned_or_none(name)
+        found = [label for label in labels if label == name] or [
+            label for label in labels if cleaned is not None and cleaned_or_none(label) == cleaned
+        ]
+        return found[0] if found else None
+
     def forget(self, name: str) -> dict:
         with self.writing:
-            # A trained name is a folder's name as it was (maybe spaced or decomposed): it is
-            # found by its cleaned form, the form every name in a request is cleaned to.
-            labels = self.recognizer.bundle.all_labels()
-            found = [label for label in labels if label == name] or [
-                label for label in labels if cleaned_or_none(label) == name
-            ]
-            if not found:
+            label = self.label_named(name)
+            if label is None:
                 raise HTTPException(404, f"no character named {name!r}")
-            name = found[0]
+            name = label
             removed = forget(name, self.model)
             self._reload()
         return {"name": name, "removed": removed}

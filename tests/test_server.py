@@ -109,6 +109,8 @@ def test_health_names_the_model_and_its_characters(client, model):
         "concurrency": 2,
         "max_waiting": 256,
         "max_queued_bytes": 128 * 1024 * 1024,
+        "body_idle_seconds": 15.0,
+        "body_seconds": 120.0,
         "max_explained_faces": 8,
     }
     assert body["writes"] == "open"
@@ -353,6 +355,8 @@ def test_serve_command_passes_limits_and_address(model, monkeypatch):
         "concurrency": 3,
         "max_waiting": 5,
         "max_queued_bytes": Limits().max_queued_bytes,
+        "body_idle_seconds": Limits().body_idle_seconds,
+        "body_seconds": Limits().body_seconds,
         "max_explained_faces": Limits().max_explained_faces,
     }
     calls.clear()

@@ -159,6 +159,27 @@ def test_a_client_leaving_mid_body_is_one_log_line(caplog):
     assert line == "POST /api/recognize: the client went away after 5000 bytes of its body"
 
 
+def test_a_stalled_body_gets_408_and_gives_its_place_back():
+    """A client that sends part of its body and waits held its place for good: a few hundred of
+    them locked every other upload out with 503."""
+    limits = Limits(concurrency=1, max_waiting=0, body_idle_seconds=0.5)
+    app = Held()
+    app.release.set()
+    admission = Admission(app, limits)
+    with serving(admission, limits) as url:
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as stalled:
+            stalled.sendall(
+                b"POST /api/recognize HTTP/1.1\r\nHost: kyara\r\nContent-Type: image/png\r\n"
+                b"Content-Length: 1000\r\n\r\n" + bytes(10)
+            )
+            answer = stalled.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 408") and b"stopped arriving" in answer, answer
+        response = httpx.post(f"{url}/api/recognize", content=bytes(100), timeout=10)
+        assert response.status_code == 200 and app.bodies == [100]
+    assert (admission.admitted, admission.held) == (0, 0)
+
+
 def test_the_server_keeps_memory_flat(tmp_path, monkeypatch):
     """What bounds the RSS under hostile load (benchmarks/server_fuzz.py: 1.2 GB before, see
     docs/security.md): small embedder batches; the detector keeps its arena, which its bounded

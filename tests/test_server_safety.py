@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from PIL import Image
 from typer.testing import CliRunner
 
 pytest.importorskip("fastapi", reason="the server needs the serve extra")
@@ -151,6 +152,47 @@ def test_names_that_are_not_utf8_are_refused(model, crop, name):
     ):
         assert response.status_code == 400 and "UTF-8" in response.json()["error"], response.text
     assert model.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "address", ["/api/%63haracters/foo/images", "/api%2Fcharacters/foo/images", "/api/characters/foo/%69mages"]
+)
+def test_an_address_spelled_in_escapes_is_refused_not_misread(model, crop, address):
+    """The route matches the decoded address; the name must not be read from another segment
+    (these enrolled 'rs/foo' and 'foo/images')."""
+    client = TestClient(create_app(model))
+    before = model.read_bytes()
+    response = client.post(address, content=crop)
+    assert response.status_code == 400 and "/api/characters/NAME" in response.json()["error"], response.text
+    response = client.delete(address.removesuffix("/images").removesuffix("/%69mages"))
+    assert response.status_code in (400, 404), response.text
+    assert model.read_bytes() == before
+
+
+@pytest.mark.parametrize("name", ["a%E2%80%A8b", "a%E2%80%A9b"])
+def test_line_separators_are_refused_in_names(model, crop, name):
+    response = TestClient(create_app(model)).post(f"/api/characters/{name}/images", content=crop)
+    assert response.status_code == 422 and "printable" in response.json()["error"], response.text
+
+
+def test_junk_pictures_are_not_enrolled_and_corrupt_ones_are_400(model, crop):
+    client = TestClient(create_app(model))
+    before = model.read_bytes()
+    tiny = png(Image.new("RGB", (1, 1), (128, 128, 128)))
+    response = client.post("/api/characters/junk/images", content=tiny)
+    assert response.status_code == 422 and "no face found" in response.json()["error"], response.text
+    response = client.post("/api/characters/junk/images", content=crop[: len(crop) // 2])
+    assert response.status_code == 400 and "junk" in response.json()["error"], response.text
+    assert model.read_bytes() == before
+
+
+def test_explain_finds_a_label_by_its_cleaned_form(model, crop):
+    client = TestClient(create_app(model))
+    assert client.post("/api/characters/Ame%CC%81lie/images", content=crop).status_code == 201
+    for label in ("Ame%CC%81lie", "%20Am%C3%A9lie%20"):
+        response = client.post(f"/api/explain?label={label}", content=crop)
+        assert response.status_code == 200, response.text
+        assert response.json()["faces"][0]["label"] == "Amélie"
 
 
 def no_room(*_):
