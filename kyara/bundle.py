@@ -213,11 +213,13 @@ def save_bundle(bundle: ModelBundle, path: str | os.PathLike) -> None:
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """`write` makes the file at a temporary path beside `path`; it is flushed to disk, then
     renamed over `path`. A full disk raises `StorageError` and leaves `path` as it was. A file
-    without write permission is refused, never replaced; a replaced file keeps its permissions."""
+    without write permission is refused, never replaced; a replaced file keeps its permissions.
+    A link is followed: the file it points to is replaced, the link stays."""
+    path = path.resolve() if path.is_symlink() else path
     path.parent.mkdir(parents=True, exist_ok=True)
     mode = _writable_mode(path)
     _remove_stale_temporaries(path)
-    temporary = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
+    temporary = path.parent / f"{_temporary_prefix(path)}{secrets.token_hex(8)}.tmp"
     try:
         write(temporary)
         with temporary.open("rb") as file:
@@ -259,9 +261,15 @@ STALE_TEMPORARY_SECONDS = 600
 """A temporary file this old beside a target was left by a killed write (writes take seconds)."""
 
 
+def _temporary_prefix(path: Path) -> str:
+    """How the temporary files of writes to `path` begin: with part of its name, so that a long
+    (valid) name does not make a temporary name over the file system's 255 bytes."""
+    return f".{path.name[:50]}."
+
+
 def _remove_stale_temporaries(path: Path) -> None:
     now = time.time()
-    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+    for stale in path.parent.glob(f"{glob.escape(_temporary_prefix(path))}*.tmp"):
         with contextlib.suppress(OSError):  # gone already, or not ours to remove
             if now - stale.stat().st_mtime > STALE_TEMPORARY_SECONDS:
                 stale.unlink()

@@ -54,7 +54,7 @@ def expand_paths(arguments: list[str]) -> list[str]:
     for argument in arguments:
         path = Path(argument)
         try:
-            if path.is_dir():
+            if argument and path.is_dir():  # Path("") is ".": an empty argument (an unset variable) is no folder
                 found = [str(p) for p in list_images(path)]
                 if not found:
                     err.print(f"[yellow]warning[/yellow] {shown(argument)}: no image files in it", highlight=False)

@@ -176,8 +176,7 @@ def write_clusters(
     copied as they are; faces of illustrations are cut again (cached detections) and saved as PNG.
     Everything is written beside `target` first and moved in at the end."""
     check_target(target, force)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    staging = _staging(target)
     try:
         clusters, noise = _write_faces(face_set, assignment, staging, detector)
         summary = ClusterSummary(
@@ -192,10 +191,14 @@ def write_clusters(
 
 
 def check_target(target: Path, force: bool) -> None:
-    """Refuse a target that is a file, or a non-empty folder without `force`."""
+    """Refuse a target that is a file or a link, a non-empty folder without `force`, or a place
+    where nothing can be written (before any face is embedded)."""
     check_utf8(target)  # clusters.json names it
+    if target.is_symlink():
+        raise KyaraError(f"{target}: is a link; give the folder it points to")
     if target.exists() and not target.is_dir():
         raise KyaraError(f"{target}: exists and is not a folder")
+    _staging(target).rmdir()
     if target.is_dir() and any(target.iterdir()) and not force:
         raise KyaraError(f"{target}: not empty; pass --force to replace its clusters")
 
@@ -240,6 +243,15 @@ def _describe(folder: str, members: list[dict]) -> dict:
         "guess_share": round(votes / len(members), 3),
         "members": members,
     }
+
+
+def _staging(target: Path) -> Path:
+    """A new empty folder beside `target`, where the output is written before it moves in."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{target.name[:64]}.", dir=target.parent))
+    except OSError as exc:
+        raise KyaraError(f"{target}: cannot write there ({exc.strerror or exc})") from exc
 
 
 def _publish(staging: Path, target: Path) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import io
 import math
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,8 +128,10 @@ def explain_to_file(
 ) -> ExplainedPicture:
     """`kyara explain`: `explain` every face of `image`, then write the picture with the heat maps
     to `output` (`write_overlay`; a format other than .png, .jpg, .webp is refused before any work).
-    Raises `OSError` when `output` cannot be written."""
+    Raises `OSError` when `output` cannot be written, and refuses to write over `image` itself."""
     output_format(output)
+    if isinstance(image, str | os.PathLike) and Path(image).exists() and Path(image).resolve() == output.resolve():
+        raise KyaraError(f"{output}: is the picture being explained; write the heat maps elsewhere")
     recognizer = model if isinstance(model, Recognizer) else Recognizer(model)
     explanations = explain(image, recognizer, label, versus)
     write_overlay(output, recognizer.load(image), explanations)

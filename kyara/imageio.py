@@ -204,11 +204,15 @@ def _check_size(size: tuple[int, int], max_pixels: int, name: str) -> None:
 
 
 def list_images(folder: Path) -> list[Path]:
-    """Image files directly or recursively under `folder`, sorted, hidden files skipped."""
-    return sorted(
-        p
-        for p in folder.rglob("*")
-        if p.is_file()
-        and p.suffix.lower() in IMAGE_SUFFIXES
-        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-    )
+    """Image files directly or recursively under `folder` (links to folders not followed), sorted,
+    hidden files and folders skipped. A folder that cannot be read is an error, not an empty one:
+    an index would take its pictures for deleted."""
+
+    def unreadable(exc: OSError) -> None:
+        raise KyaraError(f"{exc.filename}: cannot read this folder ({exc.strerror or exc})") from exc
+
+    found = []
+    for here, folders, files in os.walk(folder, onerror=unreadable):
+        folders[:] = [name for name in folders if not name.startswith(".")]
+        found += [Path(here, name) for name in files if not name.startswith(".")]
+    return sorted(p for p in found if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())

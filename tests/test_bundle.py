@@ -322,3 +322,20 @@ def test_a_model_of_the_first_format_still_loads(bundle, tmp_path):
     edited_header(path, format_version=1, typical=None)
     loaded = load_bundle(path)
     assert loaded.typical is None and loaded.unknown_threshold == pytest.approx(0.4)
+
+
+def test_writes_follow_a_link_and_take_long_names(tmp_path):
+    """A model reached through a link was replaced by a file (the link's target kept the old
+    model); a valid 240-byte name made a temporary name over 255 bytes (OSError)."""
+    from kyara.bundle import atomic_write_bytes
+
+    real, link = tmp_path / "real.kyara", tmp_path / "link.kyara"
+    atomic_write_bytes(real, b"one")
+    link.symlink_to(real)
+    atomic_write_bytes(link, b"two")
+    assert link.is_symlink() and real.read_bytes() == b"two"
+    long_name = tmp_path / ("m" * 234 + ".kyara")
+    atomic_write_bytes(long_name, b"three")
+    atomic_write_bytes(long_name, b"four")
+    assert long_name.read_bytes() == b"four"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([real.name, link.name, long_name.name])

@@ -106,6 +106,16 @@ def rendered(markup: str) -> str:
     return console.file.getvalue()
 
 
+def test_an_empty_argument_is_no_picture_not_the_current_folder(tmp_path, monkeypatch):
+    """`kyara enroll NAME "$UNSET"` enrolled every picture under the current folder."""
+    from PIL import Image
+
+    Image.new("RGB", (64, 64), (200, 180, 160)).save(tmp_path / "here.png")
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["detect", "", "--json"])
+    assert result.exit_code == 1 and "here.png" not in result.output, result.output
+
+
 def test_an_empty_folder_is_reported_not_silently_skipped(tmp_path):
     (tmp_path / "empty").mkdir()
     result = CliRunner().invoke(app, ["recognize", str(tmp_path / "empty"), "--json"])

@@ -179,3 +179,22 @@ def test_cluster_says_scipy_is_missing_before_any_work(tmp_path, monkeypatch):
     monkeypatch.setattr(kyara.cluster, "embed_faces", embedding_must_not_run)
     result = runner.invoke(app, ["cluster", str(tmp_path), "-o", str(tmp_path / "out")])
     assert result.exit_code == 2 and "index extra" in result.stderr
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_any_work(tmp_path, monkeypatch):
+    """These raised FileExistsError, NotADirectoryError, PermissionError or 'File name too long'
+    as tracebacks, after every face was embedded."""
+    import kyara.cluster
+
+    def embedding_must_not_run(*args, **kwargs):
+        raise AssertionError("embedding ran before the output was checked")
+
+    monkeypatch.setattr(kyara.cluster, "embed_faces", embedding_must_not_run)
+    (tmp_path / "a.jpg").write_bytes(b"not a folder")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "empty")
+    for output, said in ((tmp_path / "a.jpg" / "out", "cannot write there"), (tmp_path / "link", "is a link")):
+        result = runner.invoke(app, ["cluster", str(tmp_path / "empty"), "-o", str(output)])
+        assert result.exit_code == 2 and said in result.stderr, result.output
+    kyara.cluster.check_target(tmp_path / ("n" * 250), force=False)  # long but valid: its staging name is shortened
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["a.jpg", "empty", "link"])

@@ -213,3 +213,7 @@ def test_bad_requests_get_clear_errors_and_write_nothing(tmp_path, recognizer):
     result = runner.invoke(app, ["explain", str(blank), "-o", str(taken)])
     assert result.exit_code == 1 and "cannot write" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["blank.png", "broken.png", "taken.png"]
+    before = blank.read_bytes()  # it was overwritten with its heat maps
+    result = runner.invoke(app, ["explain", str(blank), "-o", str(tmp_path / "." / "blank.png")])
+    assert result.exit_code == 2 and "is the picture being explained" in result.stderr, result.output
+    assert blank.read_bytes() == before

@@ -188,6 +188,25 @@ def test_unreadable_files_are_listed_and_skipped(indexed):
     consistent(collection)
 
 
+def test_a_folder_that_cannot_be_read_stops_the_update_and_removes_nothing(indexed, monkeypatch):
+    """An unreadable sub-folder was listed as empty: its pictures were removed from the index.
+    (A chmod would not stop root, who runs these tests in CI: the folder's listing fails instead.)"""
+    root, collection = indexed
+    before = contents(collection.path)
+    listing = os.scandir
+
+    def refused(path=".", *args):
+        if os.fspath(path).endswith("kou"):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return listing(path, *args)
+
+    monkeypatch.setattr(os, "scandir", refused)
+    with pytest.raises(KyaraError, match="kou: cannot read this folder"):
+        collection.update(root, progress=False)
+    monkeypatch.undo()
+    assert contents(collection.path) == before
+
+
 def test_find_and_search(indexed):
     root, collection = indexed
     hifumi = collection.find("takimoto_hifumi")
