@@ -37,10 +37,21 @@ DetectorOption = Annotated[
     ),
 ]
 
+
+def _known_precision(value: str | None) -> str | None:
+    """An empty --precision ('') is refused with the others: it would have read as the default."""
+    from kyara.runtime import PRECISIONS
+
+    if value is not None and value not in PRECISIONS:
+        raise typer.BadParameter(f"{value!r} is not one of {', '.join(PRECISIONS)}")
+    return value
+
+
 PrecisionOption = Annotated[
     str | None,
     typer.Option(
         "--precision",
+        callback=_known_precision,
         help="float32 (default) or int8: the networks in 8-bit integers, about 1.6 times the pictures per "
         "second, faces and embeddings slightly different (docs/collection.md). An index keeps the one it was made "
         "with; --reembed with another adopts it.",

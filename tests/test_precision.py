@@ -22,7 +22,7 @@ from kyara.gallery import enroll
 from kyara.index import DATABASE, CollectionIndex
 from kyara.index.store import stored_precision
 from kyara.pipeline import Recognizer
-from tests.conftest import data_path, held_out
+from tests.conftest import ROOT, data_path, held_out
 from tests.test_bundle import tiny_onnx
 
 runner = CliRunner()
@@ -63,6 +63,9 @@ def test_each_precision_is_its_own_network(recognizer, int8):
         Recognizer(precision="int4")
     with pytest.raises(KyaraError, match="unknown precision"):
         CnnDetector(precision="float16")
+    for given in ("", "int4"):  # an empty one ran as float32
+        result = runner.invoke(app, ["detect", str(ROOT / "docs" / "example.png"), "--precision", given])
+        assert result.exit_code == 2 and "is not one of float32, int8" in result.output, result.output
 
 
 def test_the_8_bit_embedder_travels_with_the_model_and_old_copies_borrow_it(tmp_path):
