@@ -124,11 +124,14 @@ def needs_extra(extra: str, purpose: str, exc: ImportError) -> KyaraError:
     return KyaraError(f"{purpose} needs the {extra} extra (kyara[{extra}]): {exc}")
 
 
-def _summarise(skipped: list[str], document: dict | None, line: str) -> None:
-    """Skipped inputs to stderr; then the JSON document if one is given, else the summary line."""
-    for message in skipped:
+def _summarise(unreadable: list[str], document: dict | None, line: str) -> None:
+    """Files that could not be read to stderr; then the JSON document if one is given, else the
+    summary line; exit status 1 if any file could not be read (the README's rule)."""
+    for message in unreadable:
         err.print(f"[yellow]skipped[/yellow] {shown(message)}", highlight=False)
     print(json.dumps(document, ensure_ascii=False, indent=2) if document is not None else line)
+    if unreadable:
+        raise typer.Exit(1)
 
 
 def _run_batch(paths: list[str], work) -> tuple[list[dict], bool]:
@@ -373,9 +376,7 @@ def enroll(
 
     recognizer = Recognizer(model, detector or DEFAULT_DETECTOR)
     result = enroll_pictures(name, expand_paths(images), recognizer)
-    for message in result.skipped:
-        err.print(f"[yellow]skipped[/yellow] {shown(message)}", highlight=False)
-    print(f"enrolled {result.added} picture(s) of {result.name} into {result.model}")
+    _summarise(result.skipped, None, f"enrolled {result.added} picture(s) of {result.name} into {result.model}")
 
 
 @command

@@ -121,3 +121,23 @@ def test_an_empty_folder_is_reported_not_silently_skipped(tmp_path):
     result = CliRunner().invoke(app, ["recognize", str(tmp_path / "empty"), "--json"])
     assert result.exit_code == 0 and "no image files" in result.stderr
     assert json.loads(result.stdout)["images"] == []
+
+
+def test_a_file_that_cannot_be_read_makes_the_exit_status_1(tmp_path):
+    """The README's rule; crop, evaluate and enroll said 0 with some files skipped."""
+    from tests.conftest import drawing_module
+
+    model = tmp_path / "model.kyara"
+    shutil.copy(ROOT / "kyara" / "models" / "default.kyara", model)
+    face = tmp_path / "pictures" / "violet" / "face.png"
+    face.parent.mkdir(parents=True)
+    drawing_module().draw_character(200, (90, 60, 160), (60, 120, 220)).convert("RGB").save(face)
+    broken = face.with_name("broken.png")
+    broken.write_bytes(face.read_bytes()[:300])
+    result = runner.invoke(app, ["enroll", "violet", str(face), str(broken), "--model", str(model)])
+    assert result.exit_code == 1 and "enrolled 1 picture(s)" in result.stdout and "broken.png" in result.stderr
+    result = runner.invoke(app, ["crop", str(tmp_path / "pictures"), str(tmp_path / "crops")])
+    assert result.exit_code == 1 and "1 unreadable" in result.stdout, result.output
+    broken.unlink()
+    result = runner.invoke(app, ["crop", str(tmp_path / "pictures"), str(tmp_path / "crops2")])
+    assert result.exit_code == 0 and "0 unreadable" in result.stdout, result.output
