@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from kyara.errors import KyaraError, ModelError, StorageError
+from kyara.imageio import shortened
 from kyara.onnxfile import onnx_problem
 from kyara.runtime import DEFAULT_PRECISION, FLOAT32, check_precision
 
@@ -262,9 +263,9 @@ STALE_TEMPORARY_SECONDS = 600
 
 
 def _temporary_prefix(path: Path) -> str:
-    """How the temporary files of writes to `path` begin: with part of its name, so that a long
-    (valid) name does not make a temporary name over the file system's 255 bytes."""
-    return f".{path.name[:50]}."
+    """How the temporary files of writes to `path` begin: with its name, `shortened` so that a
+    long (valid) name does not make a temporary name over the file system's 255 bytes."""
+    return f".{shortened(path.name)}."
 
 
 def _remove_stale_temporaries(path: Path) -> None:

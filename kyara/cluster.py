@@ -249,7 +249,7 @@ def _staging(target: Path) -> Path:
     """A new empty folder beside `target`, where the output is written before it moves in."""
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=f".{target.name[:64]}.", dir=target.parent))
+        return Path(tempfile.mkdtemp(prefix=f".{shortened(target.name)}.", dir=target.parent))
     except OSError as exc:
         raise KyaraError(f"{target}: cannot write there ({exc.strerror or exc})") from exc
 

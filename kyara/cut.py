@@ -157,8 +157,8 @@ def as_is(picture: Image.Image) -> FaceCut:
 
 def crop_sized(width: int, height: int) -> bool:
     """Small (not tiny) and nearly square: a picture of this size may be a face crop already."""
-    within_sides = MIN_CROP_SIDE <= min(width, height) and max(width, height) <= MAX_CROP_SIDE  # noqa: SIM300
-    return within_sides and 0.75 <= width / height <= 4 / 3
+    sides_fit = min(width, height) >= MIN_CROP_SIDE and max(width, height) <= MAX_CROP_SIDE
+    return sides_fit and 0.75 <= width / height <= 4 / 3
 
 
 def cuts_to_name(picture: Image.Image, faces: list[DetectedFace]) -> list[FaceCut]:

@@ -30,7 +30,7 @@ from kyara.classify import Classifier
 from kyara.cut import FaceCut, as_is
 from kyara.embedding import Embedder
 from kyara.errors import KyaraError
-from kyara.imageio import ImageSource, load_image
+from kyara.imageio import ImageSource, load_image, resolved
 from kyara.pipeline import Model, Recognizer, as_recognizer
 
 GRID = 8
@@ -130,7 +130,7 @@ def explain_to_file(
     to `output` (`write_overlay`; a format other than .png, .jpg, .webp is refused before any work).
     Raises `OSError` when `output` cannot be written, and refuses to write over `image` itself."""
     output_format(output)
-    if isinstance(image, str | os.PathLike) and Path(image).exists() and Path(image).resolve() == output.resolve():
+    if isinstance(image, str | os.PathLike) and Path(image).exists() and resolved(image) == resolved(output):
         raise KyaraError(f"{output}: is the picture being explained; write the heat maps elsewhere")
     recognizer = model if isinstance(model, Recognizer) else Recognizer(model)
     explanations = explain(image, recognizer, label, versus)

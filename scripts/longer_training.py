@@ -32,7 +32,7 @@ from kyara.train.fit import package
 from kyara.train.trainer import EmbeddingNet, build_net
 
 MORE_EPOCHS = 6
-SHOTS = "5"
+SHOTS = 5
 
 
 def main() -> None:
@@ -93,10 +93,10 @@ def measured(bundle: ModelBundle, known_test: LabelledImages, held: LabelledImag
             for series, figures in enrolled.items()
         },
         "few_shot_5_held_out_series": heldout.few_shot_top1(
-            held.with_classes(series_held), series_faces, int(SHOTS), seed, bundle, False
+            held.with_classes(series_held), series_faces, SHOTS, seed, bundle, False
         ),
         "few_shot_5_holoen": heldout.few_shot_top1(
-            held.with_classes(holoen), held_faces[heldout.members_of(held, holoen)], int(SHOTS), seed, bundle, False
+            held.with_classes(holoen), held_faces[heldout.members_of(held, holoen)], SHOTS, seed, bundle, False
         ),
     }
 
@@ -113,8 +113,8 @@ def baseline_figures(path: Path) -> dict:
             series: [figures["enrolled_named_right"], figures["others_answered_unknown"]]
             for series, figures in saved["series_enrollment"].items()
         },
-        "few_shot_5_held_out_series": saved["few_shot"]["held_out_series"][SHOTS],
-        "few_shot_5_holoen": saved["few_shot"]["holoen"][SHOTS],
+        "few_shot_5_held_out_series": saved["few_shot"]["held_out_series"][str(SHOTS)],
+        "few_shot_5_holoen": saved["few_shot"]["holoen"][str(SHOTS)],
     }
 
 
