@@ -26,9 +26,19 @@ from kyara.train.data import DEFAULT_GRAYSCALE_P
 app = typer.Typer(help="Which anime character is in this picture?", no_args_is_help=True, add_completion=False)
 err = Console(stderr=True, soft_wrap=True)  # never break a path across lines
 
+
+def _given_path(value: str | Path) -> Path:
+    """A path argument; an empty one (an unset variable) is refused, not read as the current folder."""
+    if isinstance(value, str) and not value.strip():
+        raise typer.BadParameter("an empty path")
+    return Path(value)
+
+
 Paths = Annotated[list[str], typer.Argument(help="Image files, folders (searched recursively) or glob patterns.")]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of a table.")]
-ModelOption = Annotated[Path | None, typer.Option("--model", help="A .kyara model bundle (default: built-in).")]
+ModelOption = Annotated[
+    Path | None, typer.Option("--model", parser=_given_path, help="A .kyara model bundle (default: built-in).")
+]
 DetectorOption = Annotated[
     str | None,
     typer.Option(
@@ -217,9 +227,13 @@ def _print_recognitions(results: list[dict]) -> None:
 
 @command
 def evaluate(
-    folder: Annotated[list[Path], typer.Argument(help="One folder per character (several roots allowed).")],
+    folder: Annotated[
+        list[Path], typer.Argument(parser=_given_path, help="One folder per character (several roots allowed).")
+    ],
     model: ModelOption = None,
-    report: Annotated[Path | None, typer.Option("--report", help="Write report.json/.md and plots here.")] = None,
+    report: Annotated[
+        Path | None, typer.Option("--report", help="Write report.json/.md and plots here.", parser=_given_path)
+    ] = None,
     shots: Annotated[
         int | None, typer.Option("--shots", min=1, help="Few-shot: enroll K images per character.")
     ] = None,
@@ -244,8 +258,13 @@ def evaluate(
 
 @command
 def train(
-    folder: Annotated[list[Path], typer.Argument(help="One folder per character: face crops or full illustrations.")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the .kyara model.")],
+    folder: Annotated[
+        list[Path],
+        typer.Argument(parser=_given_path, help="One folder per character: face crops or full illustrations."),
+    ],
+    output: Annotated[
+        Path, typer.Option("-o", "--output", help="Where to write the .kyara model.", parser=_given_path)
+    ],
     mode: Annotated[
         str,
         typer.Option(
@@ -270,7 +289,10 @@ def train(
     ] = DEFAULT_GRAYSCALE_P,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     checkpoint: Annotated[
-        Path | None, typer.Option("--checkpoint", help="Save progress here each epoch; resume from it if present.")
+        Path | None,
+        typer.Option(
+            "--checkpoint", help="Save progress here each epoch; resume from it if present.", parser=_given_path
+        ),
     ] = None,
 ) -> None:
     """Train a character model from folders of pictures (transfer learning, one command)."""
@@ -293,8 +315,13 @@ def train(
 
 @command
 def compare(
-    folder: Annotated[list[Path], typer.Argument(help="One folder per character: face crops or full illustrations.")],
-    report: Annotated[Path, typer.Option("--report", help="Writes experiments.md/.json and a plot here.")],
+    folder: Annotated[
+        list[Path],
+        typer.Argument(parser=_given_path, help="One folder per character: face crops or full illustrations."),
+    ],
+    report: Annotated[
+        Path, typer.Option("--report", help="Writes experiments.md/.json and a plot here.", parser=_given_path)
+    ],
     backbones: Annotated[str, typer.Option("--backbones")] = "mobilenetv2,efficientnet_lite0",
     modes: Annotated[str, typer.Option("--modes")] = "linear,finetune",
     sizes: Annotated[str, typer.Option("--sizes", help="Input sizes in pixels.")] = "96,128,160,224",
@@ -342,8 +369,10 @@ def _choices(listed: str, allowed) -> list[str]:
 
 @command
 def crop(
-    source: Annotated[Path, typer.Argument(help="Raw pictures (sub-folders, e.g. one per character, are kept).")],
-    target: Annotated[Path, typer.Argument(help="Where the face crops go.")],
+    source: Annotated[
+        Path, typer.Argument(parser=_given_path, help="Raw pictures (sub-folders, e.g. one per character, are kept).")
+    ],
+    target: Annotated[Path, typer.Argument(parser=_given_path, help="Where the face crops go.")],
     margin: Annotated[float, typer.Option("--margin", min=1.0, max=4.0, help="Crop side / face side.")] = 1.4,
     size: Annotated[int, typer.Option("--size", min=32, max=1024, help="Side of the saved crops, px.")] = 192,
     dedupe: Annotated[bool, typer.Option("--dedupe/--keep-duplicates", help="Drop near-duplicate faces.")] = True,
@@ -405,12 +434,14 @@ def characters(model: ModelOption = None, as_json: JsonFlag = False) -> None:
     stdout_console().print(table)
 
 
-DbOption = Annotated[Path, typer.Option("--db", help="The collection index: a .kyaradb folder.")]
+DbOption = Annotated[Path, typer.Option("--db", help="The collection index: a .kyaradb folder.", parser=_given_path)]
 
 
 @command
 def index(
-    root: Annotated[Path, typer.Argument(help="The picture folder to index (searched recursively).")],
+    root: Annotated[
+        Path, typer.Argument(parser=_given_path, help="The picture folder to index (searched recursively).")
+    ],
     db: DbOption,
     model: ModelOption = None,
     reembed: Annotated[
@@ -519,7 +550,7 @@ def search(
 @command
 def cluster(
     paths: Paths,
-    output: Annotated[Path, typer.Option("-o", "--output", help="Where the cluster folders go.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Where the cluster folders go.", parser=_given_path)],
     threshold: Annotated[
         float | None,
         typer.Option(
@@ -600,7 +631,10 @@ def serve(
 def explain(
     image: Annotated[str, typer.Argument(help="The picture to explain.")],
     output: Annotated[
-        Path, typer.Option("-o", "--output", help="Where to write the picture with heat maps (.png, .jpg, .webp).")
+        Path,
+        typer.Option(
+            "-o", "--output", help="Where to write the picture with heat maps (.png, .jpg, .webp).", parser=_given_path
+        ),
     ],
     label: Annotated[
         str | None, typer.Option("--label", help="Explain this character instead of each face's best guess.")

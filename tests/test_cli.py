@@ -116,6 +116,18 @@ def test_an_empty_argument_is_no_picture_not_the_current_folder(tmp_path, monkey
     assert result.exit_code == 1 and "here.png" not in result.output, result.output
 
 
+def test_an_empty_path_option_is_refused_not_the_current_folder(tmp_path, monkeypatch):
+    """`kyara index "$UNSET" --db x` indexed the current folder: typer reads '' as Path('.')."""
+    from PIL import Image
+
+    Image.new("RGB", (64, 64), (200, 180, 160)).save(tmp_path / "here.png")
+    monkeypatch.chdir(tmp_path)
+    for arguments in (["crop", "", "out"], ["index", "", "--db", "x.kyaradb"], ["characters", "--model", " "]):
+        result = runner.invoke(app, arguments)
+        assert result.exit_code == 2 and "an empty path" in result.output, (arguments, result.output)
+    assert sorted(os.listdir(tmp_path)) == ["here.png"]
+
+
 def test_an_empty_folder_is_reported_not_silently_skipped(tmp_path):
     (tmp_path / "empty").mkdir()
     result = CliRunner().invoke(app, ["recognize", str(tmp_path / "empty"), "--json"])
