@@ -29,7 +29,7 @@ from kyara.bundle import (
 )
 from kyara.cut import gray_cuts
 from kyara.errors import ImageError, KyaraError, ModelError, NoFaceError
-from kyara.imageio import DEFAULT_MAX_PIXELS, ImageSource
+from kyara.imageio import DEFAULT_MAX_PIXELS, ImageSource, resolved
 from kyara.pipeline import Model, Recognizer, forget_loaded_models
 from kyara.runtime import FLOAT32
 
@@ -151,13 +151,14 @@ def enroll(
 
 
 def _model_file(model: Model) -> str | os.PathLike | None:
-    if not isinstance(model, Recognizer):
-        return model
-    if model.from_memory:
-        raise ModelError("this recognizer's model was given in memory: there is no file to enroll into")
-    if model.model_file is None or Path(model.model_file).resolve() == default_model_path().resolve():
-        return None  # the shipped model is never changed: the user's copy is
-    return model.model_file
+    """The file enroll and forget change: `model`'s, or None for the user's copy."""
+    if isinstance(model, Recognizer):
+        if model.from_memory:
+            raise ModelError("this recognizer's model was given in memory: there is no file to enroll into")
+        model = model.model_file
+    if model is not None and resolved(model) == default_model_path().resolve():
+        return None  # the shipped model is never changed (named by its path too): the user's copy is
+    return model
 
 
 def forget(name: str, model: Model = None) -> int:

@@ -115,6 +115,27 @@ def test_cli_uses_the_users_copy(tmp_path, monkeypatch):
     assert result.exit_code == 0 and "gura" not in load_bundle(user_copy).labels
 
 
+def test_the_shipped_model_named_by_its_path_is_never_changed(tmp_path, monkeypatch):
+    """kyara.enroll(model=<the package's default.kyara>) wrote into the package (an editable
+    install's checkout): the shipped model, however named, sends changes to the user's copy."""
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    shipped = default_model_path().read_bytes()
+    package_copy = tmp_path / "package" / "default.kyara"  # should the rule break, the checkout's file stays whole
+    package_copy.parent.mkdir()
+    package_copy.write_bytes(shipped)
+    monkeypatch.setattr("kyara.gallery.default_model_path", lambda: package_copy)
+    (tmp_path / "link.kyara").symlink_to(package_copy)
+    pictures = [tmp_path / f"aoi {i}.png" for i in range(2)]
+    for path, size in zip(pictures, (300, 380), strict=True):
+        picture(PURPLE, size, (255, 255, 255)).save(path)
+    result = enroll("Aoi", pictures, str(tmp_path / "link.kyara"))
+    user_copy = tmp_path / "data" / "kyara" / "model.kyara"
+    assert result.added == 2 and result.model == str(user_copy)
+    assert forget("gura", package_copy) == 1
+    assert package_copy.read_bytes() == shipped
+    assert "Aoi" in load_bundle(user_copy).gallery_labels and "gura" not in load_bundle(user_copy).labels
+
+
 def test_the_users_copy_is_made_once_and_only_when_needed(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
     user_copy = tmp_path / "data" / "kyara" / "model.kyara"
