@@ -160,3 +160,14 @@ def test_cli_index_on_ray(cluster, pictures, one_machine, tmp_path):
     document = json.loads(result.stdout)
     assert (document["added"], document["faces"]) == (PICTURES, len(one_machine))
     assert same_values(contents(db), one_machine)
+
+
+def test_a_bad_or_silent_cluster_address_is_a_clear_error_at_once(pictures, tmp_path, monkeypatch):
+    """`--ray bogus` ended in a traceback and `--ray 127.0.0.1:1` (nothing listening) waited on
+    Ray's own retries for minutes without a word."""
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # whatever cluster an earlier test started
+    db = tmp_path / "x.kyaradb"
+    for address, said in (("bogus", "HOST:PORT"), ("host:99999", "HOST:PORT"), ("127.0.0.1:1", "nothing answers")):
+        result = CliRunner().invoke(app, ["index", str(pictures), "--db", str(db), "--ray", address])
+        assert result.exit_code == 2 and said in result.stderr, (address, result.output)
+        assert "Traceback" not in result.output

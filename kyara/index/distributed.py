@@ -17,7 +17,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import shutil
+import socket
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,6 +37,9 @@ CHUNK = 65_536
 """Pictures per Ray dataset: bounds the memory the head spends on the list of jobs."""
 RETRIES = 3
 """Restarts of a dead actor, and retries of its batch, before the run fails."""
+CONNECT_SECONDS = 10
+"""How long a cluster address may take to answer before it counts as no cluster."""
+_ADDRESS = re.compile(r"(?:ray://)?(?P<host>\[[0-9a-fA-F:.]+\]|[^\s:/\[\]]+):(?P<port>\d{1,5})")
 
 
 def _ray():
@@ -55,7 +60,7 @@ class OnRay:
     def __init__(
         self, address: str = "auto", cpus_per_actor: int = 1, chunk: int = CHUNK, progress: bool = False
     ) -> None:
-        self.address = address
+        self.address = checked_address(address)
         self.cpus_per_actor = cpus_per_actor
         self.chunk = chunk
         self.progress = progress
@@ -89,8 +94,9 @@ class OnRay:
         ray = _ray()
         if not ray.is_initialized():
             try:
+                _answering(self.address)
                 ray.init(address=self.address, include_dashboard=False, log_to_driver=self.progress)
-            except ConnectionError as exc:
+            except (ConnectionError, TimeoutError, ValueError) as exc:
                 raise KyaraError(
                     f"no Ray cluster at {self.address!r} ({exc}): start one with `ray start --head`"
                 ) from exc
@@ -159,6 +165,27 @@ def leftover_outcomes(shards: Path, embedder: str) -> Iterator[list[Outcome]]:
         yield [outcome for outcome, made_by in outcomes if made_by == embedder]
         shard.unlink()
     shutil.rmtree(shards, ignore_errors=True)
+
+
+def checked_address(address: str) -> str:
+    """`address` if Ray can take it: 'auto', 'local', HOST:PORT or ray://HOST:PORT."""
+    found = _ADDRESS.fullmatch(address)
+    if address in ("auto", "local") or (found and int(found["port"]) <= 65_535):
+        return address
+    raise KyaraError(f"--ray takes 'auto', 'local' or HOST:PORT, not {address!r}")
+
+
+def _answering(address: str) -> None:
+    """Raise `ConnectionError` at once if nothing listens at a HOST:PORT address: Ray itself
+    retries such an address silently for a minute or more."""
+    found = _ADDRESS.fullmatch(address)
+    if found is None:
+        return
+    host = found["host"].strip("[]")
+    try:
+        socket.create_connection((host, int(found["port"])), timeout=CONNECT_SECONDS).close()
+    except OSError as exc:
+        raise ConnectionError(f"nothing answers there: {exc.strerror or exc}") from exc
 
 
 def _job_row(job: Job) -> dict:
