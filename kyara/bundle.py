@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from kyara.errors import KyaraError, ModelError, StorageError
+from kyara.errors import KyaraError, ModelError, PrecisionError, StorageError
 from kyara.imageio import shortened
 from kyara.onnxfile import onnx_problem
 from kyara.runtime import DEFAULT_PRECISION, FLOAT32, check_precision
@@ -151,7 +151,7 @@ class ModelBundle:
         shipped_float, shipped_int8 = _shipped_embedders()
         if shipped_float == self.onnx and shipped_int8 is not None:  # a copy of it, made before it had one
             return shipped_int8
-        raise ModelError(
+        raise PrecisionError(
             f"the model {self.name!r} has no 8-bit embedder (models made by `kyara train` are float only; a "
             "kyara checkout's `python tools/quantize.py --what embedder --model FILE --pictures FOLDER` adds "
             "one): run it with precision float32"

@@ -17,6 +17,10 @@ class ModelError(KyaraError):
     """A model bundle is missing, malformed, or made by an incompatible kyara."""
 
 
+class PrecisionError(ModelError):
+    """A model bundle has no network at the precision asked for (a trained model has no 8-bit one)."""
+
+
 class NoFaceError(KyaraError):
     """None of the pictures given to learn a character from shows a usable face."""
 

@@ -144,6 +144,9 @@ def test_an_int8_index_opened_with_a_float_only_model_says_how_to_go_on(tmp_path
         KyaraError, match=r"indexed at int8.*'mine' has no 8-bit embedder.*--reembed --precision float32"
     ):
         CollectionIndex.open(db, other)
+    # A model file that is not there is just that: re-embedding would not help.
+    result = runner.invoke(app, ["find", "gura", "--db", str(db), "--model", str(tmp_path / "gone.kyara")])
+    assert result.exit_code == 2 and "gone.kyara" in result.stderr and "--reembed" not in result.stderr, result.output
 
 
 def retitled(onnx: bytes) -> bytes:

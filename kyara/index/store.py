@@ -13,7 +13,7 @@ from typing import Self
 
 import numpy as np
 
-from kyara.errors import KyaraError, ModelError
+from kyara.errors import KyaraError, PrecisionError
 from kyara.gallery import locked
 from kyara.imageio import check_utf8
 from kyara.index.vectors import ShardedVectors
@@ -113,7 +113,7 @@ class IndexStore:
         stored = stored_precision(db)
         try:
             recognizer = Recognizer(model, precision=precision or stored or FLOAT32)
-        except ModelError as exc:
+        except PrecisionError as exc:
             if precision is not None or stored in (None, FLOAT32):
                 raise
             raise KyaraError(
