@@ -20,6 +20,7 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from PIL import Image
+from starlette.convertors import PathConvertor, register_url_convertor
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -98,6 +99,16 @@ def cleaned_or_none(name: str) -> str | None:
 
 
 CHARACTERS_PATH = b"/api/characters/"
+
+
+class NameConvertor(PathConvertor):
+    """`{name:name}` in a route: like `path`, and across line breaks too, so that a name holding
+    one reaches `character_name` and is refused as a name (422), not as an address (404)."""
+
+    regex = r"[\s\S]*"
+
+
+register_url_convertor("name", NameConvertor())
 
 
 def character_name(request: Request, suffix: bytes = b"") -> str:

@@ -331,7 +331,7 @@ def create_app(
         return await service.run(service.characters)
 
     @app.post(
-        "/api/characters/{name:path}/images",
+        "/api/characters/{name:name}/images",
         responses=ERRORS | WRITE_ERRORS,
         openapi_extra={"requestBody": IMAGE_BODY},
         status_code=201,
@@ -357,7 +357,7 @@ def create_app(
         uploads = await read_uploads(request, 1 if box else MAX_ENROLL_FILES)
         return await service.run(service.enroll, name, uploads, box)
 
-    @app.delete("/api/characters/{name:path}", responses=WRITE_ERRORS | {404: {"model": ErrorBody}})
+    @app.delete("/api/characters/{name:name}", responses=WRITE_ERRORS | {404: {"model": ErrorBody}})
     async def forget_character(name: str, request: Request) -> dict:
         """Remove a character, enrolled or trained. Needs the server's token when it has one."""
         service.check_write(request)
