@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, ImageStat
 
 from kyara.detection import DetectedFace
 
@@ -40,6 +40,8 @@ MAX_CROP_SIDE = 512
 MIN_CROP_SIDE = 32
 """...and no smaller than this: a few pixels show no face, and enrolled as one they would draw
 every faceless picture to that name."""
+FLAT_STDDEV = 2.0
+"""...and is no face at all when no colour channel varies by this much (`flat`)."""
 FACE_FILLS_CROP = 0.5
 """...and is one when its most face-like face spans at least this share of its side. Cutting the
 face out again loses accuracy there: on the default model's held-out holoen crops, top-1 fell
@@ -161,6 +163,12 @@ def crop_sized(width: int, height: int) -> bool:
     return sides_fit and 0.75 <= width / height <= 4 / 3
 
 
+def flat(picture: Image.Image) -> bool:
+    """One colour all over (a blank or a solid fill): no face to learn, whatever its size. Taken
+    whole, it would teach its name to every picture where no face is found."""
+    return max(ImageStat.Stat(picture).stddev) < FLAT_STDDEV
+
+
 def cuts_to_name(picture: Image.Image, faces: list[DetectedFace]) -> list[FaceCut]:
     """The faces to name in `picture`, given the detector's `faces` (in their order): a face crop
     whose most face-like face fills it (`FACE_FILLS_CROP`) is one face, the whole picture; no
@@ -179,7 +187,7 @@ def cuts_to_learn(picture: Image.Image, faces: list[DetectedFace], margin: float
     in which no face is found, whole; else nothing."""
     named = sorted(_faces_to_name(picture, faces), key=lambda face: face.score, reverse=True)
     if not named:
-        return [as_is(picture)] if crop_sized(*picture.size) else []
+        return [as_is(picture)] if crop_sized(*picture.size) and not flat(picture) else []
     return [cut_face(picture, face, margin) for face in named]
 
 

@@ -12,11 +12,13 @@ import contextlib
 import fcntl
 import os
 import unicodedata
+import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from kyara.bundle import (
     ModelBundle,
@@ -49,6 +51,8 @@ def editable_model_path(model: str | os.PathLike | None) -> Path:
     if model is not None:
         if not Path(model).is_file():
             raise ModelError(f"{model}: no such model file")
+        if not zipfile.is_zipfile(model):  # said before a lock file is left beside, say, a picture
+            raise ModelError(f"{model}: not a kyara model (a .kyara bundle)")
         return Path(model)
     user = user_model_path()
     if not user.is_file():
@@ -80,6 +84,8 @@ def locked(path: Path, wait: bool = True) -> Iterator[bool]:
 
 
 def clean_name(name: str) -> str:
+    if not isinstance(name, str):
+        raise KyaraError(f"a character name is text, not {type(name).__name__}")
     name = unicodedata.normalize("NFC", name).strip()
     if not name or len(name) > MAX_NAME_LENGTH or not all(map(_printable, name)):
         raise KyaraError(f"a character name must be 1 to {MAX_NAME_LENGTH} printable characters, got {name!r}")
@@ -129,6 +135,10 @@ def enroll(
     `model` given as a `Recognizer`: its model file is changed, and its detector finds the faces
     (the recognizer itself keeps the model it loaded; make a new one to see the character)."""
     name = clean_name(name)
+    if isinstance(images, str | os.PathLike | bytes | bytearray | np.ndarray | Image.Image):
+        images = [images]  # one picture, not a sequence of characters or rows
+    if len(images) == 0:
+        raise KyaraError(f"no pictures of {name} given")
     if isinstance(model, Recognizer) and model.precision != FLOAT32:
         # Enrolled embeddings serve every precision, so they come from the float network.
         raise KyaraError(f"enroll with a float32 recognizer, not {model.precision}")

@@ -43,8 +43,10 @@ def check_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
 
 
 def _read(source: ImageSource, max_pixels: int, decode: bool) -> Image.Image:
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
+        raise KyaraError(f"max_pixels must be a whole number of at least 1, not {max_pixels!r}")
     if isinstance(source, np.ndarray):
-        return _from_array(source, max_pixels)
+        return _from_array(np.asarray(source), max_pixels)  # a subclass (np.matrix) as the plain array
     if isinstance(source, Image.Image):
         name, stream = "image", None
     else:
@@ -59,11 +61,11 @@ def _read(source: ImageSource, max_pixels: int, decode: bool) -> Image.Image:
                 return image
             if stream is None:
                 _load_given(image)
-            if stream is not None:
+            else:
                 image.seek(0)
                 image.load()
-                image = ImageOps.exif_transpose(image) or image
-            return to_rgb(image)
+            # Upright as a viewer shows it, whether kyara opened the file or the caller did.
+            return to_rgb(ImageOps.exif_transpose(image) or image)
     except ImageError:
         raise
     except Image.DecompressionBombError as exc:
@@ -93,23 +95,39 @@ def to_rgb(image: Image.Image) -> Image.Image:
     mode = image.mode
     if mode == "RGB":
         return image
-    if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        return Image.fromarray(_rescale_to_uint8(np.asarray(image))).convert("RGB")
+    if mode.startswith("I") or mode == "F":
+        return Image.fromarray(to_uint8(np.asarray(image))).convert("RGB")
     if mode == "P" and "transparency" in image.info:
         image, mode = image.convert("RGBA"), "RGBA"
-    if mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+    if mode == "La":  # premultiplied: Pillow converts it to LA only
+        image, mode = image.convert("LA"), "LA"
+    if mode in ("RGBA", "LA", "PA", "RGBa"):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return image.convert("RGB")
 
 
-def _rescale_to_uint8(values: np.ndarray) -> np.ndarray:
-    values = values.astype(np.float64)
+def to_uint8(values: np.ndarray) -> np.ndarray:
+    """Pixel values of any number type as 8-bit, by the range they are in: booleans as black and
+    white, floats in [0, 1] times 255, values in [0, 255] as they are, in [0, 65535] (16-bit)
+    divided by 257; values outside all of these stretched from their minimum to their maximum."""
+    if values.dtype == bool:
+        return values.astype(np.uint8) * 255
+    if not np.isfinite(values).all():
+        raise ImageError("image contains NaN or infinite values")
+    fractions = np.issubdtype(values.dtype, np.floating)
     low, high = float(values.min()), float(values.max())
-    if high <= low:
-        return np.zeros(values.shape, np.uint8)
-    return ((values - low) * (255.0 / (high - low))).round().astype(np.uint8)
+    values = values.astype(np.float64)
+    if fractions and low >= 0 and 0 < high <= 1:
+        scaled = values * 255
+    elif low >= 0 and high <= 255:
+        scaled = values
+    elif low >= 0 and high <= 65535:
+        scaled = values / 257
+    else:  # halves: the span of +-1e308 would overflow
+        scaled = (values / 2 - low / 2) * (255 / (high / 2 - low / 2))
+    return np.clip(scaled.round(), 0, 255).astype(np.uint8)
 
 
 def _open_stream(source: ImageSource) -> tuple[str, BinaryIO]:
@@ -184,12 +202,10 @@ def _from_array(array: np.ndarray, max_pixels: int) -> Image.Image:
     if array.dtype.kind not in "biuf":
         raise ImageError(f"array image must hold numbers (bool, integer or float), got {array.dtype}")
     _check_size((array.shape[1], array.shape[0]), max_pixels, "array")
-    if not np.isfinite(array).all():
-        raise ImageError("array image contains NaN or infinite values")
+    if array.dtype != np.uint8:
+        array = to_uint8(array)
     if array.ndim == 2:
         array = np.repeat(array[:, :, None], 3, axis=2)
-    if array.dtype != np.uint8:
-        array = _rescale_to_uint8(array)
     return to_rgb(Image.fromarray(np.ascontiguousarray(array)))
 
 

@@ -136,6 +136,25 @@ def test_the_shipped_model_named_by_its_path_is_never_changed(tmp_path, monkeypa
     assert "Aoi" in load_bundle(user_copy).gallery_labels and "gura" not in load_bundle(user_copy).labels
 
 
+def test_enroll_arguments_of_the_wrong_kind_are_clear_errors(model, tmp_path):
+    before = model.read_bytes()
+    blank = np.full((64, 64, 3), 255, np.uint8)  # crop-sized: it was taken whole, a face of 'blank'
+    with pytest.raises(NoFaceError, match="no face"):
+        enroll("blank", [blank], model)
+    with pytest.raises(KyaraError, match="no pictures"):
+        enroll("Aoi", [], model)
+    for name in (None, b"Aoi", 5):
+        with pytest.raises(KyaraError, match="is text"):
+            enroll(name, [blank], model)
+    photo = tmp_path / "aoi.png"
+    picture(PURPLE, 300, (255, 255, 255)).save(photo)
+    with pytest.raises(ModelError, match="not a kyara model"):
+        enroll("Aoi", [photo], photo)
+    assert not (tmp_path / ".aoi.png.lock").exists()  # no lock file left beside the picture
+    assert model.read_bytes() == before
+    assert enroll("Aoi", str(photo), model).added == 1  # one picture, not its path's characters
+
+
 def test_the_users_copy_is_made_once_and_only_when_needed(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
     user_copy = tmp_path / "data" / "kyara" / "model.kyara"

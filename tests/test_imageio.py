@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from kyara.errors import ImageError, ImageTooLargeError
+from kyara.errors import ImageError, ImageTooLargeError, KyaraError
 from kyara.imageio import load_image
 from tests.conftest import ROOT
 
@@ -126,6 +126,47 @@ def test_arrays_and_streams(face):
         load_image(12345)
     with pytest.raises(ImageError, match="numbers"):
         load_image(np.full((4, 4), "a"))
+
+
+@pytest.mark.parametrize(
+    ("values", "grey"),
+    [
+        (np.full((40, 40), 0.5), 128),  # floats in [0, 1]
+        (np.full((40, 40), True), 255),
+        (np.full((40, 40), 65535, np.uint16), 255),
+        (np.full((40, 40), 200, np.int64), 200),
+        (np.full((40, 40), 200.0, np.float32), 200),
+    ],
+)
+def test_array_values_keep_their_brightness(values, grey):
+    """A flat picture was stretched to its own minimum and maximum: every one of these was black."""
+    assert np.abs(np.asarray(load_image(values)).astype(int) - grey).max() <= 1
+
+
+def test_odd_arrays_and_modes_are_read_or_refused_cleanly(face):
+    gray = np.asarray(face.convert("L"))
+    matrix = load_image(np.asmatrix(gray))  # numpy's repeat on a matrix corrupted the heap
+    assert matrix.size == face.size and np.array_equal(np.asarray(matrix)[:, :, 0], gray)
+    extreme = np.zeros((40, 40))
+    extreme[:20], extreme[20:] = -1e308, 1e308
+    assert set(np.unique(np.asarray(load_image(extreme)))) == {0, 255}
+    floats = face.convert("F")
+    floats.putpixel((3, 3), float("nan"))
+    with pytest.raises(ImageError, match="NaN"):
+        load_image(floats)  # was a black picture
+    native = Image.frombytes("I;16N", (40, 40), np.full((40, 40), 65535, "=u2").tobytes())
+    assert np.asarray(load_image(native)).min() == 255
+    assert np.asarray(load_image(face.convert("RGBA").convert("La"))).std() > 10  # was 'corrupt'
+    for limit in (0, -1, float("nan"), None, 1.5):
+        with pytest.raises(KyaraError, match="max_pixels"):
+            load_image(gray, max_pixels=limit)
+
+
+def test_a_picture_opened_by_the_caller_is_turned_upright_too(face):
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    opened = Image.open(io.BytesIO(encoded(face.resize((200, 100)), "JPEG", exif=exif.tobytes())))
+    assert load_image(opened).size == (100, 200)
 
 
 def test_a_decoder_failing_in_an_unusual_way_is_an_image_error():

@@ -228,6 +228,16 @@ def test_find_and_search(indexed):
     hits = query.hits
     assert hits[0].face.face_id == face.face_id and hits[0].similarity > 0.9 and len(hits) == 5
 
+    # More than the collection holds is all of it (it reserved memory for 10**9 answers), and a
+    # top_k that is no count is refused, as recognize refuses it.
+    (everything,) = collection.search(root.parent / "query.png", top_k=10**9)
+    assert len(everything.hits) == collection.stats()["faces"]
+    for top_k in (0, -1, 1.5, "3"):
+        with pytest.raises(KyaraError, match="top_k"):
+            collection.search(root.parent / "query.png", top_k=top_k)
+    with pytest.raises(KyaraError, match="dimensional"):
+        collection.search_vectors(np.ones((1, 7), np.float32))
+
 
 def test_pictures_worked_on_at_once_give_the_same_index(base, tmp_path):
     """Threads (one picture per worker, one inference thread each) change the speed, not the index."""

@@ -8,10 +8,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from kyara.errors import KyaraError
 from kyara.imageio import ImageSource
 from kyara.index.labels import IndexedFace, LabelledStore
 from kyara.index.store import CURRENT_FACES, FACES, SQL_CHUNK, chunks
 from kyara.index.vectors import SEARCH_EXPANSION
+from kyara.pipeline import checked_top_k
 
 
 @dataclass(frozen=True)
@@ -68,11 +70,15 @@ class IndexQueries(LabelledStore):
     ) -> list[list[SearchHit]]:
         """For each embedding, the `top_k` most similar faces of the collection, best first (with
         labels from this model's current gallery)."""
+        top_k = checked_top_k(top_k)
         stale = self._labels_stale()
         if len(self._vectors) == 0 or len(vectors) == 0:
             return [[] for _ in vectors]
         queries = np.asarray(vectors, np.float32).reshape(len(vectors), -1)
-        matches = self._vectors.search(queries, top_k, expansion)
+        if queries.shape[1] != self.dim:
+            raise KyaraError(f"the index holds {self.dim}-dimensional embeddings, not {queries.shape[1]}")
+        # Asking for more than the collection holds would reserve memory for every extra answer.
+        matches = self._vectors.search(queries, min(top_k, len(self._vectors)), expansion)
         ids = sorted({int(k) for keys, _ in matches for k in keys})
         faces = {face.face_id: face for face in self._faces_by_id(ids, stale)}
         return [
