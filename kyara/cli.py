@@ -310,7 +310,9 @@ def train(
         seed=seed,
         ood_weight=0.0,
     )
-    train_command(folder, output, start, config, checkpoint, err)
+    line, skipped = train_command(folder, output, start, config, checkpoint, warn=_warn_on_stderr)
+    err.print(shown(line), highlight=False)
+    raise typer.Exit(1 if skipped else 0)  # the README's rule: some file could not be read
 
 
 @command

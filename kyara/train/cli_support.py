@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-
-from rich.console import Console
 
 from kyara.bundle import ModelBundle, default_model_path, load_bundle, save_bundle
 from kyara.detection import get_detector
@@ -23,28 +22,32 @@ def starting_model(start: str) -> ModelBundle | None:
 
 
 def train_command(
-    folders: list[Path], output: Path, start: str, config: TrainConfig, checkpoint: Path | None, console: Console
-) -> ModelBundle:
+    folders: list[Path],
+    output: Path,
+    start: str,
+    config: TrainConfig,
+    checkpoint: Path | None,
+    warn: Callable[[str], None],
+) -> tuple[str, int]:
+    """Train and write `output`; skipped files and thin characters go to `warn` before training.
+    Returns the summary line and how many files or folders were skipped."""
     check_settings(config, output, checkpoint)
     starting = starting_model(start)
     data = load_folders(folders, detector=get_detector())
     for _, reason in data.skipped:
-        console.print(f"[yellow]skipped[/yellow] {reason}", highlight=False)
+        warn(f"skipped {reason}")
     if len(data.classes) < 2:
         raise KyaraError(f"need at least two character folders with images, found {len(data.classes)}")
     for name, count in too_few(data).items():
-        console.print(f"[yellow]warning[/yellow] only {count} image(s) of {name}: expect weak results", highlight=False)
+        warn(f"only {count} image(s) of {name}: expect weak results")
     bundle = fit_folders(data, config, start=starting, checkpoint=checkpoint, name=output.stem)
     try:
         save_bundle(bundle, output)
     except OSError as exc:
         raise KyaraError(f"cannot write {output}: {exc}") from exc
     val_top1 = bundle.metadata["metrics"]["val_top1"]
-    console.print(
-        f"wrote {output}: {len(bundle.labels)} characters, validation top-1 "
-        f"{'n/a (no validation pictures)' if val_top1 is None else f'{val_top1:.4f}'}"
-    )
-    return bundle
+    validation = "n/a (no validation pictures)" if val_top1 is None else f"{val_top1:.4f}"
+    return f"wrote {output}: {len(bundle.labels)} characters, validation top-1 {validation}", len(data.skipped)
 
 
 def check_settings(config: TrainConfig, output: Path, checkpoint: Path | None) -> None:

@@ -87,7 +87,7 @@ def load_folders(roots: Sequence[Path], side: int = STORE_SIDE, detector: Detect
             classes.append(folder.name)
         else:
             skipped.append((folder, f"{folder}: no usable images, character left out"))
-    groups = _merge_groups(group_near_duplicates(hashes), sources)
+    groups = _merge_groups(group_near_duplicates(hashes), sources) if hashes else []
     return LabelledImages(
         np.stack(pixels) if pixels else np.zeros((0, side, side, 3), np.uint8),
         np.asarray(labels, np.int64),
