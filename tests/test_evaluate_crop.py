@@ -108,13 +108,14 @@ def test_crop_keeps_face_crops_and_survives_long_names_and_loops(tmp_path, monke
     long_name = "🦈" * 61 + ".jpg"  # 248 bytes: with "-1.png" it would pass the 255-byte cap
     shutil.copy(data_path("newgame-illustrations", "yagami_kou") / "1.jpg", raw / long_name)
     shutil.copy(held_out_files[0], raw / "crop.jpg")  # a face crop, kept whole
-    Image.new("RGB", (300, 300), (250, 250, 240)).save(raw / "blank.png")  # a crop without a face found
+    Image.linear_gradient("L").resize((300, 300)).convert("RGB").save(raw / "shaded.png")  # no face found: kept
+    Image.new("RGB", (300, 300), (250, 250, 240)).save(raw / "blank.png")  # one colour: no face at all
     result = runner.invoke(app, ["crop", str(tmp_path / "raw"), str(tmp_path / "faces"), "--size", "64", "--json"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     written = sorted(p.name for p in (tmp_path / "faces" / "mix").iterdir())
-    assert summary["without_face"] == [] and len(written) == summary["written"] >= 3
-    assert {"crop.jpg-1.png", "blank.png-1.png"} <= set(written)
+    assert summary["without_face"] == [str(raw / "blank.png")] and len(written) == summary["written"] >= 3
+    assert {"crop.jpg-1.png", "shaded.png-1.png"} <= set(written)
     assert any(name.startswith("🦈") and len(name.encode()) <= 255 for name in written)
     assert Image.open(tmp_path / "faces" / "mix" / "crop.jpg-1.png").size == (64, 64)
     (tmp_path / "loop").symlink_to(tmp_path / "loop")
