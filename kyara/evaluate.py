@@ -21,6 +21,7 @@ from kyara.classify import Classifier, enrolled_prototypes
 from kyara.cut import drawn_gray, gray_cuts
 from kyara.dataset import LabelledFile, character_folders, labelled_files
 from kyara.errors import ImageError, KyaraError
+from kyara.imageio import resolved
 from kyara.metrics import expected_calibration_error
 from kyara.pipeline import Model, Recognizer, as_recognizer
 from kyara.plots import png, pyplot
@@ -228,12 +229,15 @@ def evaluate_folders(
 ) -> Report:
     """`kyara evaluate`: `evaluate`, or `evaluate_few_shot` with `shots`; the report's files are
     written to the folder `report` if given (checked before the long part)."""
+    roots = [folder] if isinstance(folder, Path | str) else folder
     if report:
+        if any(resolved(report).is_relative_to(resolved(root)) for root in roots):
+            # Its plots would be measured as pictures of a character named after it.
+            raise KyaraError(f"{report} is inside the folder evaluated; write the report elsewhere")
         check_report_folder(report)
     recognizer = as_recognizer(model)
     result = evaluate_few_shot(recognizer, folder, shots, repeats, seed) if shots else evaluate(recognizer, folder)
     if report:
-        roots = [folder] if isinstance(folder, Path | str) else folder
         write_report(result, report, title=f"{recognizer.name} on {', '.join(map(str, roots))}")
     return result
 

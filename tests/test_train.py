@@ -69,6 +69,10 @@ def test_evaluate_reports_odd_folders_one_image_and_empty(odd_model, odd_dataset
     assert set(report["grayscale"]["per_class"]) == set(report["per_class"])
     assert report["n"] == 24 + 24 + 1
     assert "broken [/red].jpg" in result.stderr and "empty: no images" in result.stderr
+    # A report inside the evaluated folder would have its plots measured as a character's pictures.
+    inside = odd_dataset / "report"
+    result = runner.invoke(app, ["evaluate", str(odd_dataset), "--model", str(output), "--report", str(inside)])
+    assert result.exit_code == 2 and "inside the folder evaluated" in result.stderr and not inside.exists()
 
 
 def test_train_refuses_bad_settings_before_reading_pictures(odd_dataset, tmp_path):
