@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections import Counter
@@ -43,6 +44,7 @@ MAX_FACES = 20_000
 """Agglomerative clustering keeps every pairwise distance: 20,000 faces take 1.6 GB."""
 SUMMARY = "clusters.json"
 NOISE = "noise"
+CLUSTER_FOLDER = re.compile(r"cluster-\d{3,}")
 EMBED_BATCH = 64
 
 
@@ -124,11 +126,16 @@ def cluster_folder(
     """`kyara cluster`: group the faces of `pictures` (files; an earlier run's output among them
     is left out) and write the groups under `target`. `threshold`: the model's default cut
     (`threshold_for`). Nothing is written when no face is found (the summary counts 0 faces)."""
+    if isinstance(pictures, str | os.PathLike):
+        raise KyaraError(f"give the pictures as a list of files, not one {type(pictures).__name__}")
     check_target(target, force)
     hierarchy()  # said now, not after hours of embedding
-    recognizer = model if isinstance(model, Recognizer) else Recognizer(model)
     written = resolved(target)
-    face_set = embed_faces(recognizer, [Path(p) for p in pictures if not resolved(p).is_relative_to(written)], progress)
+    outside = [Path(p) for p in pictures if not resolved(p).is_relative_to(written)]
+    if pictures and not outside:
+        raise KyaraError(f"every picture given is inside {target}, where the clusters go: write them elsewhere")
+    recognizer = model if isinstance(model, Recognizer) else Recognizer(model)
+    face_set = embed_faces(recognizer, outside, progress)
     if not face_set.faces:
         return ClusterSummary(str(target), 0, [], 0, face_set.unreadable, face_set.without_face)
     cut = threshold_for(recognizer.bundle) if threshold is None else threshold
@@ -254,6 +261,12 @@ def _staging(target: Path) -> Path:
         raise KyaraError(f"{target}: cannot write there ({exc.strerror or exc})") from exc
 
 
+def written_by_cluster(entry: Path) -> bool:
+    """A name kyara cluster writes (clusters.json, noise, cluster-NNN): what --force replaces. A
+    user's own `cluster-notes` beside them is left alone."""
+    return entry.name in (SUMMARY, NOISE) or CLUSTER_FOLDER.fullmatch(entry.name) is not None
+
+
 def _publish(staging: Path, target: Path) -> None:
     """Move the finished output into `target`, replacing what an earlier run wrote there."""
     if not target.exists() or not any(target.iterdir()):
@@ -263,10 +276,7 @@ def _publish(staging: Path, target: Path) -> None:
         return
     # The old summary goes first and the new one comes last: a run stopped in between leaves a
     # folder without clusters.json, never a summary that describes other folders.
-    earlier = sorted(
-        (old for old in target.iterdir() if old.name in (SUMMARY, NOISE) or old.name.startswith("cluster-")),
-        key=lambda old: old.name != SUMMARY,
-    )
+    earlier = sorted((old for old in target.iterdir() if written_by_cluster(old)), key=lambda old: old.name != SUMMARY)
     for old in earlier:
         shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
     for new in sorted(staging.iterdir(), key=lambda p: p.name == SUMMARY):

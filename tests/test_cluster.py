@@ -82,10 +82,13 @@ def test_write_clusters_and_refuse_to_overwrite(crops, embedded, recognizer, tmp
     with pytest.raises(KyaraError, match="--force"):
         write_clusters(embedded, assignment, target, recognizer.detector)
     (target / "my notes.txt").write_text("kept")
+    (target / "cluster-notes").mkdir()  # the user's, not one kyara wrote: --force deleted it
+    (target / "cluster-list.txt").write_text("kept")
     apart = np.full(len(crops), -1)
     summary = write_clusters(embedded, apart, target, recognizer.detector, force=True)
     assert summary.clusters == [] and summary.noise == len(crops)
-    assert sorted(p.name for p in target.iterdir()) == [SUMMARY, "my notes.txt", "noise"]
+    kept = [SUMMARY, "cluster-list.txt", "cluster-notes", "my notes.txt", "noise"]
+    assert sorted(p.name for p in target.iterdir()) == sorted(kept)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left
 
 
@@ -164,6 +167,11 @@ def test_too_many_faces_and_output_inside_the_input(crops, recognizer, tmp_path,
         result = runner.invoke(app, ["cluster", str(source), "-o", str(source / "clusters"), "--force", "--json"])
         assert result.exit_code == 0, result.output
         assert json.loads(result.stdout)["faces"] == 6
+    # The output is the input: said, not 'no face found'.
+    result = runner.invoke(app, ["cluster", str(source), "-o", str(source), "--force"])
+    assert result.exit_code == 2 and "where the clusters go" in result.stderr, result.output
+    with pytest.raises(KyaraError, match="list of files"):
+        kyara.cluster.cluster_folder(str(source), tmp_path / "out")
 
 
 def test_cluster_says_scipy_is_missing_before_any_work(tmp_path, monkeypatch):
