@@ -352,9 +352,12 @@ def compare(
     except (ValueError, KeyError) as exc:
         raise KyaraError(f"bad grid option: {exc}") from None
     settings = grid(chosen_backbones, chosen_modes, chosen_sizes, gray)
-    rows = run_comparison(folder, report, settings, epochs, per_character, seed, get_detector(), warn=_warn_on_stderr)
+    rows, skipped = run_comparison(
+        folder, report, settings, epochs, per_character, seed, get_detector(), warn=_warn_on_stderr
+    )
     best = max(rows, key=lambda r: r["top1"])
     print(f"{len(rows)} settings measured; best top-1 {best['top1']:.4f}; see {report / 'experiments.md'}")
+    raise typer.Exit(1 if skipped else 0)  # the README's rule: some file could not be read
 
 
 def _warn_on_stderr(message: str) -> None:

@@ -48,7 +48,7 @@ def compare_args(folder: Path, report: Path, per_character: str = "20") -> list[
 def test_compare_measures_each_setting_and_resumes(two_characters, tmp_path):
     report = tmp_path / "report"
     first = runner.invoke(app, compare_args(two_characters, report))
-    assert first.exit_code == 0, first.output
+    assert first.exit_code == 1, first.output  # broken.png could not be read (the README's rule)
     assert "broken.png" in first.stderr
     document = json.loads((report / "experiments.json").read_text())
     assert document["study"]["images"]["characters"] == 2
@@ -63,9 +63,24 @@ def test_compare_measures_each_setting_and_resumes(two_characters, tmp_path):
     assert (report / "experiments-accuracy.png").read_bytes().startswith(b"\x89PNG")
 
     again = runner.invoke(app, compare_args(two_characters, report))
-    assert again.exit_code == 0 and "training" not in again.output  # every setting was already measured
+    assert again.exit_code == 1 and "training" not in again.output  # every setting was already measured
     other_study = runner.invoke(app, compare_args(two_characters, report, per_character="10"))
     assert other_study.exit_code == 2 and "another study" in other_study.stderr
+
+    # A damaged study or a report that cannot be a folder: said before anything is trained.
+    results = document["results"]
+    damaged = {
+        "truncated": '{"study": ',
+        "a list": "[1, 2]",
+        "a bad result": json.dumps({**document, "results": {"x": {"garbage": 1}}}),
+    }
+    for what, text in damaged.items():
+        (report / "experiments.json").write_text(text)
+        result = runner.invoke(app, compare_args(two_characters, report))
+        assert result.exit_code == 2 and "not a kyara comparison" in result.stderr, (what, result.output)
+    (report / "experiments.json").write_text(json.dumps({**document, "results": results}))
+    result = runner.invoke(app, compare_args(two_characters, report / "experiments.md"))
+    assert result.exit_code == 2 and "is a file" in result.stderr and "training" not in result.output
 
 
 def test_compare_rejects_unknown_grid_values(two_characters, tmp_path):

@@ -83,6 +83,11 @@ def test_train_refuses_bad_settings_before_reading_pictures(odd_dataset, tmp_pat
         (["-o", str(tmp_path / "m.kyara"), "--mode", "linear", "--checkpoint", str(tmp_path / "c.pt")], "finetune"),
         (["-o", str(tmp_path / "m.kyara"), "--mode", "fast"], "unknown mode"),
         (["-o", str(tmp_path / "m.kyara"), "--from", str(tmp_path / "missing.kyara")], "missing.kyara"),
+        # under a file: a traceback after the first epoch
+        (
+            ["-o", str(tmp_path / "m.kyara"), "--checkpoint", str(odd_dataset / "lonely one" / "calli.jpg" / "c.pt")],
+            "cannot create",
+        ),
     ]
     for options, message in cases:
         result = runner.invoke(app, ["train", str(odd_dataset), *options])

@@ -57,11 +57,18 @@ def check_settings(config: TrainConfig, output: Path, checkpoint: Path | None) -
     if config.backbone not in BACKBONES:
         raise KyaraError(f"unknown backbone {config.backbone!r}: use {', '.join(BACKBONES)}")
     check_checkpoint_use(config, checkpoint)
-    if output.is_dir():
-        raise KyaraError(f"{output} is a folder; give the path of the .kyara file to write")
+    check_writable_file(output, "the .kyara file")
+    if checkpoint is not None:
+        check_writable_file(checkpoint, "the checkpoint")
+
+
+def check_writable_file(path: Path, what: str) -> None:
+    """A file can be written at `path` (its folder made if needed), checked before hours of work."""
+    if path.is_dir():
+        raise KyaraError(f"{path} is a folder; give the path of {what} to write")
     try:
-        output.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise KyaraError(f"cannot create the folder for {output}: {exc}") from exc
-    if not os.access(output.parent, os.W_OK):
-        raise KyaraError(f"{output.parent} is not writable")
+        raise KyaraError(f"cannot create the folder for {path}: {exc.strerror or exc}") from exc
+    if not os.access(path.parent, os.W_OK):
+        raise KyaraError(f"{path.parent} is not writable")

@@ -26,6 +26,7 @@ from kyara.cut import gray_copy
 from kyara.detection import Detector
 from kyara.embedding import Embedder
 from kyara.errors import KyaraError
+from kyara.evaluate import check_report_folder
 from kyara.metrics import top_k_accuracy
 from kyara.plots import png, pyplot
 from kyara.train.data import LabelledImages, load_folders, split_by_group
@@ -81,13 +82,15 @@ def compare(
     seed: int = 0,
     detector: Detector | None = None,
     warn: Callable[[str], None] = print,
-) -> list[dict]:
-    """Run every setting not yet in `report`/experiments.json; write the table and plot.
+) -> tuple[list[dict], int]:
+    """Run every setting not yet in `report`/experiments.json; write the table and plot. Returns
+    the rows and how many files or folders were skipped.
 
     Skipped files and characters with few pictures are passed to `warn` before training starts.
     """
     # Pixels are kept a little larger than the biggest input, so random crops keep their resolution,
     # and at one side for every grid up to 224 px, so a study can be resumed with more sizes.
+    check_report_folder(report)
     side = max(STORE_SIDE, round(max(s.input_size for s in settings) * 1.125))
     data = load_folders(folders, side=side, detector=detector)
     if len(data.classes) < 2:
@@ -116,13 +119,12 @@ def compare(
         results[setting.key] = run_setting(
             setting, data.subset(train_idx), data.subset(val_idx), data.subset(test_idx), epochs, seed
         )
-        report.mkdir(parents=True, exist_ok=True)
         document = {"study": asdict(study), "results": results}
         atomic_write_text(report / "experiments.json", json.dumps(document, indent=2) + "\n")
     rows = [results[s.key] for s in settings]
     atomic_write_text(report / "experiments.md", markdown(rows, study))
     atomic_write_bytes(report / "experiments-accuracy.png", plot(rows))
-    return rows
+    return rows, len(data.skipped)
 
 
 def at_most_per_class(labels: np.ndarray, indices: np.ndarray, limit: int | None, seed: int) -> np.ndarray:
@@ -134,13 +136,25 @@ def at_most_per_class(labels: np.ndarray, indices: np.ndarray, limit: int | None
     return np.sort(np.concatenate(kept))
 
 
+RESULT_KEYS = frozenset({"backbone", "mode", "input_size", "top1", "top5", "grayscale_top1"})
+"""What the table needs of each saved result (`run_setting` writes them)."""
+
+
 def _resume(path: Path, study: Study) -> dict[str, dict]:
     if not path.exists():
         return {}
-    saved = json.loads(path.read_text())
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # ValueError: not UTF-8, not JSON
+        raise KyaraError(f"{path} is not a kyara comparison ({exc}): use another --report") from exc
+    results = saved.get("results") if isinstance(saved, dict) else None
+    if not isinstance(results, dict) or not all(
+        isinstance(r, dict) and r.keys() >= RESULT_KEYS for r in results.values()
+    ):
+        raise KyaraError(f"{path} is not a kyara comparison (damaged or another file): use another --report")
     if saved.get("study") != asdict(study):
         raise KyaraError(f"{path} holds results of another study (other data or settings): use another --report")
-    return saved["results"]
+    return results
 
 
 def run_setting(
