@@ -104,6 +104,8 @@ def explain(
     `label` (default: each face's best guess), or "`label` and not `versus`". A face whose label
     is `versus` itself is explained against its runner-up. `max_faces`: only the most face-like
     ones (each map takes about 0.4 s on 2 cores)."""
+    if max_faces is not None and (isinstance(max_faces, bool) or not isinstance(max_faces, int) or max_faces < 1):
+        raise KyaraError(f"max_faces must be a whole number of at least 1, not {max_faces!r}")
     recognizer = as_recognizer(model)
     _check_labels(recognizer.classifier, label, versus)
     cuts = recognizer.cuts_to_name(recognizer.load(image))
@@ -231,7 +233,7 @@ def overlay(picture: ImageSource, explanations: Sequence[Explanation]) -> Image.
     colours are muted so that the heat colours stand out on any hair colour."""
     out = ImageEnhance.Color(load_image(picture)).enhance(MUTED_COLOUR).convert("RGBA")
     for explanation in explanations:
-        heat, (x, y) = _heat_layer(explanation)
+        heat, (x, y) = _heat_layer(explanation, out.size)
         # alpha_composite takes no negative corner: start at the part of the map inside the picture.
         if x + heat.width > 0 and y + heat.height > 0 and x < out.width and y < out.height:
             out.alpha_composite(heat, dest=(max(0, x), max(0, y)), source=(max(0, -x), max(0, -y)))
@@ -268,15 +270,23 @@ def _heat_colours(values: np.ndarray) -> np.ndarray:
     return np.concatenate([rgb, alpha[..., None]], axis=-1).round().astype(np.uint8)
 
 
-def _heat_layer(explanation: Explanation) -> tuple[Image.Image, tuple[int, int]]:
+def _heat_layer(explanation: Explanation, picture: tuple[int, int]) -> tuple[Image.Image, tuple[int, int]]:
     """The coloured map at the crop's size, turned like the crop, and where its corner goes."""
     x, y, width, height = explanation.crop_box
     peak = float(np.abs(explanation.heatmap).max()) or 1.0
     # Colour at the map's size, then enlarge: a whole-picture crop can be thousands of pixels wide.
-    heat = Image.fromarray(_heat_colours(explanation.heatmap / peak)).resize((width, height), Image.Resampling.BILINEAR)
+    colours = Image.fromarray(_heat_colours(explanation.heatmap / peak))
     if explanation.angle:
+        heat = colours.resize((width, height), Image.Resampling.BILINEAR)
         heat = heat.rotate(-explanation.angle, Image.Resampling.BILINEAR, expand=True)
-    return heat, (round(x + (width - heat.width) / 2), round(y + (height - heat.height) / 2))
+        return heat, (round(x + (width - heat.width) / 2), round(y + (height - heat.height) / 2))
+    # Upright, only the part over the picture is made: the square padded around a long, thin
+    # picture would be its long side squared (20 x 20,000 px: 1.6 GB).
+    left, top = max(0, -x), max(0, -y)
+    right, bottom = max(left + 1, min(width, picture[0] - x)), max(top + 1, min(height, picture[1] - y))
+    cells_x, cells_y = colours.width / width, colours.height / height
+    window = (left * cells_x, top * cells_y, right * cells_x, bottom * cells_y)
+    return colours.resize((right - left, bottom - top), Image.Resampling.BILINEAR, box=window), (x + left, y + top)
 
 
 def _corners(explanation: Explanation) -> list[tuple[float, float]]:

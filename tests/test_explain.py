@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 import kyara
 from kyara.cli import app
 from kyara.cut import cut_face
-from kyara.explanation import caption_boxes, explain_crop, input_pixels, overlay, saliency_map, scorer
+from kyara.explanation import _heat_layer, caption_boxes, explain_crop, input_pixels, overlay, saliency_map, scorer
 from kyara.pipeline import Recognizer
 from tests.conftest import ROOT, data_path
 from tests.explanation_checks import deletion_area, deletion_curve, randomized_model, rank_correlation
@@ -187,6 +187,15 @@ def test_picture_without_a_face_is_explained_whole(recognizer):
     assert explanation.fallback and explanation.box == (0, 0, 300, 200) and explanation.crop_box == (0, -50, 300, 300)
     assert json.dumps(explanation.to_dict())
     assert overlay(picture, [explanation]).size == (300, 200)
+    # A long, thin picture: the heat over its padded square was the long side squared (1.6 GB at 20,000 px).
+    thin = Image.new("RGB", (8000, 20), (240, 240, 250))
+    [explanation] = kyara.explain(thin, recognizer)
+    heat, corner = _heat_layer(explanation, thin.size)
+    assert heat.size == (8000, 20) and corner == (0, 0)
+    assert np.asarray(overlay(thin, [explanation])).shape == (20, 8000, 3)
+    for wrong in (0, -1, 1.5):
+        with pytest.raises(kyara.KyaraError, match="max_faces"):
+            kyara.explain(picture, recognizer, max_faces=wrong)
 
 
 def test_bad_requests_get_clear_errors_and_write_nothing(tmp_path, recognizer):
