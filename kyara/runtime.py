@@ -44,10 +44,15 @@ def open_session(
     it keeps the largest call's memory, which the detector's bounded input side keeps to tens of
     MB, whereas without it every call mallocs blocks of a size that follows the picture, and glibc
     let small objects made between calls pin them: detecting and cutting 300 face crops of varied
-    sizes grew the process by 1.2 GB (with the arena: +100 MB, and 10 % faster)."""
+    sizes grew the process by 1.2 GB (with the arena: +100 MB, and 10 % faster). Threads do not
+    spin-wait between runs (below)."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or default_threads()
     options.inter_op_num_threads = 1
+    # Each session's threads otherwise spin for a while after every run, taking the cores from the
+    # next network of the pipeline (detector, then embedder): recognizing a 768 px illustration on
+    # 2 cores took 55 ms with spinning and 28 ms without (docs/collection.md).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if varying_shapes:
         options.enable_mem_pattern = False
     try:
