@@ -10,7 +10,8 @@ score first, raising a score threshold only removes detections, so one pass give
 "threshold_cross_checked" picks a threshold on half of the pictures and measures it on the other half, and the
 reverse: the benchmark's figures without the optimism of a threshold tuned on the same pictures.
 "animeface" is animeface-2009 on the upright picture only, "animeface+rotations" with its rotated retries
-(DEFAULT_ANGLES), "cnn" kyara's own detector (tools/train_detector.py), "cnn@PATH" the same with the model file at
+(DEFAULT_ANGLES), "cnn" kyara's own detector (tools/train_detector.py), "cnn-checked" the same with the face check
+(kyara/face_check.py), "cnn@PATH" the same with the model file at
 PATH (to compare detectors in one run; "NAME=cnn@PATH" reports it as NAME); any other name is built with
 kyara.detection.get_detector, so a backend added to DETECTORS plugs in by name.
 """
@@ -41,6 +42,7 @@ from kyara.detection import (
     iou,
 )
 from kyara.errors import KyaraError
+from kyara.face_check import CheckedCnnDetector, FaceCheck
 from kyara.imageio import load_image
 
 HERE = Path(__file__).parent
@@ -51,6 +53,9 @@ PRESETS: dict[str, Callable[[Path], tuple[Detector, float]]] = {
     "animeface": lambda _: (AnimeFaceDetector(angles=(0.0,), min_score=0.0), DEFAULT_MIN_SCORE),
     "animeface+rotations": lambda _: (AnimeFaceDetector(angles=DEFAULT_ANGLES, min_score=0.0), DEFAULT_MIN_SCORE),
     "cnn": lambda model: (CnnDetector(min_score=0.05, model=model), CnnDetector(model=model).min_score),
+    # The shipped detector with the face check (kyara.face_check): every candidate of the check's
+    # band with the check's probability as its score, above it the CNN's own.
+    "cnn-checked": lambda _: (CheckedCnnDetector(threshold=0.0), FaceCheck.load().threshold),
 }
 IGNORE_INSIDE = 0.5
 """A detection with at least this share of its area on an ignore box is dropped (neither found nor false)."""

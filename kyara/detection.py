@@ -321,14 +321,23 @@ def _decode(maps: np.ndarray, min_score: float, cell: float) -> Iterator[Detecte
         )
 
 
-DETECTORS = {"animeface": AnimeFaceDetector, "cnn": CnnDetector}
+def _checked_cnn(**options) -> Detector:
+    from kyara.face_check import CheckedCnnDetector  # it cuts faces (kyara.cut), which needs this module
+
+    return CheckedCnnDetector(**options)
+
+
+DETECTORS = {"animeface": AnimeFaceDetector, "cnn": CnnDetector, "cnn-checked": _checked_cnn}
 DEFAULT_DETECTOR = "cnn"
 
 
 def get_detector(name: str = DEFAULT_DETECTOR, precision: str = DEFAULT_PRECISION, **options) -> Detector:
-    """The detector called `name`; `precision` is the CNN's (animeface runs no network)."""
+    """The detector called `name`; `precision` is the CNN's (animeface runs no network; the face
+    check runs in float32 only)."""
     if name not in DETECTORS:
         raise KyaraError(f"unknown detector {name!r}; available: {', '.join(DETECTORS)}")
     if name == CnnDetector.name:
         options["precision"] = precision
+    elif name == "cnn-checked" and check_precision(precision) != FLOAT32:
+        raise KyaraError(f"the cnn-checked detector runs in float32 only, not {precision}")
     return DETECTORS[name](**options)
