@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from kyara.errors import KyaraError
-from kyara.imageio import list_images
+from kyara.imageio import list_images, resolved
 
 
 @dataclass(frozen=True)
@@ -27,11 +28,27 @@ def character_folders(roots: Sequence[Path]) -> list[Path]:
         for folder in sorted(Path(root).iterdir())
         if folder.is_dir() and not folder.name.startswith(".")
     ]
-    names = [f.name for f in folders]
+    names = [unicodedata.normalize("NFC", f.name) for f in folders]  # café and café are one name
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
-        raise KyaraError(f"the same character folder appears in several roots: {', '.join(repeated)}")
+        raise KyaraError(
+            f"the same character folder appears twice (in several roots, or spelled alike): {', '.join(repeated)}"
+        )
+    _check_links(folders, [resolved(root) for root in roots])
     return folders
+
+
+def _check_links(folders: list[Path], roots: list[Path]) -> None:
+    """A linked character folder may lead anywhere but to a root or above it (every picture again,
+    under another name) or to another character's folder (one character's pictures under two names)."""
+    seen: dict[Path, Path] = {}
+    for folder in folders:
+        target = resolved(folder)
+        if any(root.is_relative_to(target) for root in roots):
+            raise KyaraError(f"{folder} leads to {target}, which holds the character folders: remove the link")
+        if target in seen:
+            raise KyaraError(f"{folder} and {seen[target]} are the same folder: keep one")
+        seen[target] = folder
 
 
 def labelled_files(roots: Sequence[Path]) -> list[LabelledFile]:

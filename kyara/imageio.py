@@ -25,7 +25,7 @@ ImageSource = str | PathLike | bytes | BinaryIO | Image.Image | np.ndarray
 DEFAULT_MAX_PIXELS = 50_000_000
 """About 7000 x 7000: larger than any illustration we expect, far below a decompression bomb."""
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".jfif", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 
 # Only formats decoded by Pillow itself: EPS, for one, would hand the bytes to Ghostscript.
 DECODED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
@@ -231,4 +231,6 @@ def list_images(folder: Path) -> list[Path]:
     for here, folders, files in os.walk(folder, onerror=unreadable):
         folders[:] = [name for name in folders if not name.startswith(".")]
         found += [Path(here, name) for name in files if not name.startswith(".")]
-    return sorted(p for p in found if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    # Not only files: a broken link or a FIFO named like a picture is listed, to be reported
+    # unreadable where it is read, never skipped without a word.
+    return sorted(p for p in found if p.suffix.lower() in IMAGE_SUFFIXES)

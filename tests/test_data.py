@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from kyara.train.data import load_folders, split_by_group
@@ -73,3 +74,34 @@ def test_what_a_training_picture_teaches(tmp_path, monkeypatch, recognizer, held
     (expected,) = recognizer.cuts_to_name(canvas)
     assert face.size == expected.pixels.size and face.width < 450
     assert training_cuts(tmp_path / "poster.png", poster, recognizer.detector) == []
+
+
+def test_linked_and_look_alike_character_folders_are_refused(tmp_path):
+    """A link to the root or above it pulled every picture in again under a new name; two folders
+    leading to one place, or named alike in two Unicode spellings, made one character two."""
+    from kyara.dataset import character_folders, labelled_files
+    from kyara.errors import KyaraError
+
+    root = tmp_path / "faces"
+    (root / "aoi").mkdir(parents=True)
+    elsewhere = tmp_path / "hifumi pictures"
+    elsewhere.mkdir()
+    (root / "hifumi").symlink_to(elsewhere)  # a linked folder of its own: fine
+    assert [f.name for f in character_folders([root])] == ["aoi", "hifumi"]
+    for link, target, message in (
+        ("self", root, "holds the character folders"),
+        ("parent", tmp_path, "holds the"),
+        ("hifumi again", elsewhere, "are the same folder"),
+    ):
+        (root / link).symlink_to(target)
+        with pytest.raises(KyaraError, match=message):
+            character_folders([root])
+        (root / link).unlink()
+    (root / "cafe\u0301").mkdir()
+    (root / "caf\u00e9").mkdir()
+    with pytest.raises(KyaraError, match="appears twice"):
+        character_folders([root])
+    (root / "cafe\u0301").rmdir()
+    (root / "aoi" / "gone.png").symlink_to(tmp_path / "nothing.png")  # listed, to be reported unreadable
+    (root / "aoi" / "photo.jfif").write_bytes(b"")
+    assert {f.path.name for f in labelled_files([root])} == {"gone.png", "photo.jfif"}
