@@ -13,7 +13,7 @@ reverse: the benchmark's figures without the optimism of a threshold tuned on th
 (DEFAULT_ANGLES), "cnn" kyara's own detector (tools/train_detector.py), "cnn-checked" the same with the face check
 (kyara/face_check.py), "cnn@PATH" the same with the model file at
 PATH (to compare detectors in one run; "NAME=cnn@PATH" reports it as NAME); any other name is built with
-kyara.detection.get_detector, so a backend added to DETECTORS plugs in by name.
+kyara.detectors.get_detector, so a backend added to DETECTORS plugs in by name.
 """
 
 from __future__ import annotations
@@ -38,9 +38,9 @@ from kyara.detection import (
     DetectedFace,
     Detector,
     containment,
-    get_detector,
     iou,
 )
+from kyara.detectors import get_detector
 from kyara.errors import KyaraError
 from kyara.face_check import CheckedCnnDetector, FaceCheck
 from kyara.imageio import load_image
@@ -55,7 +55,7 @@ PRESETS: dict[str, Callable[[Path], tuple[Detector, float]]] = {
     "cnn": lambda model: (CnnDetector(min_score=0.05, model=model), CnnDetector(model=model).min_score),
     # The shipped detector with the face check (kyara.face_check): every candidate of the check's
     # band with the check's probability as its score, above it the CNN's own.
-    "cnn-checked": lambda _: (CheckedCnnDetector(threshold=0.0), FaceCheck.load().threshold),
+    "cnn-checked": lambda _: (CheckedCnnDetector(min_score=0.0), FaceCheck.load().min_score),
 }
 IGNORE_INSIDE = 0.5
 """A detection with at least this share of its area on an ignore box is dropped (neither found nor false)."""

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from kyara.cut import as_is, cuts_of
-from kyara.detection import DEFAULT_DETECTOR, DETECTORS
+from kyara.detectors import DEFAULT_DETECTOR, DETECTORS
 from kyara.imageio import list_images, load_image
 from kyara.pipeline import Recognizer
 from kyara.runtime import DEFAULT_PRECISION, PRECISIONS

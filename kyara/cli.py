@@ -169,7 +169,7 @@ def recognize(
     precision: PrecisionOption = None,
 ) -> None:
     """Name the character of every face in each image."""
-    from kyara.detection import DEFAULT_DETECTOR
+    from kyara.detectors import DEFAULT_DETECTOR
     from kyara.pipeline import Recognizer
     from kyara.runtime import DEFAULT_PRECISION
 
@@ -187,7 +187,7 @@ def detect(
     paths: Paths, as_json: JsonFlag = False, detector_name: DetectorOption = None, precision: PrecisionOption = None
 ) -> None:
     """Find the anime faces in each image (boxes; landmarks and colours from animeface)."""
-    from kyara.detection import DEFAULT_DETECTOR, get_detector
+    from kyara.detectors import DEFAULT_DETECTOR, get_detector
     from kyara.pipeline import detection_report
     from kyara.runtime import DEFAULT_PRECISION
 
@@ -341,7 +341,7 @@ def compare(
         from kyara.train.compare import grid
     except ImportError as exc:
         raise needs_extra("train", "comparing", exc) from exc
-    from kyara.detection import get_detector
+    from kyara.detectors import get_detector
     from kyara.train.nets import BACKBONES
 
     try:
@@ -405,7 +405,7 @@ def enroll(
     detector: DetectorOption = None,
 ) -> None:
     """Teach the model a character from a few pictures, without retraining."""
-    from kyara.detection import DEFAULT_DETECTOR
+    from kyara.detectors import DEFAULT_DETECTOR
     from kyara.gallery import enroll as enroll_pictures
     from kyara.pipeline import Recognizer
 
@@ -620,7 +620,7 @@ def serve(
         from kyara.server import serve as serve_forever
     except ImportError as exc:
         raise needs_extra("serve", "serving", exc) from exc
-    from kyara.detection import DEFAULT_DETECTOR
+    from kyara.detectors import DEFAULT_DETECTOR
 
     given = {
         "max_body_bytes": None if max_body_mb is None else round(max_body_mb * 1024 * 1024),

@@ -31,7 +31,7 @@ from kyara.crop import training_cuts
 from kyara.cut import FaceCut, drawn_gray
 from kyara.detection import Detector
 from kyara.errors import KyaraError
-from kyara.imageio import check_utf8, load_image, resolved, shortened
+from kyara.imageio import check_utf8, lies_in, load_image, resolved, shortened
 from kyara.pipeline import Model, Recognizer
 
 DEFAULT_THRESHOLD = 0.75
@@ -131,7 +131,7 @@ def cluster_folder(
     check_target(target, force)
     hierarchy()  # said now, not after hours of embedding
     written = resolved(target)
-    outside = [Path(p) for p in pictures if not resolved(p).is_relative_to(written)]
+    outside = [Path(p) for p in pictures if not lies_in(p, written)]
     if pictures and not outside:
         raise KyaraError(f"every picture given is inside {target}, where the clusters go: write them elsewhere")
     recognizer = model if isinstance(model, Recognizer) else Recognizer(model)

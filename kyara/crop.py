@@ -22,9 +22,10 @@ from kyara import __version__ as kyara_version
 from kyara.bundle import atomic_write_bytes
 from kyara.cut import CROP_MARGIN, FaceCut, cuts_to_learn, cuts_to_train
 from kyara.dedupe import NEAR_DUPLICATE_BITS, phash
-from kyara.detection import DetectedFace, Detector, get_detector
+from kyara.detection import DetectedFace, Detector
+from kyara.detectors import get_detector
 from kyara.errors import ImageError, KyaraError
-from kyara.imageio import list_images, load_image, resolved, shortened
+from kyara.imageio import lies_in, list_images, load_image, resolved, shortened
 
 
 def cache_dir() -> Path:
@@ -96,7 +97,7 @@ def crop_folder(
     written = resolved(target)  # a target inside the source: earlier crops are not input
     if resolved(source).is_relative_to(written):
         raise KyaraError(f"{target} holds the source pictures; write the crops to another folder")
-    pictures = [path for path in list_images(source) if not resolved(path).is_relative_to(written)]
+    pictures = [path for path in list_images(source) if not lies_in(path, written)]
     for path in tqdm(pictures, desc="cropping"):
         summary.images += 1
         try:

@@ -39,16 +39,16 @@ def character_folders(roots: Sequence[Path]) -> list[Path]:
 
 
 def _check_links(folders: list[Path], roots: list[Path]) -> None:
-    """A linked character folder may lead anywhere but to a root or above it (every picture again,
-    under another name) or to another character's folder (one character's pictures under two names)."""
-    seen: dict[Path, Path] = {}
-    for folder in folders:
-        target = resolved(folder)
+    """A character folder (or a link to one) may lead anywhere but to a root or above it (every
+    picture again, under another name), or into or around another character's folder (pictures
+    under two names): each folder's pictures are listed recursively."""
+    places = [(folder, resolved(folder)) for folder in folders]
+    for folder, target in places:
         if any(root.is_relative_to(target) for root in roots):
-            raise KyaraError(f"{folder} leads to {target}, which holds the character folders: remove the link")
-        if target in seen:
-            raise KyaraError(f"{folder} and {seen[target]} are the same folder: keep one")
-        seen[target] = folder
+            raise KyaraError(f"{folder} leads to {target}, which holds the character folders themselves")
+        for other, elsewhere in places:
+            if other != folder and elsewhere.is_relative_to(target):
+                raise KyaraError(f"{other} leads into {folder} ({target}): a character's pictures would count twice")
 
 
 def labelled_files(roots: Sequence[Path]) -> list[LabelledFile]:

@@ -267,12 +267,14 @@ class CnnDetector:
         return {"input_side": self.input_side, "min_score": self.min_score, "model": self.model_digest}
 
     def detect(self, image: Image.Image) -> list[DetectedFace]:
-        faces = self._detect_at(image, self.input_side, margin=0)
-        if not faces and self.closeup_retry:
-            # A face larger than the network ever saw (a close-up cut by the frame) shows as a face
-            # once the picture is shrunk to half inside a margin that continues its edges.
-            faces = self._detect_at(image, self.input_side // 2, margin=self.input_side // 4)
-        return non_max_suppression([f for f in faces if f.center[0] < image.width and f.center[1] < image.height])
+        faces = _inside(image, self._detect_at(image, self.input_side, margin=0))
+        return faces if faces or not self.closeup_retry else self.closeup(image)
+
+    def closeup(self, image: Image.Image) -> list[DetectedFace]:
+        """The second pass `detect` makes on a picture where it found nothing: a face larger than
+        the network ever saw (a close-up cut by the frame) shows as a face once the picture is
+        shrunk to half inside a margin that continues its edges."""
+        return _inside(image, self._detect_at(image, self.input_side // 2, margin=self.input_side // 4))
 
     def _detect_at(self, image: Image.Image, side: int, margin: int) -> list[DetectedFace]:
         """Faces with the picture's longer side scaled to `side` px, `margin` px of edge pixels around."""
@@ -280,6 +282,11 @@ class CnnDetector:
         (maps,) = self.session.run(None, {"image": pixels})
         shift = round(margin / scale)
         return [_shifted(face, -shift) for face in _decode(maps[0], self.min_score, self.stride / scale)]
+
+
+def _inside(image: Image.Image, faces: list[DetectedFace]) -> list[DetectedFace]:
+    """Faces centred on the picture (not in the padding around it), duplicates merged."""
+    return non_max_suppression([f for f in faces if f.center[0] < image.width and f.center[1] < image.height])
 
 
 def network_input(image: Image.Image, side: int, margin: int = 0) -> tuple[np.ndarray, float]:
@@ -319,25 +326,3 @@ def _decode(maps: np.ndarray, min_score: float, cell: float) -> Iterator[Detecte
             score=float(heat[y, x]),
             angle=float(angle),
         )
-
-
-def _checked_cnn(**options) -> Detector:
-    from kyara.face_check import CheckedCnnDetector  # it cuts faces (kyara.cut), which needs this module
-
-    return CheckedCnnDetector(**options)
-
-
-DETECTORS = {"animeface": AnimeFaceDetector, "cnn": CnnDetector, "cnn-checked": _checked_cnn}
-DEFAULT_DETECTOR = "cnn"
-
-
-def get_detector(name: str = DEFAULT_DETECTOR, precision: str = DEFAULT_PRECISION, **options) -> Detector:
-    """The detector called `name`; `precision` is the CNN's (animeface runs no network; the face
-    check runs in float32 only)."""
-    if name not in DETECTORS:
-        raise KyaraError(f"unknown detector {name!r}; available: {', '.join(DETECTORS)}")
-    if name == CnnDetector.name:
-        options["precision"] = precision
-    elif name == "cnn-checked" and check_precision(precision) != FLOAT32:
-        raise KyaraError(f"the cnn-checked detector runs in float32 only, not {precision}")
-    return DETECTORS[name](**options)

@@ -1,4 +1,7 @@
-"""The exceptions kyara raises: catch `KyaraError` to handle every expected failure."""
+"""The exceptions kyara raises: catch `KyaraError` to handle every expected failure; and `count`,
+the one check of an argument that counts something (top_k, max_pixels, max_faces)."""
+
+import numbers
 
 
 class KyaraError(Exception):
@@ -31,3 +34,10 @@ class StorageError(KyaraError, OSError):
 
     def __str__(self) -> str:
         return str(self.strerror)
+
+
+def count(value: object, what: str) -> int:
+    """`value` as a whole number of at least 1 (numpy's integers too), or a `KyaraError` naming `what`."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise KyaraError(f"{what} must be a whole number of at least 1, not {value!r}")
+    return int(value)

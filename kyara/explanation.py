@@ -29,7 +29,7 @@ from kyara.bundle import atomic_write_bytes
 from kyara.classify import Classifier
 from kyara.cut import FaceCut, as_is
 from kyara.embedding import Embedder
-from kyara.errors import KyaraError
+from kyara.errors import KyaraError, count
 from kyara.imageio import ImageSource, load_image, resolved
 from kyara.pipeline import Model, Recognizer, as_recognizer
 
@@ -104,8 +104,8 @@ def explain(
     `label` (default: each face's best guess), or "`label` and not `versus`". A face whose label
     is `versus` itself is explained against its runner-up. `max_faces`: only the most face-like
     ones (each map takes about 0.4 s on 2 cores)."""
-    if max_faces is not None and (isinstance(max_faces, bool) or not isinstance(max_faces, int) or max_faces < 1):
-        raise KyaraError(f"max_faces must be a whole number of at least 1, not {max_faces!r}")
+    if max_faces is not None:
+        max_faces = count(max_faces, "max_faces")
     recognizer = as_recognizer(model)
     _check_labels(recognizer.classifier, label, versus)
     cuts = recognizer.cuts_to_name(recognizer.load(image))

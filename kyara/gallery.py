@@ -137,7 +137,8 @@ def enroll(
     name = clean_name(name)
     if isinstance(images, str | os.PathLike | bytes | bytearray | np.ndarray | Image.Image):
         images = [images]  # one picture, not a sequence of characters or rows
-    if len(images) == 0:
+    images = list(images)
+    if not images:
         raise KyaraError(f"no pictures of {name} given")
     if isinstance(model, Recognizer) and model.precision != FLOAT32:
         # Enrolled embeddings serve every precision, so they come from the float network.

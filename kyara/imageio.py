@@ -18,7 +18,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from kyara.errors import ImageError, ImageTooLargeError, KyaraError
+from kyara.errors import ImageError, ImageTooLargeError, KyaraError, count
 
 ImageSource = str | PathLike | bytes | BinaryIO | Image.Image | np.ndarray
 
@@ -43,8 +43,7 @@ def check_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
 
 
 def _read(source: ImageSource, max_pixels: int, decode: bool) -> Image.Image:
-    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
-        raise KyaraError(f"max_pixels must be a whole number of at least 1, not {max_pixels!r}")
+    max_pixels = count(max_pixels, "max_pixels")
     if isinstance(source, np.ndarray):
         return _from_array(np.asarray(source), max_pixels)  # a subclass (np.matrix) as the plain array
     if isinstance(source, Image.Image):
@@ -125,8 +124,10 @@ def to_uint8(values: np.ndarray) -> np.ndarray:
         scaled = values
     elif low >= 0 and high <= 65535:
         scaled = values / 257
-    else:  # halves: the span of +-1e308 would overflow
+    elif high > low:  # halves: the span of +-1e308 would overflow
         scaled = (values / 2 - low / 2) * (255 / (high / 2 - low / 2))
+    else:  # one value outside every range: a flat picture, black
+        scaled = np.zeros_like(values)
     return np.clip(scaled.round(), 0, 255).astype(np.uint8)
 
 
@@ -176,6 +177,15 @@ def resolved(path: str | PathLike) -> Path:
         return path.resolve(strict=os.path.lexists(path))
     except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop, before Python 3.13
         raise KyaraError(f"{path}: cannot resolve the path ({exc})") from exc
+
+
+def lies_in(path: str | PathLike, folder: Path) -> bool:
+    """Whether `path` leads inside `folder` (resolved); a path that cannot be resolved (a broken
+    link, a loop) does not, and is left to be reported where it is read."""
+    try:
+        return resolved(path).is_relative_to(folder)
+    except KyaraError:
+        return False
 
 
 def check_utf8(path: Path) -> None:

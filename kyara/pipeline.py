@@ -20,9 +20,10 @@ from kyara.bundle import ModelBundle, load_bundle, resolve_model_path
 from kyara.classify import Classifier, Guess, Prediction
 from kyara.cut import CROP_MARGIN as CROP_MARGIN  # kyara.server sizes enrolled boxes with it
 from kyara.cut import FaceCut, as_is, cut_face, cuts_to_learn, cuts_to_name, drawn_gray
-from kyara.detection import DEFAULT_DETECTOR, DetectedFace, Detector, get_detector
+from kyara.detection import DetectedFace, Detector
+from kyara.detectors import DEFAULT_DETECTOR, get_detector
 from kyara.embedding import Embedder
-from kyara.errors import KyaraError, ModelError
+from kyara.errors import ModelError, count
 from kyara.imageio import DEFAULT_MAX_PIXELS, ImageSource, load_image
 from kyara.runtime import DEFAULT_PRECISION, FLOAT32
 
@@ -180,9 +181,7 @@ class Recognizer:
 
 def checked_top_k(top_k: object) -> int:
     """`top_k` as the API takes it: a whole number of guesses, at least one."""
-    if isinstance(top_k, bool) or not isinstance(top_k, int | np.integer) or top_k < 1:
-        raise KyaraError(f"top_k must be a whole number of at least 1, not {top_k!r}")
-    return int(top_k)
+    return count(top_k, "top_k")
 
 
 def face_crop(picture: Image.Image, face: DetectedFace) -> Image.Image:

@@ -51,7 +51,7 @@ def open_session(
     options.inter_op_num_threads = 1
     # Each session's threads otherwise spin for a while after every run, taking the cores from the
     # next network of the pipeline (detector, then embedder): recognizing a 768 px illustration on
-    # 2 cores took 55 ms with spinning and 28 ms without (docs/collection.md).
+    # 2 cores took 50 ms with spinning and 28 ms without (docs/detection.md, Speed).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if varying_shapes:
         options.enable_mem_pattern = False

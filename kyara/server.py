@@ -47,7 +47,8 @@ from kyara.admission import (
     uvicorn_options,
     validation_error,
 )
-from kyara.detection import DEFAULT_DETECTOR, DetectedFace
+from kyara.detection import DetectedFace
+from kyara.detectors import DEFAULT_DETECTOR
 from kyara.errors import KyaraError, NoFaceError
 from kyara.explanation import explain
 from kyara.gallery import characters_of, enroll, forget
@@ -280,7 +281,7 @@ def create_app(
     host: str = "127.0.0.1",
 ) -> FastAPI:
     """The web page and the REST API over `model` (default: the user's copy or the built-in one),
-    finding faces with `detector` (a `kyara.detection.DETECTORS` name).
+    finding faces with `detector` (a `kyara.detectors.DETECTORS` name).
 
     With `token`, enroll and forget need `Authorization: Bearer <token>` (401 otherwise); with
     `read_only` they answer 403. Serving on a `host` that is not loopback without either raises

@@ -29,7 +29,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from kyara.cut import cut_face
-from kyara.detection import get_detector
+from kyara.detectors import get_detector
 from kyara.errors import ImageError
 from kyara.imageio import load_image
 from kyara.train.data import STORE_SIDE, LabelledImages, load_folders

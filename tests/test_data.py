@@ -87,11 +87,13 @@ def test_linked_and_look_alike_character_folders_are_refused(tmp_path):
     elsewhere = tmp_path / "hifumi pictures"
     elsewhere.mkdir()
     (root / "hifumi").symlink_to(elsewhere)  # a linked folder of its own: fine
+    (root / "aoi" / "sub").mkdir()
     assert [f.name for f in character_folders([root])] == ["aoi", "hifumi"]
     for link, target, message in (
         ("self", root, "holds the character folders"),
         ("parent", tmp_path, "holds the"),
-        ("hifumi again", elsewhere, "are the same folder"),
+        ("hifumi again", elsewhere, "count twice"),
+        ("inside aoi", root / "aoi" / "sub", "count twice"),
     ):
         (root / link).symlink_to(target)
         with pytest.raises(KyaraError, match=message):

@@ -110,8 +110,9 @@ def test_crop_keeps_face_crops_and_survives_long_names_and_loops(tmp_path, monke
     shutil.copy(held_out_files[0], raw / "crop.jpg")  # a face crop, kept whole
     Image.linear_gradient("L").resize((300, 300)).convert("RGB").save(raw / "shaded.png")  # no face found: kept
     Image.new("RGB", (300, 300), (250, 250, 240)).save(raw / "blank.png")  # one colour: no face at all
+    (raw / "gone.png").symlink_to(tmp_path / "nowhere.png")  # a broken link: reported, the rest cropped
     result = runner.invoke(app, ["crop", str(tmp_path / "raw"), str(tmp_path / "faces"), "--size", "64", "--json"])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1 and "gone.png" in result.stderr, result.output
     summary = json.loads(result.stdout)
     written = sorted(p.name for p in (tmp_path / "faces" / "mix").iterdir())
     assert summary["without_face"] == [str(raw / "blank.png")] and len(written) == summary["written"] >= 3

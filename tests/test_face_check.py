@@ -13,9 +13,10 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from kyara.cli import app
-from kyara.detection import CnnDetector, get_detector, iou
+from kyara.detection import CnnDetector, iou
+from kyara.detectors import get_detector
 from kyara.errors import KyaraError, ModelError
-from kyara.face_check import FACE_CHECK, CheckedCnnDetector, FaceCheck
+from kyara.face_check import CheckedCnnDetector, FaceCheck, rescored
 from kyara.imageio import list_images, load_image
 from kyara.pipeline import Recognizer
 from tests.conftest import ROOT, data_path
@@ -46,8 +47,8 @@ def test_sure_faces_are_the_cnns_and_unsure_ones_pass_the_check(checked, picture
             (cnn,) = [s for s in seen if s.box == face.box]  # every face kept is one of the CNN's candidates
             if cnn.score >= high:
                 assert face.score == cnn.score
-            else:  # checked: its score is the check's probability
-                assert face.score >= checked.threshold
+            else:  # checked: the check's probability, mapped into the band, below every sure face
+                assert checked.min_score <= face.score <= high
                 checked_kept += 1
         assert [f.score for f in found] == sorted((f.score for f in found), reverse=True)
         detections += len(found)
@@ -85,20 +86,27 @@ def test_a_check_that_does_not_fit_is_refused(tmp_path):
     check = FaceCheck.load()
     with pytest.raises(ModelError, match="another embedder"):
         CheckedCnnDetector(check=dataclasses.replace(check, embedder="0" * 16))
-    with pytest.raises(ModelError, match="256-dimensional embeddings, not 128"):
-        check.probability(np.zeros((1, 128)), np.array([0.5]))
-    for text in (
-        "",
-        "{",
-        '{"weights": [1, 2]}',
-        '{"weights": "x", "bias": 0, "band": [0, 1], "threshold": 0, "embedder": ""}',
-    ):
+    with pytest.raises(ModelError, match="reads 7 numbers"):
+        CheckedCnnDetector(check=dataclasses.replace(check, weights=np.ones(8)))
+    good = check.to_dict()
+    for changed in ({"band": [0.8, 0.35]}, {"band": [0.35, 2]}, {"min_score": "x"}, {"weights": "x"}, {"bias": None}):
+        (tmp_path / "check.json").write_text(json.dumps(good | changed))
+        with pytest.raises(ModelError, match="face check"):
+            FaceCheck.load(tmp_path / "check.json")
+    for text in ("", "{", '{"weights": [1, 2]}'):
         (tmp_path / "check.json").write_text(text)
         with pytest.raises(ModelError, match="face check"):
             FaceCheck.load(tmp_path / "check.json")
-    assert FaceCheck.load(FACE_CHECK).threshold == FaceCheck.load().threshold
     with pytest.raises(KyaraError, match="float32 only"):
         get_detector("cnn-checked", precision="int8")
+    for wrong in ("x", float("nan"), 2):
+        with pytest.raises(KyaraError, match="min_score"):
+            CheckedCnnDetector(min_score=wrong, check=check)
+
+
+def test_checked_scores_rank_below_sure_ones():
+    scores = rescored((0.35, 0.8), np.array([0.9, 0.5, 0.36, 0.2]), np.array([0.0, 1.0, 0.5, 1.0]))
+    assert np.allclose(scores, [0.9, 0.8, 0.575, 0.0])  # sure kept, band mapped, under the band dropped
 
 
 def test_recognize_and_the_cli_take_it_by_name():

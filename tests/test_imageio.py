@@ -136,6 +136,8 @@ def test_arrays_and_streams(face):
         (np.full((40, 40), 65535, np.uint16), 255),
         (np.full((40, 40), 200, np.int64), 200),
         (np.full((40, 40), 200.0, np.float32), 200),
+        (np.full((40, 40), -1.0), 0),  # one value outside every range: was a ZeroDivisionError
+        (np.full((40, 40), 70_000, np.int32), 0),
     ],
 )
 def test_array_values_keep_their_brightness(values, grey):
@@ -160,6 +162,7 @@ def test_odd_arrays_and_modes_are_read_or_refused_cleanly(face):
     for limit in (0, -1, float("nan"), None, 1.5):
         with pytest.raises(KyaraError, match="max_pixels"):
             load_image(gray, max_pixels=limit)
+    assert load_image(gray, max_pixels=np.int64(10**6)).size == face.size
 
 
 def test_a_picture_opened_by_the_caller_is_turned_upright_too(face):

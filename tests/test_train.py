@@ -181,7 +181,7 @@ def test_an_interrupted_finetune_resumes_to_the_same_network(tmp_path, monkeypat
 
 
 def test_illustrations_are_reduced_to_faces_once_then_from_the_cache(tmp_path, monkeypatch):
-    from kyara.detection import get_detector
+    from kyara.detectors import get_detector
     from kyara.train.data import load_folders
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))

@@ -34,7 +34,7 @@ from train_detector import LABELS, Label, benchmark_files, labelled_pictures
 from kyara.bundle import atomic_write_text, default_model_path
 from kyara.cut import cut_face
 from kyara.detection import CnnDetector, DetectedFace, containment, iou
-from kyara.face_check import FACE_CHECK, FaceCheck, embedder_digest
+from kyara.face_check import FACE_CHECK, FaceCheck, embedder_digest, logit, rescored
 from kyara.imageio import load_image
 from kyara.pipeline import Recognizer
 
@@ -46,11 +46,11 @@ PER_SOURCE = 700
 """Training pictures drawn per source (all of the smaller sources)."""
 BANDS = [(FLOOR, 1.01), (0.2, 0.8), (0.3, 0.8), (0.3, 0.7), (0.35, 0.8)]
 FITS = [(0, 1e-3), (0, 1e-2), (64, 1e-3), (64, 1e-2)]
+"""(hidden units, weight decay): 0 hidden units is the logistic regression."""
 SHIPPED = (0, 1e-3, (0.35, 0.8))
 """The check written to kyara/models/face-check.json: the logistic regression on the band that
-needs two embeddings a picture; its threshold is the one the even-numbered benchmark pictures
-choose for precision 0.90, as the detector's own threshold was chosen."""
-"""(hidden units, weight decay): 0 hidden units is the logistic regression."""
+needs two embeddings a picture; its min_score is the threshold the even-numbered benchmark
+pictures choose for precision 0.90 on the scores it reports, as the detector's own was chosen."""
 
 
 def benchmark_module():
@@ -61,11 +61,6 @@ def benchmark_module():
     sys.modules[spec.name] = module  # its dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
-
-
-def logit(scores: np.ndarray) -> np.ndarray:
-    clipped = np.clip(scores, 1e-4, 1 - 1e-4)
-    return np.log(clipped / (1 - clipped))
 
 
 def features(vectors: np.ndarray, scores: np.ndarray) -> np.ndarray:
@@ -213,10 +208,9 @@ def main() -> None:
         check, net = fit(training["x"], training["y"], hidden, weight_decay)
         for low, high in BANDS if hidden == 0 and weight_decay == 1e-3 else BANDS[:1]:
 
-            def score(faces, vectors, check=check, low=low, high=high):
+            def score(faces, vectors, check=check, band=(low, high)):
                 detected = np.array([f.score for f in faces])
-                checked = check(features(vectors, detected))
-                return np.where(detected >= high, 1.0, np.where(detected < low, 0.0, checked))
+                return rescored(band, detected, check(features(vectors, detected)))
 
             in_band = float(np.mean((all_scores >= low) & (all_scores < high))) * len(all_scores) / len(found)
             study["checks"].append(

@@ -71,12 +71,12 @@ class IndexQueries(LabelledStore):
         """For each embedding, the `top_k` most similar faces of the collection, best first (with
         labels from this model's current gallery)."""
         top_k = checked_top_k(top_k)
-        stale = self._labels_stale()
-        if len(self._vectors) == 0 or len(vectors) == 0:
-            return [[] for _ in vectors]
-        queries = np.asarray(vectors, np.float32).reshape(len(vectors), -1)
-        if queries.shape[1] != self.dim:
+        queries = np.asarray(vectors, np.float32).reshape(len(vectors), -1) if len(vectors) else None
+        if queries is not None and queries.shape[1] != self.dim:
             raise KyaraError(f"the index holds {self.dim}-dimensional embeddings, not {queries.shape[1]}")
+        stale = self._labels_stale()
+        if len(self._vectors) == 0 or queries is None:
+            return [[] for _ in vectors]
         # Asking for more than the collection holds would reserve memory for every extra answer.
         matches = self._vectors.search(queries, min(top_k, len(self._vectors)), expansion)
         ids = sorted({int(k) for keys, _ in matches for k in keys})

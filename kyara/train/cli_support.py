@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from kyara.bundle import ModelBundle, default_model_path, load_bundle, save_bundle
-from kyara.detection import get_detector
+from kyara.detectors import get_detector
 from kyara.errors import KyaraError
 from kyara.train.data import load_folders
 from kyara.train.fit import fit_folders, too_few

@@ -1,0 +1,21 @@
+"""Which face detector a name means (`--detector`): the one registry, above every detector module
+(the face check cuts faces, so it sits above kyara.cut, which sits above kyara.detection)."""
+
+from __future__ import annotations
+
+from kyara.detection import AnimeFaceDetector, CnnDetector, Detector
+from kyara.errors import KyaraError
+from kyara.face_check import CheckedCnnDetector
+from kyara.runtime import DEFAULT_PRECISION
+
+DETECTORS = {"animeface": AnimeFaceDetector, "cnn": CnnDetector, "cnn-checked": CheckedCnnDetector}
+DEFAULT_DETECTOR = "cnn"
+
+
+def get_detector(name: str = DEFAULT_DETECTOR, precision: str = DEFAULT_PRECISION, **options) -> Detector:
+    """The detector called `name`; `precision` is its networks' (animeface runs none)."""
+    if name not in DETECTORS:
+        raise KyaraError(f"unknown detector {name!r}; available: {', '.join(DETECTORS)}")
+    if name != AnimeFaceDetector.name:
+        options["precision"] = precision
+    return DETECTORS[name](**options)
