@@ -235,6 +235,20 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         raise
 
 
+def check_writable(path: Path, what: str) -> None:
+    """Refuse, before long work, what `atomic_write` would refuse after it: a folder at `path`, a
+    folder for it that cannot be made or written, a read-only file."""
+    if path.is_dir():
+        raise KyaraError(f"{path} is a folder; give the path of {what} to write")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise KyaraError(f"cannot create the folder for {path}: {exc.strerror or exc}") from exc
+    if not os.access(path.parent, os.W_OK):
+        raise KyaraError(f"{path.parent} is not writable")
+    _writable_mode(path)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """`data` written to `path` by `atomic_write`."""
 
@@ -335,8 +349,9 @@ def _check_metadata(metadata: dict[str, Any]) -> None:
 
 def load_bundle(path: str | os.PathLike) -> ModelBundle:
     """Read a `.kyara` file, checking its format; raises `ModelError` with the reason otherwise."""
+    path = model_path(path)
     try:
-        return _read_bundle(Path(path))
+        return _read_bundle(path)
     except ModelError as exc:
         if Path(path).is_file() and Path(path).resolve() == user_model_path().resolve():
             # Every command reads this copy when there is one: say how to recover.
@@ -460,9 +475,16 @@ def user_model_path() -> Path:
     return Path(base) / "kyara" / "model.kyara"
 
 
+def model_path(model: object) -> Path:
+    """A model named by a path (text or `os.PathLike`); anything else, or an empty name, is a `ModelError`."""
+    if not isinstance(model, str | os.PathLike) or not str(model):
+        raise ModelError(f"a model is a .kyara file's path, not {model!r}")
+    return Path(model)
+
+
 def resolve_model_path(model: str | os.PathLike | None) -> Path:
     """`model` if given, else the user's copy once it exists, else the built-in model."""
     if model is not None:
-        return Path(model)
+        return model_path(model)
     user = user_model_path()
     return user if user.is_file() else default_model_path()

@@ -30,7 +30,7 @@ from kyara.bundle import ModelBundle
 from kyara.crop import training_cuts
 from kyara.cut import FaceCut, drawn_gray
 from kyara.detection import Detector
-from kyara.errors import KyaraError
+from kyara.errors import KyaraError, count
 from kyara.imageio import check_utf8, lies_in, load_image, resolved, shortened
 from kyara.pipeline import Model, Recognizer
 
@@ -128,6 +128,11 @@ def cluster_folder(
     (`threshold_for`). Nothing is written when no face is found (the summary counts 0 faces)."""
     if isinstance(pictures, str | os.PathLike):
         raise KyaraError(f"give the pictures as a list of files, not one {type(pictures).__name__}")
+    min_size = count(min_size, "min_size")
+    if threshold is not None and (
+        isinstance(threshold, bool) or not isinstance(threshold, int | float) or not 0 < threshold <= 2
+    ):
+        raise KyaraError(f"threshold is a cosine distance, above 0 and at most 2, not {threshold!r}")
     check_target(target, force)
     hierarchy()  # said now, not after hours of embedding
     written = resolved(target)
@@ -163,11 +168,11 @@ def cluster_faces(
 ) -> np.ndarray:
     """A group number per face (0 = the largest group, ...), -1 for noise (groups under `min_size`)."""
     linkage, fcluster = hierarchy()
-    count = len(embeddings)
-    if count > MAX_FACES:
-        raise KyaraError(f"{count} faces is more than agglomerative clustering handles here ({MAX_FACES}); split them")
-    if count < 2:
-        return np.full(count, 0 if count >= min_size else -1)
+    total = len(embeddings)
+    if total > MAX_FACES:
+        raise KyaraError(f"{total} faces is more than agglomerative clustering handles here ({MAX_FACES}); split them")
+    if total < 2:
+        return np.full(total, 0 if total >= min_size else -1)
     tree = linkage(np.asarray(embeddings, np.float64), method="average", metric="cosine")
     groups = fcluster(tree, t=threshold, criterion="distance")
     sizes = Counter(groups.tolist())

@@ -131,7 +131,10 @@ def macro_f1(truth: Sequence[str], predicted: Sequence[str], classes: Sequence[s
 
 def _report(classifier: Classifier, images: Sequence[EmbeddedImage], shots: int | None, skipped: list[dict]) -> Report:
     if not images:
-        raise KyaraError("no readable images to evaluate")
+        unread = "; ".join(item["error"] for item in skipped[:5]) + (
+            f"; and {len(skipped) - 5} more" if len(skipped) > 5 else ""
+        )
+        raise KyaraError("no readable images to evaluate" + (f": {unread}" if unread else ""))
     probabilities, truth = _score(classifier, images, gray=False)
     colour = _figures(probabilities, truth, classifier.labels)
     gray = _figures(_score(classifier, images, gray=True)[0], truth, classifier.labels)

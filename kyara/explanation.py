@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFont
 
-from kyara.bundle import atomic_write_bytes
+from kyara.bundle import atomic_write_bytes, check_writable
 from kyara.classify import Classifier
 from kyara.cut import FaceCut, as_is
 from kyara.embedding import Embedder
@@ -130,8 +130,10 @@ def explain_to_file(
 ) -> ExplainedPicture:
     """`kyara explain`: `explain` every face of `image`, then write the picture with the heat maps
     to `output` (`write_overlay`; a format other than .png, .jpg, .webp is refused before any work).
-    Raises `OSError` when `output` cannot be written, and refuses to write over `image` itself."""
+    Where `output` cannot be written is said before any work; it never writes over `image` itself."""
+    output = Path(output)
     output_format(output)
+    check_writable(output, "the picture")
     if isinstance(image, str | os.PathLike) and Path(image).exists() and resolved(image) == resolved(output):
         raise KyaraError(f"{output}: is the picture being explained; write the heat maps elsewhere")
     recognizer = model if isinstance(model, Recognizer) else Recognizer(model)

@@ -25,6 +25,7 @@ from kyara.bundle import (
     atomic_write_bytes,
     default_model_path,
     load_bundle,
+    model_path,
     resolve_model_path,
     save_bundle,
     user_model_path,
@@ -49,7 +50,7 @@ class EnrollResult:
 def editable_model_path(model: str | os.PathLike | None) -> Path:
     """The bundle that enroll/forget change: `model`, or the user's copy (made on first use)."""
     if model is not None:
-        if not Path(model).is_file():
+        if not model_path(model).is_file():
             raise ModelError(f"{model}: no such model file")
         if not zipfile.is_zipfile(model):  # said before a lock file is left beside, say, a picture
             raise ModelError(f"{model}: not a kyara model (a .kyara bundle)")

@@ -23,7 +23,7 @@ from kyara.cut import FaceCut, as_is, cut_face, cuts_to_learn, cuts_to_name, dra
 from kyara.detection import DetectedFace, Detector
 from kyara.detectors import DEFAULT_DETECTOR, get_detector
 from kyara.embedding import Embedder
-from kyara.errors import ModelError, count
+from kyara.errors import KyaraError, ModelError, count
 from kyara.imageio import DEFAULT_MAX_PIXELS, ImageSource, load_image
 from kyara.runtime import DEFAULT_PRECISION, FLOAT32
 
@@ -90,6 +90,10 @@ class Recognizer:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         precision: str = DEFAULT_PRECISION,
     ) -> None:
+        threads = None if threads is None else count(threads, "threads")
+        max_pixels = count(max_pixels, "max_pixels")
+        if not isinstance(detector, str) and not callable(getattr(detector, "detect", None)):
+            raise KyaraError(f"detector: a detector's name or an object with detect(image), not {detector!r}")
         self.bundle = model if isinstance(model, ModelBundle) else load_bundle(resolve_model_path(model))
         self.from_memory = isinstance(model, ModelBundle)
         self.model_file = None if self.from_memory else model
@@ -109,7 +113,7 @@ class Recognizer:
     def with_threads(self, threads: int) -> Recognizer:
         """The same model and detector with `threads` inference threads per call. Work spread over
         the cores by the caller (`kyara index`: one picture per core at once) needs one: on
-        networks this small, a second thread per call buys little and spins a core."""
+        networks this small, a second thread per call buys little."""
         threaded = getattr(self.detector, "with_threads", None)  # see kyara.detection.Detector
         detector = threaded(threads) if threaded else self.detector
         copy = Recognizer(self.bundle, detector, threads, self.max_pixels, self.precision)

@@ -172,6 +172,10 @@ def test_too_many_faces_and_output_inside_the_input(crops, recognizer, tmp_path,
     assert result.exit_code == 2 and "where the clusters go" in result.stderr, result.output
     with pytest.raises(KyaraError, match="list of files"):
         kyara.cluster.cluster_folder(str(source), tmp_path / "out")
+    for options, message in (({"threshold": "x"}, "cosine distance"), ({"min_size": None}, "min_size")):
+        with pytest.raises(KyaraError, match=message):  # said before any face is embedded
+            kyara.cluster.cluster_folder(list(source.iterdir()), tmp_path / "out", **options)
+    assert not (tmp_path / "out").exists()
 
 
 def test_cluster_says_scipy_is_missing_before_any_work(tmp_path, monkeypatch):

@@ -122,3 +122,12 @@ def test_crop_keeps_face_crops_and_survives_long_names_and_loops(tmp_path, monke
     (tmp_path / "loop").symlink_to(tmp_path / "loop")
     result = runner.invoke(app, ["crop", str(tmp_path / "raw"), str(tmp_path / "loop")])
     assert result.exit_code == 2 and "cannot resolve" in result.stderr
+
+
+def test_evaluating_folders_of_unreadable_files_names_them(tmp_path):
+    for character in ("gura", "ina"):
+        (tmp_path / character).mkdir()
+        (tmp_path / character / f"{character} broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not a picture")
+    result = runner.invoke(app, ["evaluate", str(tmp_path)])
+    assert result.exit_code == 2 and "no readable images" in result.stderr, result.output
+    assert "gura broken.png" in result.stderr and "ina broken.png" in result.stderr  # they were not named

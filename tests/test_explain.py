@@ -16,7 +16,16 @@ from typer.testing import CliRunner
 import kyara
 from kyara.cli import app
 from kyara.cut import cut_face
-from kyara.explanation import _heat_layer, caption_boxes, explain_crop, input_pixels, overlay, saliency_map, scorer
+from kyara.explanation import (
+    _heat_layer,
+    caption_boxes,
+    explain_crop,
+    explain_to_file,
+    input_pixels,
+    overlay,
+    saliency_map,
+    scorer,
+)
 from kyara.pipeline import Recognizer
 from tests.conftest import ROOT, data_path
 from tests.explanation_checks import deletion_area, deletion_curve, randomized_model, rank_correlation
@@ -219,9 +228,12 @@ def test_bad_requests_get_clear_errors_and_write_nothing(tmp_path, recognizer):
     Image.new("RGB", (120, 90), (250, 250, 250)).save(blank)
     taken = tmp_path / "taken.png"
     taken.mkdir()
-    result = runner.invoke(app, ["explain", str(blank), "-o", str(taken)])
-    assert result.exit_code == 1 and "cannot write" in result.stderr
+    result = runner.invoke(app, ["explain", str(blank), "-o", str(taken)])  # said before the work now
+    assert result.exit_code == 2 and "is a folder" in result.stderr, result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["blank.png", "broken.png", "taken.png"]
+    under_a_file = tmp_path / "blank.png" / "out.png"
+    with pytest.raises(kyara.KyaraError, match="cannot create the folder"):
+        explain_to_file(blank, under_a_file, recognizer)
     before = blank.read_bytes()  # it was overwritten with its heat maps
     result = runner.invoke(app, ["explain", str(blank), "-o", str(tmp_path / "." / "blank.png")])
     assert result.exit_code == 2 and "is the picture being explained" in result.stderr, result.output

@@ -227,3 +227,20 @@ def test_evaluating_a_model_without_characters_is_a_clear_error(tmp_path):
     )
     with pytest.raises(KyaraError, match="knows no characters"):
         evaluate(Recognizer(empty), tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"threads": "x"}, "threads"),
+        ({"threads": 0}, "threads"),
+        ({"detector": 5}, "detector"),
+        ({"model": 5}, "path"),
+        ({"model": ""}, "path"),
+        ({"max_pixels": float("nan")}, "max_pixels"),
+    ],
+)
+def test_a_recognizer_of_wrong_arguments_is_a_clear_error(arguments, message):
+    """These were onnxruntime TypeErrors, AttributeErrors at the first picture, or '' read as '.'."""
+    with pytest.raises(kyara.KyaraError, match=message):
+        kyara.Recognizer(**arguments)

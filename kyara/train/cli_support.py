@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
-from kyara.bundle import ModelBundle, default_model_path, load_bundle, save_bundle
+from kyara.bundle import ModelBundle, check_writable, default_model_path, load_bundle, save_bundle
 from kyara.detectors import get_detector
 from kyara.errors import KyaraError
 from kyara.train.data import load_folders
@@ -57,18 +56,6 @@ def check_settings(config: TrainConfig, output: Path, checkpoint: Path | None) -
     if config.backbone not in BACKBONES:
         raise KyaraError(f"unknown backbone {config.backbone!r}: use {', '.join(BACKBONES)}")
     check_checkpoint_use(config, checkpoint)
-    check_writable_file(output, "the .kyara file")
+    check_writable(output, "the .kyara file")
     if checkpoint is not None:
-        check_writable_file(checkpoint, "the checkpoint")
-
-
-def check_writable_file(path: Path, what: str) -> None:
-    """A file can be written at `path` (its folder made if needed), checked before hours of work."""
-    if path.is_dir():
-        raise KyaraError(f"{path} is a folder; give the path of {what} to write")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise KyaraError(f"cannot create the folder for {path}: {exc.strerror or exc}") from exc
-    if not os.access(path.parent, os.W_OK):
-        raise KyaraError(f"{path.parent} is not writable")
+        check_writable(checkpoint, "the checkpoint")
