@@ -6,6 +6,7 @@ import functools
 import glob
 import io
 import json
+import os
 import sys
 import unicodedata
 from collections.abc import Callable
@@ -32,6 +33,14 @@ def _given_path(value: str | Path) -> Path:
     if isinstance(value, str) and not value.strip():
         raise typer.BadParameter("an empty path")
     return Path(value)
+
+
+def _given_file(value: str | Path) -> Path:
+    """A file to write: `_given_path`, and a name ending in '/' (a folder meant) is refused, where
+    Path would drop the slash and write a file of the folder's name."""
+    if isinstance(value, str) and value.endswith(("/", os.sep)):
+        raise typer.BadParameter(f"{value!r} names a folder: give the file's name")
+    return _given_path(value)
 
 
 Paths = Annotated[list[str], typer.Argument(help="Image files, folders (searched recursively) or glob patterns.")]
@@ -264,7 +273,7 @@ def train(
         typer.Argument(parser=_given_path, help="One folder per character: face crops or full illustrations."),
     ],
     output: Annotated[
-        Path, typer.Option("-o", "--output", help="Where to write the .kyara model.", parser=_given_path)
+        Path, typer.Option("-o", "--output", help="Where to write the .kyara model.", parser=_given_file)
     ],
     mode: Annotated[
         str,
@@ -292,7 +301,7 @@ def train(
     checkpoint: Annotated[
         Path | None,
         typer.Option(
-            "--checkpoint", help="Save progress here each epoch; resume from it if present.", parser=_given_path
+            "--checkpoint", help="Save progress here each epoch; resume from it if present.", parser=_given_file
         ),
     ] = None,
 ) -> None:
@@ -639,7 +648,7 @@ def explain(
     output: Annotated[
         Path,
         typer.Option(
-            "-o", "--output", help="Where to write the picture with heat maps (.png, .jpg, .webp).", parser=_given_path
+            "-o", "--output", help="Where to write the picture with heat maps (.png, .jpg, .webp).", parser=_given_file
         ),
     ],
     label: Annotated[

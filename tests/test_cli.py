@@ -125,6 +125,10 @@ def test_an_empty_path_option_is_refused_not_the_current_folder(tmp_path, monkey
     for arguments in (["crop", "", "out"], ["index", "", "--db", "x.kyaradb"], ["characters", "--model", " "]):
         result = runner.invoke(app, arguments)
         assert result.exit_code == 2 and "an empty path" in result.output, (arguments, result.output)
+    # A file to write named like a folder: Path dropped the slash and wrote a file "out".
+    for arguments in (["train", ".", "-o", "out/"], ["explain", "here.png", "-o", "out/"]):
+        result = runner.invoke(app, arguments)
+        assert result.exit_code == 2 and "names a folder" in result.output, (arguments, result.output)
     assert sorted(os.listdir(tmp_path)) == ["here.png"]
 
 

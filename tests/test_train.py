@@ -178,6 +178,9 @@ def test_an_interrupted_finetune_resumes_to_the_same_network(tmp_path, monkeypat
     checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
     with pytest.raises(KyaraError, match="not a readable kyara checkpoint"):
         train(data, data, config, checkpoint=checkpoint)
+    checkpoint.write_bytes(b"")
+    with pytest.raises(KyaraError, match=r"checkpoint \(\w+"):  # a reason, not "()"
+        train(data, data, config, checkpoint=checkpoint)
 
 
 def test_illustrations_are_reduced_to_faces_once_then_from_the_cache(tmp_path, monkeypatch):

@@ -275,7 +275,8 @@ def _load_checkpoint(path: Path, config: TrainConfig, data: LabelledImages) -> d
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a truncated or foreign file
-        raise KyaraError(f"{path} is not a readable kyara checkpoint ({exc}); delete it to start afresh") from exc
+        reason = str(exc) or type(exc).__name__  # an empty file raises an EOFError without words
+        raise KyaraError(f"{path} is not a readable kyara checkpoint ({reason}); delete it to start afresh") from exc
     expected = {"config": asdict(config), "classes": data.classes, "pictures": _fingerprint(data)}
     if not isinstance(saved, dict) or any(saved.get(key) != value for key, value in expected.items()):
         raise KyaraError(f"{path} was made with other settings, characters or pictures; delete it to start afresh")
