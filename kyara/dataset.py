@@ -28,6 +28,11 @@ def character_folders(roots: Sequence[Path]) -> list[Path]:
         for folder in sorted(Path(root).iterdir())
         if folder.is_dir() and not folder.name.startswith(".")
     ]
+    unprintable = [repr(f.name) for f in folders if not printable(f.name)]
+    if unprintable:
+        raise KyaraError(
+            f"a character folder's name becomes its label, and these hold control characters: {', '.join(unprintable)}"
+        )
     names = [unicodedata.normalize("NFC", f.name) for f in folders]  # café and café are one name
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
@@ -36,6 +41,11 @@ def character_folders(roots: Sequence[Path]) -> list[Path]:
         )
     _check_links(folders, [resolved(root) for root in roots])
     return folders
+
+
+def printable(name: str) -> bool:
+    """A name can be shown as a label: no control or format character, no line or paragraph separator."""
+    return not any(unicodedata.category(c).startswith("C") or unicodedata.category(c) in ("Zl", "Zp") for c in name)
 
 
 def _check_links(folders: list[Path], roots: list[Path]) -> None:

@@ -31,6 +31,7 @@ from kyara.bundle import (
     user_model_path,
 )
 from kyara.cut import gray_cuts
+from kyara.dataset import printable
 from kyara.errors import ImageError, KyaraError, ModelError, NoFaceError
 from kyara.imageio import DEFAULT_MAX_PIXELS, ImageSource, resolved
 from kyara.pipeline import Model, Recognizer, forget_loaded_models
@@ -88,17 +89,11 @@ def clean_name(name: str) -> str:
     if not isinstance(name, str):
         raise KyaraError(f"a character name is text, not {type(name).__name__}")
     name = unicodedata.normalize("NFC", name).strip()
-    if not name or len(name) > MAX_NAME_LENGTH or not all(map(_printable, name)):
+    if not name or len(name) > MAX_NAME_LENGTH or not printable(name):
         raise KyaraError(f"a character name must be 1 to {MAX_NAME_LENGTH} printable characters, got {name!r}")
     if name in (".", ".."):  # a web address cannot carry them as a path segment
         raise KyaraError(f"{name!r} cannot be a character name")
     return name
-
-
-def _printable(character: str) -> bool:
-    """Neither a control or format character nor a line or paragraph separator."""
-    category = unicodedata.category(character)
-    return not category.startswith("C") and category not in ("Zl", "Zp")
 
 
 def embed_enrollment(

@@ -104,6 +104,10 @@ def test_linked_and_look_alike_character_folders_are_refused(tmp_path):
     with pytest.raises(KyaraError, match="appears twice"):
         character_folders([root])
     (root / "cafe\u0301").rmdir()
+    (root / "two\nlines").mkdir()  # a label of two lines, in tables and reports
+    with pytest.raises(KyaraError, match="control characters"):
+        character_folders([root])
+    (root / "two\nlines").rmdir()
     (root / "aoi" / "gone.png").symlink_to(tmp_path / "nothing.png")  # listed, to be reported unreadable
     (root / "aoi" / "photo.jfif").write_bytes(b"")
     assert {f.path.name for f in labelled_files([root])} == {"gone.png", "photo.jfif"}
