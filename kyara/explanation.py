@@ -73,6 +73,7 @@ class Explanation:
 
     def to_dict(self, cells: int = 32) -> dict:
         """JSON-ready, with the heat map averaged down to `cells` x `cells`."""
+        cells = count(cells, "cells")
         small = Image.fromarray(self.heatmap.astype(np.float32)).resize((cells, cells), Image.Resampling.BOX)
         return {
             "box": list(self.box),

@@ -195,6 +195,8 @@ def test_picture_without_a_face_is_explained_whole(recognizer):
     [explanation] = kyara.explain(picture, recognizer)
     assert explanation.fallback and explanation.box == (0, 0, 300, 200) and explanation.crop_box == (0, -50, 300, 300)
     assert json.dumps(explanation.to_dict())
+    with pytest.raises(kyara.KyaraError, match="cells"):
+        explanation.to_dict(cells=0)  # was Pillow's ValueError
     assert overlay(picture, [explanation]).size == (300, 200)
     # A long, thin picture: the heat over its padded square was the long side squared (1.6 GB at 20,000 px).
     thin = Image.new("RGB", (8000, 20), (240, 240, 250))
