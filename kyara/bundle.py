@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -148,9 +148,9 @@ class ModelBundle:
             return self.onnx
         if self.onnx_int8 is not None:
             return self.onnx_int8
-        shipped_float, shipped_int8 = _shipped_embedders()
-        if shipped_float == self.onnx and shipped_int8 is not None:  # a copy of it, made before it had one
-            return shipped_int8
+        shipped = shipped_embedder()
+        if shipped.onnx == self.onnx and shipped.onnx_int8 is not None:  # a copy of it, made before it had one
+            return shipped.onnx_int8
         raise PrecisionError(
             f"the model {self.name!r} has no 8-bit embedder (models made by `kyara train` are float only; a "
             "kyara checkout's `python tools/quantize.py --what embedder --model FILE --pictures FOLDER` adds "
@@ -457,11 +457,18 @@ def _load_weights(archive: zipfile.ZipFile) -> dict[str, np.ndarray]:
         return {name: weights[name] for name in weights.files}
 
 
+class ShippedEmbedder(NamedTuple):
+    onnx: bytes
+    onnx_int8: bytes | None
+    input_size: int
+
+
 @functools.lru_cache(maxsize=1)
-def _shipped_embedders() -> tuple[bytes, bytes | None]:
-    """The built-in model's embedder in float and in 8 bits (read once: it is 17 MB)."""
+def shipped_embedder() -> ShippedEmbedder:
+    """The built-in model's embedder in float and in 8 bits, and its input side (read once: the
+    model is 17 MB)."""
     shipped = load_bundle(default_model_path())
-    return shipped.onnx, shipped.onnx_int8
+    return ShippedEmbedder(shipped.onnx, shipped.onnx_int8, shipped.input_size)
 
 
 def default_model_path() -> Path:

@@ -45,7 +45,7 @@ def character_folders(roots: Sequence[Path]) -> list[Path]:
 
 def printable(name: str) -> bool:
     """A name can be shown as a label: no control or format character, no line or paragraph separator."""
-    return not any(unicodedata.category(c).startswith("C") or unicodedata.category(c) in ("Zl", "Zp") for c in name)
+    return not any(category[0] == "C" or category in ("Zl", "Zp") for category in map(unicodedata.category, name))
 
 
 def _check_links(folders: list[Path], roots: list[Path]) -> None:

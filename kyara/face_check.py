@@ -15,6 +15,7 @@ and costs).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass, replace
@@ -23,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from kyara.bundle import default_model_path, load_bundle
+from kyara.bundle import shipped_embedder
 from kyara.cut import cut_face
 from kyara.detection import CnnDetector, DetectedFace
 from kyara.embedding import Embedder
@@ -36,6 +37,12 @@ FACE_CHECK = Path(__file__).parent / "models" / "face-check.json"
 def embedder_digest(onnx: bytes) -> str:
     """Which embedder a check was fitted on: the features it reads are that network's."""
     return hashlib.sha256(onnx).hexdigest()[:16]
+
+
+@functools.cache
+def _shipped_digest() -> str:
+    """`embedder_digest` of the shipped embedder, hashed once however many detectors are made."""
+    return embedder_digest(shipped_embedder().onnx)
 
 
 def logit(scores: np.ndarray) -> np.ndarray:
@@ -123,9 +130,9 @@ class CheckedCnnDetector:
         self.min_score = self.check.min_score if min_score is None else _fraction(min_score, "min_score")
         self.threads = threads
         self.detector = CnnDetector(min_score=self.check.band[0], threads=threads)
-        shipped = load_bundle(default_model_path())
-        if embedder_digest(shipped.onnx) != self.check.embedder:
+        if _shipped_digest() != self.check.embedder:
             raise ModelError("the face check was fitted on another embedder than the shipped model's: reinstall kyara")
+        shipped = shipped_embedder()
         self.embedder = Embedder(shipped.onnx, shipped.input_size, threads)
         if len(self.check.weights) != self.embedder.dim + 1:
             raise ModelError(

@@ -51,11 +51,12 @@ class EnrollResult:
 def editable_model_path(model: str | os.PathLike | None) -> Path:
     """The bundle that enroll/forget change: `model`, or the user's copy (made on first use)."""
     if model is not None:
-        if not model_path(model).is_file():
+        path = model_path(model)
+        if not path.is_file():
             raise ModelError(f"{model}: no such model file")
-        if not zipfile.is_zipfile(model):  # said before a lock file is left beside, say, a picture
+        if not zipfile.is_zipfile(path):  # said before a lock file is left beside, say, a picture
             raise ModelError(f"{model}: not a kyara model (a .kyara bundle)")
-        return Path(model)
+        return path
     user = user_model_path()
     if not user.is_file():
         with locked(user):  # two first enrollments at once: one copies, the other uses the copy
