@@ -362,9 +362,17 @@ def load_bundle(path: str | os.PathLike) -> ModelBundle:
         raise
 
 
-def _read_bundle(path: Path) -> ModelBundle:
+def check_model_file(path: Path, named: str | os.PathLike | None = None) -> Path:
+    """`path` if it is a file; else a ModelError that names it as the user did (`named`)."""
+    if path.is_dir():
+        raise ModelError(f"{named or path}: a folder, not a model file (a .kyara bundle)")
     if not path.is_file():
-        raise ModelError(f"{path}: no such model file")
+        raise ModelError(f"{named or path}: no such model file")
+    return path
+
+
+def _read_bundle(path: Path) -> ModelBundle:
+    check_model_file(path)
     try:
         with zipfile.ZipFile(path) as archive:
             members = archive.namelist()

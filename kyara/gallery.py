@@ -23,6 +23,7 @@ from PIL import Image
 from kyara.bundle import (
     ModelBundle,
     atomic_write_bytes,
+    check_model_file,
     default_model_path,
     load_bundle,
     model_path,
@@ -51,9 +52,7 @@ class EnrollResult:
 def editable_model_path(model: str | os.PathLike | None) -> Path:
     """The bundle that enroll/forget change: `model`, or the user's copy (made on first use)."""
     if model is not None:
-        path = model_path(model)
-        if not path.is_file():
-            raise ModelError(f"{model}: no such model file")
+        path = check_model_file(model_path(model), model)
         if not zipfile.is_zipfile(path):  # said before a lock file is left beside, say, a picture
             raise ModelError(f"{model}: not a kyara model (a .kyara bundle)")
         return path

@@ -72,6 +72,9 @@ def test_missing_file_and_bad_model_exit_non_zero(tmp_path):
     bad_model.write_text("nope")
     result = runner.invoke(app, ["recognize", str(tmp_path / "x.png"), "--model", str(bad_model)])
     assert result.exit_code == 2 and "not a valid kyara model" in result.stderr
+    for command in (["recognize", str(bad_model), "--model"], ["train", str(tmp_path), "-o", "m.kyara", "--from"]):
+        folder = runner.invoke(app, [*command, str(tmp_path)])
+        assert folder.exit_code == 2 and "a folder, not a model file" in folder.stderr
 
 
 def test_names_that_are_not_utf8_are_printed_escaped(tmp_path, face_crop_path):
