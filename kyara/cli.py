@@ -53,7 +53,16 @@ DetectorOption = Annotated[
     typer.Option(
         "--detector",
         help="Face detector: cnn (default; kyara's own, fast and precise), cnn-checked (cnn with a second look "
-        "at unsure faces: more faces found, about 10 ms more a picture) or animeface (gives landmarks, colours).",
+        "at unsure faces: more faces found, about 10 ms more a picture) or animeface (animeface-2009: slow, misses "
+        "many faces).",
+    ),
+]
+LandmarksFlag = Annotated[
+    bool,
+    typer.Option(
+        "--landmarks",
+        help="Also place each face's eyes, nose, mouth and chin and read its hair, skin and eye colours "
+        "(in --json; animeface gives its own).",
     ),
 ]
 
@@ -176,13 +185,16 @@ def recognize(
     model: ModelOption = None,
     detector: DetectorOption = None,
     precision: PrecisionOption = None,
+    landmarks: LandmarksFlag = False,
 ) -> None:
     """Name the character of every face in each image."""
-    from kyara.detectors import DEFAULT_DETECTOR
+    from kyara.detectors import DEFAULT_DETECTOR, get_detector
     from kyara.pipeline import Recognizer
     from kyara.runtime import DEFAULT_PRECISION
 
-    recognizer = Recognizer(model, detector or DEFAULT_DETECTOR, precision=precision or DEFAULT_PRECISION)
+    precision = precision or DEFAULT_PRECISION
+    finder = get_detector(detector or DEFAULT_DETECTOR, precision, landmarks)
+    recognizer = Recognizer(model, finder, precision=precision)
     results, failed = _run_batch(paths, lambda path: recognizer.recognition_report(path, top_k))
     if as_json:
         print(json.dumps({"images": results, "model": recognizer.describe()}, ensure_ascii=False, indent=2))
@@ -193,14 +205,18 @@ def recognize(
 
 @command
 def detect(
-    paths: Paths, as_json: JsonFlag = False, detector_name: DetectorOption = None, precision: PrecisionOption = None
+    paths: Paths,
+    as_json: JsonFlag = False,
+    detector_name: DetectorOption = None,
+    precision: PrecisionOption = None,
+    landmarks: LandmarksFlag = False,
 ) -> None:
-    """Find the anime faces in each image (boxes; landmarks and colours from animeface)."""
+    """Find the anime faces in each image (boxes and tilt; landmarks and colours with --landmarks)."""
     from kyara.detectors import DEFAULT_DETECTOR, get_detector
     from kyara.pipeline import detection_report
     from kyara.runtime import DEFAULT_PRECISION
 
-    detector = get_detector(detector_name or DEFAULT_DETECTOR, precision or DEFAULT_PRECISION)
+    detector = get_detector(detector_name or DEFAULT_DETECTOR, precision or DEFAULT_PRECISION, landmarks)
     results, failed = _run_batch(paths, lambda path: detection_report(path, detector))
     if as_json:
         print(json.dumps({"images": results, "detector": detector.name}, ensure_ascii=False, indent=2))

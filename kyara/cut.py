@@ -95,6 +95,27 @@ class FaceCut:
         probe = self.pixels.convert("RGB").resize((GRAY_PROBE_SIDE, GRAY_PROBE_SIDE), Image.Resampling.BICUBIC)
         return bool(gray_faces(np.asarray(probe)[None])[0])
 
+    def to_picture(self, points: np.ndarray) -> np.ndarray:
+        """Points of the cut (N x 2, as shares of its width and height from its top left corner,
+        the face upright) in picture pixels."""
+        x, y, width, height = self.square
+        turn = math.radians(self.angle)
+        cos, sin = math.cos(turn), math.sin(turn)
+        offset = (np.asarray(points, np.float64).reshape(-1, 2) - 0.5) * (width, height)
+        # The cut was turned upright by `angle` about its centre: turn back the other way.
+        x_offset = offset[:, 0] * cos - offset[:, 1] * sin
+        y_offset = offset[:, 0] * sin + offset[:, 1] * cos
+        return np.stack([x + width / 2 + x_offset, y + height / 2 + y_offset], axis=1)
+
+    def to_cut(self, points: np.ndarray) -> np.ndarray:
+        """Picture pixels (N x 2) as points of the cut, the inverse of `to_picture`."""
+        x, y, width, height = self.square
+        turn = math.radians(self.angle)
+        cos, sin = math.cos(turn), math.sin(turn)
+        offset = np.asarray(points, np.float64).reshape(-1, 2) - (x + width / 2, y + height / 2)
+        upright = np.stack([offset[:, 0] * cos + offset[:, 1] * sin, -offset[:, 0] * sin + offset[:, 1] * cos], axis=1)
+        return upright / (width, height) + 0.5
+
     def of(self, picture: Image.Image) -> FaceCut:
         """The same cut of another copy of the picture, of the same size (its grayscale copy)."""
         if self.whole:

@@ -53,6 +53,7 @@ from kyara.errors import KyaraError, NoFaceError
 from kyara.explanation import explain
 from kyara.gallery import characters_of, enroll, forget
 from kyara.imageio import check_image
+from kyara.landmarks import Landmarker, WithLandmarks
 from kyara.memory import give_back_memory, keep_memory_flat
 from kyara.pipeline import CROP_MARGIN, Recognizer, detection_report, face_crop
 
@@ -131,10 +132,16 @@ class Service:
         size = {"width": picture.width, "height": picture.height}
         return {"path": upload.name, **size, "faces": faces, "model": recognizer.describe()}
 
-    def detect(self, upload: Upload) -> dict:
+    def detect(self, upload: Upload, landmarks: bool = False) -> dict:
         recognizer = self.recognizer
-        report = detection_report(upload.data, recognizer.detector, recognizer.max_pixels)
+        detector = WithLandmarks(recognizer.detector, self.landmarker) if landmarks else recognizer.detector
+        report = detection_report(upload.data, detector, recognizer.max_pixels)
         return {"path": upload.name, **report, "detector": recognizer.detector.name}
+
+    @functools.cached_property
+    def landmarker(self) -> Landmarker:
+        """Opened on the first request that asks for landmarks."""
+        return Landmarker()
 
     def enroll(self, name: str, uploads: list[Upload], box: FaceBox | None) -> dict:
         for upload in uploads:  # a bad file is refused before any work; nothing is decoded yet
@@ -268,6 +275,7 @@ TopK = Annotated[int, Query(ge=1, le=100, description="How many guesses to list 
 Character = Annotated[str | None, Query(min_length=1, max_length=200)]
 Coordinate = Annotated[int | None, Query(ge=-(10**6), le=10**6)]
 Side = Annotated[int | None, Query(ge=1, le=10**6)]
+Landmarks = Annotated[bool, Query(description="Also place each face's landmarks and read its colours.")]
 
 
 def create_app(
@@ -320,11 +328,11 @@ def create_app(
         return await service.run(service.explain, upload, label, versus)
 
     @app.post("/api/detect", responses=ERRORS, openapi_extra={"requestBody": IMAGE_BODY})
-    async def detect_faces(request: Request) -> dict:
-        """Faces only: boxes, scores and tilt (as `kyara detect --json`; landmarks and hair/eye
-        colours come only from the animeface detector)."""
+    async def detect_faces(request: Request, landmarks: Landmarks = False) -> dict:
+        """Faces only: boxes, scores and tilt (as `kyara detect --json`); with `landmarks`, each
+        face's eyes, nose, mouth and chin and its hair, skin and eye colours too."""
         upload = (await read_uploads(request))[0]
-        return await service.run(service.detect, upload)
+        return await service.run(service.detect, upload, landmarks)
 
     @app.get("/api/characters")
     async def list_characters() -> list[dict]:

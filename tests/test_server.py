@@ -97,6 +97,10 @@ def test_detect_gives_the_detector_boxes(client):
         without_colours(body)["faces"]
         == without_colours({"faces": [f.to_dict() for f in kyara.detect(EXAMPLE)]})["faces"]
     )
+    located = client.post("/api/detect?landmarks=true", content=EXAMPLE.read_bytes()).json()["faces"]
+    assert [face["box"] for face in located] == [face["box"] for face in body["faces"]]
+    assert all(len(face["landmarks"]) == 5 and len(face["colors"]) == 4 for face in located)
+    assert not any(face["landmarks"] for face in body["faces"])
 
 
 def test_health_names_the_model_and_its_characters(client, model):

@@ -18,19 +18,22 @@ def percent(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f} %"
 
 
+FIGURES = ("images_with_face_found", "precision", "recall")
+
+
+def markdown(columns: list[str], rows: list[list[object]]) -> list[str]:
+    """A markdown table's lines: the first column a name, the others figures (aligned right)."""
+    lines = ["| " + " | ".join(columns) + " |", "| --- |" + " ---: |" * (len(columns) - 1)]
+    return lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+
+
 def tables(result: dict) -> str:
     backends = result["backends"]
-    lines = [
-        f"{result['images']} pictures, {result['faces']} faces, match at IoU >= {result['iou']}",
-        "",
-        "| detector | threshold | pictures with a face found | precision | recall of faces | median ms |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for name, b in backends.items():
-        lines.append(
-            f"| {name} | {b['min_score']} | {percent(b['images_with_face_found'])} | {percent(b['precision'])}"
-            f" | {percent(b['recall'])} | {b['median_ms']} |"
-        )
+    lines = [f"{result['images']} pictures, {result['faces']} faces, match at IoU >= {result['iou']}", ""]
+    lines += markdown(
+        ["detector", "threshold", "pictures with a face found", "precision", "recall of faces", "median ms"],
+        [[name, b["min_score"], *(percent(b[k]) for k in FIGURES), b["median_ms"]] for name, b in backends.items()],
+    )
     per_picture = [
         f"{name} {b['detections_per_one_face_picture']}"
         for name, b in backends.items()

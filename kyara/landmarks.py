@@ -1,0 +1,152 @@
+"""Landmarks and colours of faces found by a detector that gives boxes only (kyara's CNN).
+
+Eyes, nose, mouth and chin come from a small network (kyara/models/landmarks.onnx, trained by
+tools/train_landmarks.py on animeface-2009's points) that looks at each face as recognition cuts
+it (kyara.cut) and places the five points in the cut, which `FaceCut.to_picture` maps back into
+the picture. Hair, skin and eye colours are then read off the picture around those points
+(`colours_at`). `WithLandmarks` wraps a detector so that every face it finds carries both, named
+as animeface names them: `left_eye` is the character's left eye (on the picture's right).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from kyara.cut import cut_face
+from kyara.detection import DetectedFace, Detector
+from kyara.errors import KyaraError, ModelError
+from kyara.runtime import model_settings, open_session
+
+LANDMARK_MODEL = Path(__file__).parent / "models" / "landmarks.onnx"
+LANDMARKS = ("left_eye", "right_eye", "nose", "mouth", "chin")
+INPUT_SIDE = 64
+"""The cut is shown to the network at this side (pixels)."""
+COLOUR_SPOTS = {
+    # name: (from which point, how far up the face and the window's side, as shares of the face's
+    # side, and the band of brightness whose median is the colour, as percentiles)
+    "hair": ("eyes", 0.35, 0.14, (25, 75)),
+    "skin": ("cheeks", 0.0, 0.08, (25, 75)),
+    "left_eye": ("left_eye", 0.0, 0.1, (0, 50)),
+    "right_eye": ("right_eye", 0.0, 0.1, (0, 50)),
+}
+"""Where each colour is read: hair above the middle of the eyes (the fringe), skin half way from
+the eyes' middle to the nose, each eye at its centre, from its darker half (the iris, not the white
+and the highlights). Chosen against animeface's colours on New Game! illustrations, which
+neither the landmark network nor the benchmark uses (tools/train_landmarks.py)."""
+
+
+class Landmarker:
+    """Places the five points (`LANDMARKS`) on faces and reads their colours."""
+
+    def __init__(self, model: Path | bytes = LANDMARK_MODEL, threads: int | None = None) -> None:
+        if isinstance(model, Path) and not model.is_file():
+            raise KyaraError(f"the landmark model {model} is missing: reinstall kyara")
+        self.weights = model.read_bytes() if isinstance(model, Path) else model
+        self.threads = threads
+        self.session = open_session(self.weights, "the landmark model", threads)
+        stored = model_settings(self.session)
+        if stored.get("landmarks") != ",".join(LANDMARKS) or stored.get("input_side") != str(INPUT_SIDE):
+            raise ModelError(f"the landmark model places {stored.get('landmarks')!r} at {stored.get('input_side')} px")
+        self.model_digest = hashlib.sha1(self.weights).hexdigest()[:12]
+
+    def __reduce__(self) -> tuple:
+        return Landmarker, (self.weights, self.threads)
+
+    def locate(self, picture: Image.Image, faces: list[DetectedFace]) -> list[DetectedFace]:
+        """`faces` with landmarks and colours; those that already have landmarks are kept as they are."""
+        todo = [i for i, face in enumerate(faces) if not face.landmarks]
+        if not todo:
+            return list(faces)
+        cuts = [cut_face(picture, faces[i]) for i in todo]
+        side = (INPUT_SIDE, INPUT_SIDE)
+        pixels = np.stack(
+            [np.asarray(cut.pixels.convert("RGB").resize(side, Image.Resampling.BILINEAR)) for cut in cuts]
+        )
+        (points,) = self.session.run(
+            None, {"image": np.ascontiguousarray(pixels.transpose(0, 3, 1, 2), np.float32) / 255}
+        )
+        located = list(faces)
+        for i, cut, face_points in zip(todo, cuts, points.reshape(len(cuts), len(LANDMARKS), 2), strict=True):
+            at = cut.to_picture(face_points)
+            landmarks = {name: (round(x), round(y)) for name, (x, y) in zip(LANDMARKS, at, strict=True)}
+            face = faces[i]
+            located[i] = replace(face, landmarks=landmarks, colors=colours_at(picture, landmarks, max(face.box[2:])))
+        return located
+
+
+def colours_at(picture: Image.Image, landmarks: dict[str, tuple[int, int]], side: float) -> dict[str, str]:
+    """Hair, skin and eye colours (`COLOUR_SPOTS`) of a face of `side` pixels with these landmarks,
+    each the median of a band of a small window's tones, as #rrggbb."""
+    points = {name: np.asarray(point, np.float64) for name, point in landmarks.items()}
+    points["eyes"] = (points["left_eye"] + points["right_eye"]) / 2
+    points["cheeks"] = (points["eyes"] + points["nose"]) / 2
+    # "Up" is the face's up: from the mouth towards the eyes' middle, whatever the face's tilt.
+    up = points["eyes"] - points["mouth"]
+    up = up / max(float(np.linalg.norm(up)), 1e-6)
+    colours = {}
+    for name, (where, lift, window, tones) in COLOUR_SPOTS.items():
+        centre = points[where] + side * lift * up
+        colours[name] = _hex(_median_tone(picture, centre, max(2.0, window * side), tones))
+    return colours
+
+
+def colour_distance(a: str, b: str) -> float:
+    """Distance between two #rrggbb colours in RGB (0 to 441)."""
+    return float(np.linalg.norm(np.array(_rgb(a), float) - _rgb(b)))
+
+
+class WithLandmarks:
+    """A detector whose faces also carry landmarks and colours (`Landmarker`)."""
+
+    def __init__(self, detector: Detector, landmarker: Landmarker | None = None) -> None:
+        self.detector = detector
+        self.landmarker = landmarker or Landmarker(threads=getattr(detector, "threads", None))
+        self.name = detector.name
+
+    @property
+    def settings(self) -> dict:
+        return {**getattr(self.detector, "settings", {}), "landmarks": self.landmarker.model_digest}
+
+    def with_threads(self, threads: int) -> WithLandmarks:
+        threaded = getattr(self.detector, "with_threads", None)
+        return WithLandmarks(
+            threaded(threads) if threaded else self.detector, Landmarker(self.landmarker.weights, threads)
+        )
+
+    def detect(self, image: Image.Image) -> list[DetectedFace]:
+        return self.landmarker.locate(image, self.detector.detect(image))
+
+
+def _median_tone(
+    picture: Image.Image, centre: np.ndarray, window: float, tones: tuple[float, float]
+) -> tuple[int, int, int]:
+    half = window / 2
+    box = (
+        max(0, round(centre[0] - half)),
+        max(0, round(centre[1] - half)),
+        min(picture.width, round(centre[0] + half) + 1),
+        min(picture.height, round(centre[1] + half) + 1),
+    )
+    if box[2] <= box[0] or box[3] <= box[1]:
+        return (255, 255, 255)  # outside the picture: what the cut shows there
+    pixels = np.asarray(picture.crop(box).convert("RGB")).reshape(-1, 3)
+    luma = pixels @ (0.299, 0.587, 0.114)
+    low, high = np.percentile(luma, tones)
+    band = pixels[(luma >= low) & (luma <= high)]
+    return tuple(int(v) for v in np.median(band if len(band) else pixels, axis=0).round())
+
+
+def _hex(colour: tuple[int, int, int]) -> str:
+    return "#{:02x}{:02x}{:02x}".format(*colour)
+
+
+def _rgb(colour: str) -> tuple[int, int, int]:
+    try:
+        return tuple(int(colour[i : i + 2], 16) for i in (1, 3, 5))
+    except (ValueError, TypeError) as exc:
+        raise KyaraError(f"not a #rrggbb colour: {colour!r}") from exc
