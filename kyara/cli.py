@@ -61,8 +61,8 @@ LandmarksFlag = Annotated[
     bool,
     typer.Option(
         "--landmarks",
-        help="Also place each face's eyes, nose, mouth and chin and read its hair, skin and eye colours "
-        "(in --json; animeface gives its own).",
+        help="Also place each face's eyes, nose, mouth and chin, read its hair, skin and eye colours (in --json; "
+        "animeface gives its own) and stand it upright by its eyes where the CNN misread its tilt: ~3 ms a face.",
     ),
 ]
 

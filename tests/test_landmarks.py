@@ -14,7 +14,15 @@ from kyara.detection import AnimeFaceDetector, CnnDetector, DetectedFace
 from kyara.detectors import get_detector
 from kyara.errors import KyaraError, ModelError
 from kyara.imageio import list_images, load_image
-from kyara.landmarks import LANDMARK_MODEL, LANDMARKS, Landmarker, WithLandmarks, colour_distance, colours_at
+from kyara.landmarks import (
+    LANDMARK_MODEL,
+    LANDMARKS,
+    Landmarker,
+    WithLandmarks,
+    colour_distance,
+    colours_at,
+    upright_angle,
+)
 from tests.conftest import data_path
 
 
@@ -98,6 +106,22 @@ def test_a_turned_picture_turns_the_landmarks(located):
     found = min(get_detector("cnn", landmarks=True).detect(turned), key=lambda f: math.dist(f.center, centre))
     assert math.dist(found.center, centre) < face.box[2] / 3, "the turned face should be found"
     assert abs((eye_line(found) - eye_line(face) + 180) % 360 - 180 - 30) < 12
+    # ...and the face is stood upright by its eyes, not by the CNN's reading of its tilt.
+    assert abs(found.angle - (face.angle - 30)) < 12
+
+
+def test_the_eye_line_corrects_the_tilt_only_when_it_disagrees():
+    def eyes_turned(degrees: float) -> dict[str, tuple[int, int]]:
+        turn = math.radians(degrees)  # counter-clockwise on the screen: the left eye rises
+        dx, dy = 50 * math.cos(turn), -50 * math.sin(turn)
+        return {"left_eye": (round(200 + dx), round(200 + dy)), "right_eye": (round(200 - dx), round(200 - dy))}
+
+    upright = DetectedFace((100, 100, 200, 200), 0.9, angle=0.0)
+    assert upright_angle(upright, eyes_turned(4)) == 0.0
+    assert upright_angle(upright, eyes_turned(30)) == pytest.approx(-30, abs=1)
+    assert upright_angle(upright, eyes_turned(-45)) == pytest.approx(45, abs=1)
+    read = DetectedFace((100, 100, 200, 200), 0.9, angle=-25.0)
+    assert upright_angle(read, eyes_turned(30)) == -25.0
 
 
 def test_colours_are_read_where_the_points_are():
