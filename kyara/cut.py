@@ -99,7 +99,7 @@ class FaceCut:
         """Points of the cut (N x 2, as shares of its width and height from its top left corner,
         the face upright) in picture pixels."""
         x, y, width, height = self.square
-        turn = math.radians(self.angle)
+        turn = 0.0 if self.whole else math.radians(self.angle)  # a whole picture is never turned
         cos, sin = math.cos(turn), math.sin(turn)
         offset = (np.asarray(points, np.float64).reshape(-1, 2) - 0.5) * (width, height)
         # The cut was turned upright by `angle` about its centre: turn back the other way.
@@ -110,7 +110,7 @@ class FaceCut:
     def to_cut(self, points: np.ndarray) -> np.ndarray:
         """Picture pixels (N x 2) as points of the cut, the inverse of `to_picture`."""
         x, y, width, height = self.square
-        turn = math.radians(self.angle)
+        turn = 0.0 if self.whole else math.radians(self.angle)
         cos, sin = math.cos(turn), math.sin(turn)
         offset = np.asarray(points, np.float64).reshape(-1, 2) - (x + width / 2, y + height / 2)
         upright = np.stack([offset[:, 0] * cos + offset[:, 1] * sin, -offset[:, 0] * sin + offset[:, 1] * cos], axis=1)
@@ -224,7 +224,7 @@ def _faces_to_name(picture: Image.Image, faces: list[DetectedFace]) -> list[Dete
     if faces and crop_sized(*picture.size):
         best = max(faces, key=lambda face: face.score)
         if max(best.box[2:]) >= FACE_FILLS_CROP * max(picture.size):
-            return [DetectedFace((0, 0, picture.width, picture.height), best.score)]
+            return [replace(best, box=(0, 0, picture.width, picture.height), angle=0.0)]
     return faces
 
 

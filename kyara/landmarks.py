@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -27,8 +29,12 @@ LANDMARK_MODEL = Path(__file__).parent / "models" / "landmarks.onnx"
 LANDMARKS = ("left_eye", "right_eye", "nose", "mouth", "chin")
 INPUT_SIDE = 64
 """The cut is shown to the network at this side (pixels)."""
-TILT_GAP = 10.0
-"""Degrees between the eye line and the detector's tilt from which the eyes' tilt is taken."""
+TILT_GAP = 20.0
+"""Degrees between the eye line and the detector's tilt from which the eyes' tilt is taken..."""
+MAX_CORRECTION = 60.0
+"""...up to this many (the network learned turns of up to 35 degrees beyond the detector's)."""
+MIN_EYE_GAP = 0.1
+"""Share of the face's side: eyes closer than this are no eye line (the network sees no face)."""
 COLOUR_SPOTS = {
     # name: (from which point, how far up the face and the window's side, as shares of the face's
     # side, and the band of brightness whose median is the colour, as percentiles)
@@ -46,7 +52,9 @@ neither the landmark network nor the benchmark uses (tools/train_landmarks.py)."
 class Landmarker:
     """Places the five points (`LANDMARKS`) on faces and reads their colours."""
 
-    def __init__(self, model: Path | bytes = LANDMARK_MODEL, threads: int | None = None) -> None:
+    def __init__(self, model: str | os.PathLike | bytes = LANDMARK_MODEL, threads: int | None = None) -> None:
+        if not isinstance(model, bytes):
+            model = Path(model)
         if isinstance(model, Path) and not model.is_file():
             raise KyaraError(f"the landmark model {model} is missing: reinstall kyara")
         self.weights = model.read_bytes() if isinstance(model, Path) else model
@@ -65,6 +73,7 @@ class Landmarker:
         todo = [i for i, face in enumerate(faces) if not face.landmarks]
         if not todo:
             return list(faces)
+        picture = picture if picture.mode == "RGB" else picture.convert("RGB")
         cuts = [cut_face(picture, faces[i]) for i in todo]
         side = (INPUT_SIDE, INPUT_SIDE)
         pixels = np.stack(
@@ -75,26 +84,30 @@ class Landmarker:
         )
         located = list(faces)
         for i, cut, face_points in zip(todo, cuts, points.reshape(len(cuts), len(LANDMARKS), 2), strict=True):
-            at = cut.to_picture(face_points)
-            landmarks = {name: (round(x), round(y)) for name, (x, y) in zip(LANDMARKS, at, strict=True)}
+            at = dict(zip(LANDMARKS, cut.to_picture(face_points), strict=True))
+            landmarks = {name: (round(x), round(y)) for name, (x, y) in at.items()}
             face = faces[i]
             colours = colours_at(picture, landmarks, max(face.box[2:]))
-            located[i] = replace(face, angle=upright_angle(face, landmarks), landmarks=landmarks, colors=colours)
+            located[i] = replace(face, angle=upright_angle(face, at), landmarks=landmarks, colors=colours)
         return located
 
 
-def upright_angle(face: DetectedFace, landmarks: dict[str, tuple[int, int]]) -> float:
-    """The face's `angle`, read off its eye line where that tilts `TILT_GAP` degrees or more from the
-    detector's reading: the CNN reads little of the tilt of faces in real pictures (turned by 30
-    degrees, it reads 0 to 15), and faces cut upright by their eyes are named better."""
+def upright_angle(face: DetectedFace, landmarks: dict[str, tuple[float, float]]) -> float:
+    """The face's `angle`, read off its eye line where that tilts `TILT_GAP` to `MAX_CORRECTION`
+    degrees from the detector's reading: the CNN reads little of the tilt of faces in real pictures
+    (turned by 30 degrees, it reads 0 to 15), and faces cut upright by their eyes are named better.
+    Eyes closer than `MIN_EYE_GAP` of the face's side tell no tilt."""
     (left_x, left_y), (right_x, right_y) = landmarks["left_eye"], landmarks["right_eye"]
+    if math.hypot(left_x - right_x, left_y - right_y) < MIN_EYE_GAP * max(face.box[2:]):
+        return face.angle
     tilt = math.degrees(math.atan2(right_y - left_y, left_x - right_x))  # counter-clockwise on the screen
-    return float(-round(tilt)) if abs(tilt + face.angle) >= TILT_GAP else face.angle
+    return float(-round(tilt)) if TILT_GAP <= abs(tilt + face.angle) <= MAX_CORRECTION else face.angle
 
 
 def colours_at(picture: Image.Image, landmarks: dict[str, tuple[int, int]], side: float) -> dict[str, str]:
     """Hair, skin and eye colours (`COLOUR_SPOTS`) of a face of `side` pixels with these landmarks,
-    each the median of a band of a small window's tones, as #rrggbb."""
+    each the median of a band of a small window's tones, as #rrggbb; a colour whose window lies
+    outside the picture (a fringe cut off by the frame) is left out."""
     points = {name: np.asarray(point, np.float64) for name, point in landmarks.items()}
     points["eyes"] = (points["left_eye"] + points["right_eye"]) / 2
     points["cheeks"] = (points["eyes"] + points["nose"]) / 2
@@ -103,8 +116,9 @@ def colours_at(picture: Image.Image, landmarks: dict[str, tuple[int, int]], side
     up = up / max(float(np.linalg.norm(up)), 1e-6)
     colours = {}
     for name, (where, lift, window, tones) in COLOUR_SPOTS.items():
-        centre = points[where] + side * lift * up
-        colours[name] = _hex(_median_tone(picture, centre, max(2.0, window * side), tones))
+        tone = _median_tone(picture, points[where] + side * lift * up, max(2.0, window * side), tones)
+        if tone is not None:
+            colours[name] = _hex(tone)
     return colours
 
 
@@ -137,7 +151,7 @@ class WithLandmarks:
 
 def _median_tone(
     picture: Image.Image, centre: np.ndarray, window: float, tones: tuple[float, float]
-) -> tuple[int, int, int]:
+) -> tuple[int, int, int] | None:
     half = window / 2
     box = (
         max(0, round(centre[0] - half)),
@@ -146,7 +160,7 @@ def _median_tone(
         min(picture.height, round(centre[1] + half) + 1),
     )
     if box[2] <= box[0] or box[3] <= box[1]:
-        return (255, 255, 255)  # outside the picture: what the cut shows there
+        return None
     pixels = np.asarray(picture.crop(box).convert("RGB")).reshape(-1, 3)
     luma = pixels @ (0.299, 0.587, 0.114)
     low, high = np.percentile(luma, tones)
@@ -159,7 +173,6 @@ def _hex(colour: tuple[int, int, int]) -> str:
 
 
 def _rgb(colour: str) -> tuple[int, int, int]:
-    try:
-        return tuple(int(colour[i : i + 2], 16) for i in (1, 3, 5))
-    except (ValueError, TypeError) as exc:
-        raise KyaraError(f"not a #rrggbb colour: {colour!r}") from exc
+    if not isinstance(colour, str) or not re.fullmatch(r"#[0-9a-fA-F]{6}", colour):
+        raise KyaraError(f"not a #rrggbb colour: {colour!r}")
+    return tuple(int(colour[i : i + 2], 16) for i in (1, 3, 5))

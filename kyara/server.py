@@ -9,6 +9,7 @@ memory under load in `kyara.memory`.
 
 from __future__ import annotations
 
+import copy
 import functools
 import hmac
 import os
@@ -118,8 +119,11 @@ class Service:
         finally:
             give_back_memory()
 
-    def recognize(self, upload: Upload, top_k: int) -> dict:
+    def recognize(self, upload: Upload, top_k: int, landmarks: bool = False) -> dict:
         recognizer = self.recognizer
+        if landmarks:
+            recognizer = copy.copy(recognizer)  # the same loaded networks, another detector
+            recognizer.detector = WithLandmarks(recognizer.detector, self.landmarker)
         report = recognizer.recognition_report(upload.data, top_k)
         return {"path": upload.name, **report, "model": recognizer.describe()}
 
@@ -311,11 +315,12 @@ def create_app(
     app.add_exception_handler(RequestValidationError, validation_error)
 
     @app.post("/api/recognize", responses=ERRORS, openapi_extra={"requestBody": IMAGE_BODY})
-    async def recognize_image(request: Request, top_k: TopK = 5) -> dict:
+    async def recognize_image(request: Request, top_k: TopK = 5, landmarks: Landmarks = False) -> dict:
         """Every face with its character (null when unknown), confidence and top-k guesses: the
-        JSON of `kyara recognize --json` for one image, with the model's description."""
+        JSON of `kyara recognize --json` for one image, with the model's description; with
+        `landmarks`, as `kyara recognize --landmarks`."""
         upload = (await read_uploads(request))[0]
-        return await service.run(service.recognize, upload, top_k)
+        return await service.run(service.recognize, upload, top_k, landmarks)
 
     @app.post("/api/explain", responses=ERRORS, openapi_extra={"requestBody": IMAGE_BODY})
     async def explain_image(request: Request, label: Character = None, versus: Character = None) -> dict:

@@ -101,6 +101,9 @@ def test_detect_gives_the_detector_boxes(client):
     assert [face["box"] for face in located] == [face["box"] for face in body["faces"]]
     assert all(len(face["landmarks"]) == 5 and len(face["colors"]) == 4 for face in located)
     assert not any(face["landmarks"] for face in body["faces"])
+    named = client.post("/api/recognize?landmarks=true", content=EXAMPLE.read_bytes()).json()["faces"]
+    assert [face["box"] for face in named] == [face["box"] for face in located]
+    assert all(len(face["landmarks"]) == 5 and "top_k" in face for face in named)
 
 
 def test_health_names_the_model_and_its_characters(client, model):
