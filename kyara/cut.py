@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image, ImageOps, ImageStat
 
 from kyara.detection import DetectedFace
+from kyara.errors import KyaraError
 
 Box = tuple[int, int, int, int]
 FindFaces = Callable[[Image.Image], list[DetectedFace]]
@@ -154,6 +155,8 @@ def cut_face(picture: Image.Image, face: DetectedFace, margin: float = CROP_MARG
     whole_box = (0, 0, picture.width, picture.height)
     if face.box == whole_box:
         return FaceCut(face, face.box, whole_box, picture, whole=True)
+    if not all(math.isfinite(value) for value in (*face.box, face.angle)):
+        raise KyaraError(f"a face's box and angle must be finite numbers, not {face.box} at {face.angle}")
     cx, cy = face.center
     side = max(face.box[2], face.box[3]) * margin
     turn = math.radians(face.angle)

@@ -180,6 +180,13 @@ def test_a_fringe_outside_the_picture_gives_no_hair_colour():
             colour_distance(malformed, "#000000")
 
 
+def test_a_face_of_infinite_or_unknown_size_or_tilt_is_refused():
+    picture = Image.new("RGB", (200, 180), "white")
+    for face in (DetectedFace((50, 30, 100, 100), 0.9, math.nan), DetectedFace((50, 30, 100, 100), 0.9, math.inf)):
+        with pytest.raises(KyaraError, match="finite"):
+            Landmarker().locate(picture, [face])
+
+
 def test_a_whole_picture_cut_maps_points_without_turning():
     picture = Image.new("RGB", (200, 180), "white")
     cut = cut_face(picture, DetectedFace((0, 0, 200, 180), 0.9, angle=30.0))
