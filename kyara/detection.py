@@ -5,7 +5,8 @@ A `Detector` takes an RGB image and returns `DetectedFace`s in original image pi
   shipped as ONNX). It finds tilted, side and monochrome faces itself and estimates each face's tilt.
 - `AnimeFaceDetector` ("animeface"): nagadomi's animeface-2009 (the `animeface` package). It only
   sees roughly upright faces, so it also looks at rotated copies of the picture and maps what it
-  finds back. It alone gives landmarks and hair/eye colours.
+  finds back, with animeface's own landmarks and hair/eye colours (kyara.landmarks gives the CNN's
+  faces theirs).
 Duplicates (the same face found at several angles or cells) are merged by `non_max_suppression`.
 """
 
@@ -129,10 +130,10 @@ class AnimeFaceDetector:
                     angle=float(angle),
                     landmarks={k: _rounded(to_original(*p)) for k, p in landmarks.items()},
                     colors={
-                        "hair": _hex(face.hair.color),
-                        "skin": _hex(face.skin.color),
-                        "left_eye": _hex(face.left_eye.color),
-                        "right_eye": _hex(face.right_eye.color),
+                        "hair": hex_colour(face.hair.color),
+                        "skin": hex_colour(face.skin.color),
+                        "left_eye": hex_colour(face.left_eye.color),
+                        "right_eye": hex_colour(face.right_eye.color),
                     },
                 )
             )
@@ -175,8 +176,10 @@ def _rounded(point: Point) -> tuple[int, int]:
     return round(point[0]), round(point[1])
 
 
-def _hex(color) -> str:
-    return f"#{color.r:02x}{color.g:02x}{color.b:02x}"
+def hex_colour(colour) -> str:
+    """A colour as faces carry it, #rrggbb, from an (r, g, b) sequence or animeface's colour object."""
+    r, g, b = (colour.r, colour.g, colour.b) if hasattr(colour, "r") else colour
+    return f"#{r:02x}{g:02x}{b:02x}"
 
 
 def _intersection(a: Sequence[float], b: Sequence[float]) -> float:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from kyara.detection import AnimeFaceDetector, CnnDetector, Detector
 from kyara.errors import KyaraError
 from kyara.face_check import CheckedCnnDetector
-from kyara.landmarks import WithLandmarks
+from kyara.landmarks import with_landmarks
 from kyara.runtime import DEFAULT_PRECISION
 
 DETECTORS = {"animeface": AnimeFaceDetector, "cnn": CnnDetector, "cnn-checked": CheckedCnnDetector}
@@ -24,4 +24,4 @@ def get_detector(
     if name == AnimeFaceDetector.name:
         return AnimeFaceDetector(**options)
     detector = DETECTORS[name](precision=precision, **options)
-    return WithLandmarks(detector) if landmarks else detector
+    return with_landmarks(detector) if landmarks else detector

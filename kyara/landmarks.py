@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from kyara.bundle import check_model_file
 from kyara.cut import cut_face
-from kyara.detection import DetectedFace, Detector
+from kyara.detection import AnimeFaceDetector, DetectedFace, Detector, hex_colour
 from kyara.errors import KyaraError, ModelError
 from kyara.runtime import model_settings, open_session
 
@@ -32,14 +33,16 @@ INPUT_SIDE = 64
 TILT_GAP = 20.0
 """Degrees between the eye line and the detector's tilt from which the eyes' tilt is taken..."""
 MAX_CORRECTION = 60.0
-"""...up to this many (the network learned turns of up to 35 degrees beyond the detector's)."""
+"""...up to this many. The network learned turns of up to 35 degrees beyond the detector's and
+reads larger ones short, which still stands a face more upright than the detector's 0 (held-out
+crops turned by 45 degrees: benchmarks/tilted_faces.py); beyond, a reading is more likely wrong."""
 MIN_EYE_GAP = 0.1
 """Share of the face's side: eyes closer than this are no eye line (the network sees no face)."""
 COLOUR_SPOTS = {
     # name: (from which point, how far up the face and the window's side, as shares of the face's
     # side, and the band of brightness whose median is the colour, as percentiles)
     "hair": ("eyes", 0.35, 0.14, (25, 75)),
-    "skin": ("cheeks", 0.0, 0.08, (25, 75)),
+    "skin": ("below_eyes", 0.0, 0.08, (25, 75)),
     "left_eye": ("left_eye", 0.0, 0.1, (0, 50)),
     "right_eye": ("right_eye", 0.0, 0.1, (0, 50)),
 }
@@ -53,11 +56,12 @@ class Landmarker:
     """Places the five points (`LANDMARKS`) on faces and reads their colours."""
 
     def __init__(self, model: str | os.PathLike | bytes = LANDMARK_MODEL, threads: int | None = None) -> None:
-        if not isinstance(model, bytes):
-            model = Path(model)
-        if isinstance(model, Path) and not model.is_file():
+        if isinstance(model, bytes):
+            self.weights = model
+        elif Path(model) == LANDMARK_MODEL and not LANDMARK_MODEL.is_file():
             raise KyaraError(f"the landmark model {model} is missing: reinstall kyara")
-        self.weights = model.read_bytes() if isinstance(model, Path) else model
+        else:
+            self.weights = check_model_file(Path(model), model).read_bytes()
         self.threads = threads
         self.session = open_session(self.weights, "the landmark model", threads)
         stored = model_settings(self.session)
@@ -101,16 +105,18 @@ def upright_angle(face: DetectedFace, landmarks: dict[str, tuple[float, float]])
     if math.hypot(left_x - right_x, left_y - right_y) < MIN_EYE_GAP * max(face.box[2:]):
         return face.angle
     tilt = math.degrees(math.atan2(right_y - left_y, left_x - right_x))  # counter-clockwise on the screen
-    return float(-round(tilt)) if TILT_GAP <= abs(tilt + face.angle) <= MAX_CORRECTION else face.angle
+    gap = (tilt + face.angle + 180) % 360 - 180  # the face's angle stands it upright: -tilt when right
+    return float(-round(tilt)) if TILT_GAP <= abs(gap) <= MAX_CORRECTION else face.angle
 
 
 def colours_at(picture: Image.Image, landmarks: dict[str, tuple[int, int]], side: float) -> dict[str, str]:
     """Hair, skin and eye colours (`COLOUR_SPOTS`) of a face of `side` pixels with these landmarks,
-    each the median of a band of a small window's tones, as #rrggbb; a colour whose window lies
-    outside the picture (a fringe cut off by the frame) is left out."""
+    each the median of a band of a small window's tones, as #rrggbb (the part of the window inside
+    the picture); a colour whose window lies wholly outside (a fringe cut off by the frame) is left
+    out."""
     points = {name: np.asarray(point, np.float64) for name, point in landmarks.items()}
     points["eyes"] = (points["left_eye"] + points["right_eye"]) / 2
-    points["cheeks"] = (points["eyes"] + points["nose"]) / 2
+    points["below_eyes"] = (points["eyes"] + points["nose"]) / 2
     # "Up" is the face's up: from the mouth towards the eyes' middle, whatever the face's tilt.
     up = points["eyes"] - points["mouth"]
     up = up / max(float(np.linalg.norm(up)), 1e-6)
@@ -118,13 +124,18 @@ def colours_at(picture: Image.Image, landmarks: dict[str, tuple[int, int]], side
     for name, (where, lift, window, tones) in COLOUR_SPOTS.items():
         tone = _median_tone(picture, points[where] + side * lift * up, max(2.0, window * side), tones)
         if tone is not None:
-            colours[name] = _hex(tone)
+            colours[name] = hex_colour(tone)
     return colours
 
 
 def colour_distance(a: str, b: str) -> float:
     """Distance between two #rrggbb colours in RGB (0 to 441)."""
     return float(np.linalg.norm(np.array(_rgb(a), float) - _rgb(b)))
+
+
+def with_landmarks(detector: Detector, landmarker: Landmarker | None = None) -> Detector:
+    """`detector`, its faces with landmarks and colours: animeface's come with its own."""
+    return detector if detector.name == AnimeFaceDetector.name else WithLandmarks(detector, landmarker)
 
 
 class WithLandmarks:
@@ -166,10 +177,6 @@ def _median_tone(
     low, high = np.percentile(luma, tones)
     band = pixels[(luma >= low) & (luma <= high)]
     return tuple(int(v) for v in np.median(band if len(band) else pixels, axis=0).round())
-
-
-def _hex(colour: tuple[int, int, int]) -> str:
-    return "#{:02x}{:02x}{:02x}".format(*colour)
 
 
 def _rgb(colour: str) -> tuple[int, int, int]:

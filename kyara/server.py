@@ -54,7 +54,7 @@ from kyara.errors import KyaraError, NoFaceError
 from kyara.explanation import explain
 from kyara.gallery import characters_of, enroll, forget
 from kyara.imageio import check_image
-from kyara.landmarks import Landmarker, WithLandmarks
+from kyara.landmarks import Landmarker, with_landmarks
 from kyara.memory import give_back_memory, keep_memory_flat
 from kyara.pipeline import CROP_MARGIN, Recognizer, detection_report, face_crop
 
@@ -105,6 +105,8 @@ class Service:
         self.recognizer = self._recognizer(detector)
         self.workers = anyio.CapacityLimiter(limits.concurrency)
         self.writing = threading.Lock()
+        self._landmarker: Landmarker | None = None
+        self._opening = threading.Lock()
 
     async def run(self, work: Callable[..., T], *args: Any) -> T:
         """`work(*args)` in a worker thread, once one of the `concurrency` workers is free."""
@@ -123,7 +125,7 @@ class Service:
         recognizer = self.recognizer
         if landmarks:
             recognizer = copy.copy(recognizer)  # the same loaded networks, another detector
-            recognizer.detector = WithLandmarks(recognizer.detector, self.landmarker)
+            recognizer.detector = with_landmarks(recognizer.detector, self.landmarker())
         report = recognizer.recognition_report(upload.data, top_k)
         return {"path": upload.name, **report, "model": recognizer.describe()}
 
@@ -138,14 +140,16 @@ class Service:
 
     def detect(self, upload: Upload, landmarks: bool = False) -> dict:
         recognizer = self.recognizer
-        detector = WithLandmarks(recognizer.detector, self.landmarker) if landmarks else recognizer.detector
+        detector = with_landmarks(recognizer.detector, self.landmarker()) if landmarks else recognizer.detector
         report = detection_report(upload.data, detector, recognizer.max_pixels)
         return {"path": upload.name, **report, "detector": recognizer.detector.name}
 
-    @functools.cached_property
     def landmarker(self) -> Landmarker:
-        """Opened on the first request that asks for landmarks."""
-        return Landmarker()
+        """The landmark network, opened by the first request that asks for landmarks."""
+        with self._opening:
+            if self._landmarker is None:
+                self._landmarker = Landmarker()
+            return self._landmarker
 
     def enroll(self, name: str, uploads: list[Upload], box: FaceBox | None) -> dict:
         for upload in uploads:  # a bad file is refused before any work; nothing is decoded yet
@@ -335,7 +339,8 @@ def create_app(
     @app.post("/api/detect", responses=ERRORS, openapi_extra={"requestBody": IMAGE_BODY})
     async def detect_faces(request: Request, landmarks: Landmarks = False) -> dict:
         """Faces only: boxes, scores and tilt (as `kyara detect --json`); with `landmarks`, each
-        face's eyes, nose, mouth and chin and its hair, skin and eye colours too."""
+        face's eyes, nose, mouth and chin and its hair, skin and eye colours too, and its tilt read
+        off its eyes where the detector misread it (as `kyara detect --landmarks`)."""
         upload = (await read_uploads(request))[0]
         return await service.run(service.detect, upload, landmarks)
 

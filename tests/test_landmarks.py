@@ -62,15 +62,21 @@ def located():
 
 
 def test_landmarks_agree_with_animeface_where_both_find_the_face(located):
-    errors = []
-    for _, ours, theirs in located:
-        assert set(ours.landmarks) == set(LANDMARKS) and set(ours.colors) == {"hair", "skin", "left_eye", "right_eye"}
+    """Closer to animeface's points than the average face (the training faces' mean points, stored
+    in the model) placed in each face's cut: 0.026 against 0.053 of the side for the eyes here, 0.038
+    against 0.055 for all five."""
+    stored = json.loads(Landmarker().session.get_modelmeta().custom_metadata_map["kyara.mean_points"])
+    errors, average_errors = [], []
+    for picture, ours, theirs in located:
+        assert set(ours.landmarks) == set(LANDMARKS) and {"skin", "left_eye", "right_eye"} <= set(ours.colors)
         side = max(ours.box[2:])
-        errors.append([math.dist(ours.landmarks[name], theirs.landmarks[name]) / side for name in LANDMARKS])
-    # Shares of the face's side. The average face's points, placed in each cut, miss by 0.053 (eyes)
-    # and 0.055 (all five) here; kyara's by 0.026 and 0.038.
-    errors = np.array(errors)
-    assert np.median(errors[:, :2]) < 0.04 and np.median(errors) < 0.048
+        truth = np.array([theirs.landmarks[name] for name in LANDMARKS], float)
+        errors.append(np.linalg.norm(np.array([ours.landmarks[name] for name in LANDMARKS]) - truth, axis=1) / side)
+        average = cut_face(picture, ours).to_picture(np.array(stored))
+        average_errors.append(np.linalg.norm(average - truth, axis=1) / side)
+    errors, average_errors = np.array(errors), np.array(average_errors)
+    assert np.median(errors[:, :2]) < min(0.04, 0.75 * np.median(average_errors[:, :2]))
+    assert np.median(errors) < 0.85 * np.median(average_errors)
 
 
 def test_landmarks_sit_where_a_face_has_them(located):
@@ -144,7 +150,9 @@ def test_the_eye_line_corrects_the_tilt_only_when_it_disagrees():
     assert upright_angle(read, eyes_turned(30)) == -25.0
     # Swapped eyes (an upside-down reading) and eyes on one spot tell no tilt to trust.
     assert upright_angle(upright, eyes_turned(180)) == 0.0
-    assert upright_angle(read, {"left_eye": (200, 200), "right_eye": (201, 200)}) == -25.0
+    assert upright_angle(upright, {"left_eye": (206, 196), "right_eye": (194, 204)}) == 0.0  # 34 degrees, 14 px
+    # Angles wrap around: read as 170, shown turned by 140 counter-clockwise, it is 50 degrees off.
+    assert upright_angle(DetectedFace((100, 100, 200, 200), 0.9, angle=170.0), eyes_turned(140)) == -140.0
 
 
 def test_colours_are_read_where_the_points_are():
@@ -182,7 +190,8 @@ def test_a_fringe_outside_the_picture_gives_no_hair_colour():
 
 def test_a_face_of_infinite_or_unknown_size_or_tilt_is_refused():
     picture = Image.new("RGB", (200, 180), "white")
-    for face in (DetectedFace((50, 30, 100, 100), 0.9, math.nan), DetectedFace((50, 30, 100, 100), 0.9, math.inf)):
+    faces = [DetectedFace((50, 30, 100, 100), 0.9, math.nan), DetectedFace((50, 30, 100, 100), 0.9, math.inf)]
+    for face in [*faces, DetectedFace((50, 30, math.nan, 100), 0.9)]:
         with pytest.raises(KyaraError, match="finite"):
             Landmarker().locate(picture, [face])
 
@@ -209,7 +218,7 @@ def test_detect_landmarks_on_the_command_line():
     result = CliRunner().invoke(app, ["detect", str(image), "--json", "--landmarks"])
     assert result.exit_code == 0, result.output
     faces = json.loads(result.stdout)["images"][0]["faces"]
-    assert faces and all(set(face["landmarks"]) == set(LANDMARKS) and face["colors"]["hair"] for face in faces)
+    assert faces and all(set(face["landmarks"]) == set(LANDMARKS) and face["colors"]["skin"] for face in faces)
     recognized = CliRunner().invoke(app, ["recognize", str(image), "--json", "--landmarks"])
     assert recognized.exit_code == 0 and all(
         f["landmarks"] for f in json.loads(recognized.stdout)["images"][0]["faces"]
@@ -223,8 +232,10 @@ def test_a_wrong_landmark_model_is_refused(tmp_path):
         Landmarker(b"not a model")
     with pytest.raises(ModelError, match="landmark model places"):
         Landmarker(CnnDetector().weights)  # a network of another kind
-    with pytest.raises(KyaraError, match="missing"):
+    with pytest.raises(KyaraError, match=r"none\.onnx: no such model file"):
         Landmarker(tmp_path / "none.onnx")
+    with pytest.raises(KyaraError, match="a folder, not a model file"):
+        Landmarker(tmp_path)
     assert Landmarker(str(LANDMARK_MODEL)).model_digest == Landmarker().model_digest
     assert LANDMARK_MODEL.stat().st_size < 2_000_000
 

@@ -110,7 +110,7 @@ def collect(data: Path, cache: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 class LandmarkNet(torch.nn.Module):
-    """Five strided convolutions and two dense layers: ten numbers, the points as shares of the cut."""
+    """Five convolutions (four strided) and two dense layers: ten numbers, the points as shares of the cut."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -200,7 +200,8 @@ def train(pixels: np.ndarray, points: np.ndarray, epochs: int, seed: int) -> Lan
 
 def export(net: LandmarkNet, mean_points: np.ndarray) -> bytes:
     """The network as ONNX (input `image`, N x 3 x S x S in [0, 1]; output `points`, N x 10), with
-    its settings and the training faces' mean points in the file's metadata."""
+    its settings and the training faces' mean points (the average face, the yardstick its study and
+    tests measure it against) in the file's metadata."""
     model = onnx_bytes(
         net, torch.zeros(1, 3, INPUT_SIDE, INPUT_SIDE), "points", {"image": {0: "faces"}, "points": {0: "faces"}}
     )
@@ -306,17 +307,18 @@ def main() -> None:
         print(table(json.loads(STUDY.read_text())))
         return
     torch.set_num_threads(2)
-    started = time.perf_counter()
     pixels, points = collect(args.data, args.cache)
     mean_points = points.mean(axis=0)
+    started = time.perf_counter()
     net = train(pixels, points, args.epochs, args.seed)
+    training_minutes = round((time.perf_counter() - started) / 60, 1)
     model = export(net, mean_points)
     atomic_write_bytes(args.out, model)
     study = {
         "command": "python tools/train_landmarks.py",
         "training_faces": len(pixels),
         "epochs": args.epochs,
-        "minutes": round((time.perf_counter() - started) / 60, 1),
+        "training_minutes": training_minutes,
         "benchmark": measure(Landmarker(model), mean_points),
     }
     atomic_write_text(STUDY, json.dumps(study, indent=2) + "\n")
