@@ -228,7 +228,10 @@ def _write_faces(
         name = f"{index:05d}-{shortened(face.source.stem)}"
         if face.number == 0:
             name += face.source.suffix.lower()
-            shutil.copyfile(face.source, staging / folder / name)
+            try:
+                shutil.copyfile(face.source, staging / folder / name)
+            except FileNotFoundError as exc:
+                raise KyaraError(f"{face.source}: removed while its faces were being grouped; run again") from exc
         else:
             name += f"-{face.number}.png"
             if face.source != source:  # a picture's faces come one after another

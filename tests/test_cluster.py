@@ -92,6 +92,16 @@ def test_write_clusters_and_refuse_to_overwrite(crops, embedded, recognizer, tmp
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left
 
 
+def test_a_crop_removed_while_grouping_is_said_so(crops, embedded, recognizer, tmp_path):
+    moved = tmp_path / "moved.jpg"
+    shutil.copyfile(crops[0], moved)
+    face_set = replace(embedded, faces=[replace(embedded.faces[0], source=moved), *embedded.faces[1:]])
+    moved.unlink()  # gone between embedding and writing
+    with pytest.raises(KyaraError, match="removed while its faces were being grouped"):
+        write_clusters(face_set, cluster_faces(embedded.embeddings), tmp_path / "out", recognizer.detector)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing half-written, no staging left
+
+
 def test_illustrations_are_cut_into_faces(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     pictures = [data_path("newgame-illustrations", "yagami_kou", name) for name in ("1.jpg", "3.jpg")]
