@@ -99,23 +99,20 @@ class FaceCut:
     def to_picture(self, points: np.ndarray) -> np.ndarray:
         """Points of the cut (N x 2, as shares of its width and height from its top left corner,
         the face upright) in picture pixels."""
-        x, y, width, height = self.square
-        turn = 0.0 if self.whole else math.radians(self.angle)  # a whole picture is never turned
-        cos, sin = math.cos(turn), math.sin(turn)
-        offset = (np.asarray(points, np.float64).reshape(-1, 2) - 0.5) * (width, height)
+        centre, size, turn = self._frame()
         # The cut was turned upright by `angle` about its centre: turn back the other way.
-        x_offset = offset[:, 0] * cos - offset[:, 1] * sin
-        y_offset = offset[:, 0] * sin + offset[:, 1] * cos
-        return np.stack([x + width / 2 + x_offset, y + height / 2 + y_offset], axis=1)
+        return centre + _turned((np.asarray(points, np.float64).reshape(-1, 2) - 0.5) * size, turn)
 
     def to_cut(self, points: np.ndarray) -> np.ndarray:
         """Picture pixels (N x 2) as points of the cut, the inverse of `to_picture`."""
+        centre, size, turn = self._frame()
+        return _turned(np.asarray(points, np.float64).reshape(-1, 2) - centre, -turn) / size + 0.5
+
+    def _frame(self) -> tuple[np.ndarray, np.ndarray, float]:
+        """The cut's centre and size in the picture, and the turn (radians) that stood it upright."""
         x, y, width, height = self.square
-        turn = 0.0 if self.whole else math.radians(self.angle)
-        cos, sin = math.cos(turn), math.sin(turn)
-        offset = np.asarray(points, np.float64).reshape(-1, 2) - (x + width / 2, y + height / 2)
-        upright = np.stack([offset[:, 0] * cos + offset[:, 1] * sin, -offset[:, 0] * sin + offset[:, 1] * cos], axis=1)
-        return upright / (width, height) + 0.5
+        turn = 0.0 if self.whole else math.radians(self.angle)  # a whole picture is never turned
+        return np.array([x + width / 2, y + height / 2]), np.array([width, height], np.float64), turn
 
     def of(self, picture: Image.Image) -> FaceCut:
         """The same cut of another copy of the picture, of the same size (its grayscale copy)."""
@@ -147,6 +144,12 @@ def gray_cuts(picture: Image.Image, cuts: list[FaceCut]) -> list[FaceCut]:
     """The same `cuts` of `picture`'s gray copy (`gray_copy`)."""
     gray = gray_copy(picture)
     return [cut.of(gray) for cut in cuts]
+
+
+def _turned(offsets: np.ndarray, turn: float) -> np.ndarray:
+    """Offsets (N x 2, picture axes: y downwards) turned by `turn` radians, clockwise on the screen."""
+    cos, sin = math.cos(turn), math.sin(turn)
+    return np.stack([offsets[:, 0] * cos - offsets[:, 1] * sin, offsets[:, 0] * sin + offsets[:, 1] * cos], axis=1)
 
 
 def cut_face(picture: Image.Image, face: DetectedFace, margin: float = CROP_MARGIN) -> FaceCut:
