@@ -44,6 +44,12 @@ class Embedder:
 
     def to_input(self, crops: Sequence[Image.Image]) -> np.ndarray:
         """RGB crops -> float32 N x 3 x S x S in [0, 1], as the model was trained."""
-        size = (self.input_size, self.input_size)
-        arrays = [np.asarray(crop.convert("RGB").resize(size, Image.Resampling.BILINEAR), np.float32) for crop in crops]
-        return np.stack(arrays).transpose(0, 3, 1, 2) / 255.0
+        return crops_input(crops, self.input_size)
+
+
+def crops_input(crops: Sequence[Image.Image], side: int) -> np.ndarray:
+    """Face crops as kyara's face networks take them (the embedder, the landmark network): each
+    resized to `side` x `side`, float32 N x 3 x side x side, RGB in [0, 1]."""
+    size = (side, side)
+    arrays = [np.asarray(crop.convert("RGB").resize(size, Image.Resampling.BILINEAR), np.float32) for crop in crops]
+    return np.stack(arrays).transpose(0, 3, 1, 2) / 255.0

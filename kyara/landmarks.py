@@ -23,6 +23,7 @@ from PIL import Image
 from kyara.bundle import check_model_file
 from kyara.cut import cut_face
 from kyara.detection import AnimeFaceDetector, DetectedFace, Detector, hex_colour
+from kyara.embedding import crops_input
 from kyara.errors import KyaraError, ModelError
 from kyara.runtime import model_settings, open_session
 
@@ -79,13 +80,7 @@ class Landmarker:
             return list(faces)
         picture = picture if picture.mode == "RGB" else picture.convert("RGB")
         cuts = [cut_face(picture, faces[i]) for i in todo]
-        side = (INPUT_SIDE, INPUT_SIDE)
-        pixels = np.stack(
-            [np.asarray(cut.pixels.convert("RGB").resize(side, Image.Resampling.BILINEAR)) for cut in cuts]
-        )
-        (points,) = self.session.run(
-            None, {"image": np.ascontiguousarray(pixels.transpose(0, 3, 1, 2), np.float32) / 255}
-        )
+        (points,) = self.session.run(None, {"image": crops_input([cut.pixels for cut in cuts], INPUT_SIDE)})
         located = list(faces)
         for i, cut, face_points in zip(todo, cuts, points.reshape(len(cuts), len(LANDMARKS), 2), strict=True):
             at = dict(zip(LANDMARKS, cut.to_picture(face_points), strict=True))
