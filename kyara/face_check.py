@@ -95,6 +95,11 @@ class FaceCheck:
             raise ModelError(f"the face check {path} holds no usable band or weights: reinstall kyara")
         return check
 
+    @functools.cached_property
+    def digest(self) -> str:
+        """Which check this is (detection caches key on it), hashed once: crops ask per picture."""
+        return hashlib.sha1(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+
     def to_dict(self) -> dict:
         return {
             "weights": [round(float(w), 6) for w in self.weights],
@@ -147,8 +152,7 @@ class CheckedCnnDetector:
 
     @property
     def settings(self) -> dict:
-        check = hashlib.sha1(json.dumps(self.check.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
-        return {**self.detector.settings, "check": check, "check_min_score": self.min_score}
+        return {**self.detector.settings, "check": self.check.digest, "check_min_score": self.min_score}
 
     def detect(self, image: Image.Image) -> list[DetectedFace]:
         candidates = self.detector.detect(image)
