@@ -17,7 +17,7 @@ import os
 
 import onnxruntime as ort
 
-from kyara.errors import KyaraError, ModelError
+from kyara.errors import KyaraError, ModelError, count
 
 FLOAT32, INT8 = "float32", "int8"
 PRECISIONS = (FLOAT32, INT8)
@@ -47,7 +47,7 @@ def open_session(
     sizes grew the process by 1.2 GB (with the arena: +100 MB, and 10 % faster). Threads do not
     spin-wait between runs (below)."""
     options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or default_threads()
+    options.intra_op_num_threads = default_threads() if threads is None else count(threads, f"threads for {what}")
     options.inter_op_num_threads = 1
     # Each session's threads otherwise spin for a while after every run, taking the cores from the
     # next network of the pipeline (detector, then embedder): recognizing a 768 px illustration on

@@ -23,6 +23,7 @@ from kyara.landmarks import (
     colours_at,
     upright_angle,
 )
+from kyara.pipeline import Recognizer
 from tests.conftest import data_path
 
 
@@ -251,3 +252,10 @@ def test_landmarks_travel_with_threads_and_pickling():
         assert [f.box for f in again] == [f.box for f in expected]
         for a, b in zip(again, expected, strict=True):
             assert max(math.dist(a.landmarks[n], b.landmarks[n]) for n in LANDMARKS) <= 1
+
+
+@pytest.mark.parametrize("threads", [0, -1, 1.5, True, "2"])
+def test_every_network_refuses_threads_that_are_not_a_whole_number_of_at_least_one(threads):
+    for make in (Landmarker, CnnDetector, Recognizer):
+        with pytest.raises(KyaraError, match="must be a whole number of at least 1"):
+            make(threads=threads)
