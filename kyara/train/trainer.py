@@ -279,8 +279,23 @@ def _load_checkpoint(path: Path, config: TrainConfig, data: LabelledImages) -> d
         raise KyaraError(f"{path} is not a readable kyara checkpoint ({reason}); delete it to start afresh") from exc
     expected = {"config": asdict(config), "classes": data.classes, "pictures": _fingerprint(data)}
     if not isinstance(saved, dict) or any(saved.get(key) != value for key, value in expected.items()):
+        if isinstance(saved, dict) and _only_epochs_differ(saved, expected):
+            # The learning-rate schedule spans the epochs asked for, so a run cannot be lengthened.
+            raise KyaraError(
+                f"{path} resumes a run of {saved['config']['epochs']} epochs, not {config.epochs}; "
+                "to train a finished model further, start from it (kyara train --from MODEL.kyara)"
+            )
         raise KyaraError(f"{path} was made with other settings, characters or pictures; delete it to start afresh")
     return saved
+
+
+def _only_epochs_differ(saved: dict, expected: dict) -> bool:
+    config = saved.get("config")
+    return (
+        isinstance(config, dict)
+        and {**config, "epochs": expected["config"]["epochs"]} == expected["config"]
+        and all(saved.get(key) == expected[key] for key in ("classes", "pictures"))
+    )
 
 
 def _fingerprint(data: LabelledImages) -> str:
