@@ -79,29 +79,45 @@ class Landmarker:
         if not todo:
             return list(faces)
         picture = picture if picture.mode == "RGB" else picture.convert("RGB")
-        cuts = [cut_face(picture, faces[i]) for i in todo]
-        (points,) = self.session.run(None, {"image": crops_input([cut.pixels for cut in cuts], INPUT_SIDE)})
         located = list(faces)
-        for i, cut, face_points in zip(todo, cuts, points.reshape(len(cuts), len(LANDMARKS), 2), strict=True):
-            at = dict(zip(LANDMARKS, cut.to_picture(face_points), strict=True))
+        for i, at in zip(todo, self.points(picture, [faces[i] for i in todo]), strict=True):
             landmarks = {name: (round(x), round(y)) for name, (x, y) in at.items()}
             face = faces[i]
             colours = colours_at(picture, landmarks, max(face.box[2:]))
             located[i] = replace(face, angle=upright_angle(face, at), landmarks=landmarks, colors=colours)
         return located
 
+    def points(self, picture: Image.Image, faces: list[DetectedFace]) -> list[dict[str, tuple[float, float]]]:
+        """The five points (`LANDMARKS`) of each face, in picture pixels, unrounded."""
+        if not faces:
+            return []
+        cuts = [cut_face(picture, face) for face in faces]
+        (points,) = self.session.run(None, {"image": crops_input([cut.pixels for cut in cuts], INPUT_SIDE)})
+        return [
+            dict(zip(LANDMARKS, cut.to_picture(face_points), strict=True))
+            for cut, face_points in zip(cuts, points.reshape(len(cuts), len(LANDMARKS), 2), strict=True)
+        ]
+
 
 def upright_angle(face: DetectedFace, landmarks: dict[str, tuple[float, float]]) -> float:
     """The face's `angle`, read off its eye line where that tilts `TILT_GAP` to `MAX_CORRECTION`
     degrees from the detector's reading: the CNN reads little of the tilt of faces in real pictures
-    (turned by 30 degrees, it reads 0 to 15), and faces cut upright by their eyes are named better.
-    Eyes closer than `MIN_EYE_GAP` of the face's side tell no tilt."""
-    (left_x, left_y), (right_x, right_y) = landmarks["left_eye"], landmarks["right_eye"]
-    if math.hypot(left_x - right_x, left_y - right_y) < MIN_EYE_GAP * max(face.box[2:]):
+    (turned by 30 degrees, it reads 0 to 15), and faces cut upright by their eyes are named better."""
+    tilt = eye_tilt(landmarks, max(face.box[2:]))
+    if tilt is None:
         return face.angle
-    tilt = math.degrees(math.atan2(right_y - left_y, left_x - right_x))  # counter-clockwise on the screen
     gap = (tilt + face.angle + 180) % 360 - 180  # the face's angle stands it upright: -tilt when right
     return float(-round(tilt)) if TILT_GAP <= abs(gap) <= MAX_CORRECTION else face.angle
+
+
+def eye_tilt(landmarks: dict[str, tuple[float, float]], side: float) -> float | None:
+    """Degrees counter-clockwise (on the screen) that the eye line of a face of `side` pixels is
+    turned from level; None where the eyes are closer than `MIN_EYE_GAP` of the side (no eye line:
+    the network sees no face)."""
+    (left_x, left_y), (right_x, right_y) = landmarks["left_eye"], landmarks["right_eye"]
+    if math.hypot(left_x - right_x, left_y - right_y) < MIN_EYE_GAP * side:
+        return None
+    return math.degrees(math.atan2(right_y - left_y, left_x - right_x))
 
 
 def colours_at(picture: Image.Image, landmarks: dict[str, tuple[int, int]], side: float) -> dict[str, str]:

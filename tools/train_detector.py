@@ -12,7 +12,9 @@ There is no public detection set with boxes, so training pictures are made on th
   are background), pictures where no face was sure are corrected by hand or left out (never
   taught as background).
   Each source (folder) is drawn in proportion to the square root of its size. They are seen at
-  every scale, zoomed until a face is larger than the network's input and cut by the edges;
+  every scale, zoomed until a face is larger than the network's input and cut by the edges, and
+  with `--turned-p`, some turned whole, their sure faces' angles read off the eye line by kyara's
+  landmark network (`eye_angles`), so that the angle head learns the tilt of real faces;
 - face crops (../shared/data and 105 moeimouto characters) pasted, with soft oval edges, onto those
   pictures and onto mosaics of non-face patches, at many sizes and tilts, mirrored, some behind
   sunglasses, a mask or a blindfold drawn on them;
@@ -32,7 +34,7 @@ import json
 import math
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -42,8 +44,9 @@ from PIL import Image, ImageDraw, ImageOps
 from tqdm import tqdm
 
 from kyara.bundle import atomic_write_bytes, default_model_path, load_bundle
-from kyara.detection import containment, iou
+from kyara.detection import DetectedFace, containment, iou
 from kyara.imageio import list_images, load_image
+from kyara.landmarks import Landmarker, eye_tilt
 from kyara.train.nets import FaceCenterNet
 from kyara.train.trainer import arrays_to_state, onnx_bytes
 
@@ -64,6 +67,9 @@ SHIPPED_MIN_SCORE = 0.51
 """The shipped detector's threshold, chosen on half of the benchmark (docs/detection.md)."""
 KEPT_SIDE = 768
 """Longer side the training pictures are kept at in memory (they are read once)."""
+MAX_EYE_ANGLE = 45.0
+"""Eye lines turned further than this from level are not trusted as a face's angle: the landmark
+network learned turns of up to 35 degrees (tools/train_landmarks.py)."""
 
 
 @dataclass
@@ -78,6 +84,9 @@ class DetectorConfig:
     max_face: float = 300.0
     zoom_p: float = 0.25
     tilted_p: float = 0.4
+    turned_p: float = 0.0
+    max_turn: float = 60.0
+    level_within: float = 0.0  # eye lines within this many degrees of level are taught as level
     occluded_p: float = 0.2
     gray_p: float = 0.2
     screentone_p: float = 0.5
@@ -128,6 +137,7 @@ class Label:
 
     box: tuple[int, int, int, int]
     sure: bool
+    angle: float | None = None  # read off the eye line (`eye_angles`); None where no eye line is seen
 
 
 def merged(labels: list[Label]) -> list[Label]:
@@ -221,10 +231,12 @@ class SampleMaker:
         roots = {"shared": data, "pictures": pictures}
         self.illustrations = []
         pictures_labelled = labelled_pictures(LABELS, roots, excluded)
+        landmarker = Landmarker(threads=config.threads) if config.turned_p > 0 else None
         for path, labels, _ in tqdm(pictures_labelled, desc="reading pictures"):
             image, scale = _kept_small(path)
             scaled = [Label(tuple(round(v * scale) for v in label.box), label.sure) for label in labels]
-            self.illustrations.append((image, scaled))
+            angled = eye_angles(image, scaled, landmarker, config.level_within) if landmarker else scaled
+            self.illustrations.append((image, angled))
         self.weights = source_weights([source for _, _, source in pictures_labelled])
         self.patches = [np.asarray(load_image(p)) for p in training_patches(data)]
 
@@ -257,7 +269,9 @@ class SampleMaker:
         )
         if image.width < size or image.height < size:
             image = _padded(image, size, self.rng)
-        faces = [(Face(*_centre(label.box, scale), label.box[2] * scale), label.sure) for label in labels]
+        faces = [(Face(*_centre(label.box, scale), label.box[2] * scale, label.angle), label.sure) for label in labels]
+        if self.rng.random() < self.config.turned_p:
+            image, faces = _turned(image, faces, float(self.rng.uniform(-1, 1) * self.config.max_turn), self.rng)
         sure_faces = [face for face, is_sure in faces if is_sure]
         if sure_faces and self.rng.random() < 0.7:
             face = sure_faces[self.rng.integers(len(sure_faces))]
@@ -384,6 +398,45 @@ def _padded(image: Image.Image, size: int, rng: np.random.Generator) -> Image.Im
                        rng.integers(0, 256, size=3)))  # fmt: skip
     canvas.paste(image, (0, 0))
     return canvas
+
+
+def eye_angles(image: Image.Image, labels: list[Label], landmarker: Landmarker, level_within: float) -> list[Label]:
+    """`labels` with the angle that stands each sure face upright, read off its eye line by kyara's
+    landmark network where it sees one (eyes at least `kyara.landmarks.MIN_EYE_GAP` of the side
+    apart) and the face is within `MAX_EYE_ANGLE` of upright, beyond which the network was never
+    taught: real pictures then teach the angle head too, turned (`turned_p`) as well as upright.
+    Eye lines within `level_within` degrees of level are taught as level: the landmark network's
+    eye points scatter by a few hundredths of the face's side, which tilts an eye line by up to
+    about ten degrees, and a face read as tilted where it is upright is cut askew for recognition."""
+    sure = [label for label in labels if label.sure]
+    points = landmarker.points(image, [DetectedFace(label.box, 1.0) for label in sure])
+    angles = {}
+    for label, at in zip(sure, points, strict=True):
+        tilt = eye_tilt(at, label.box[2])
+        if tilt is not None and abs(tilt) <= MAX_EYE_ANGLE:
+            angles[label] = 0.0 if abs(tilt) < level_within else -tilt
+    return [replace(label, angle=angles.get(label)) for label in labels]
+
+
+def _turned(
+    image: Image.Image, faces: list[tuple[Face, bool]], turn: float, rng: np.random.Generator
+) -> tuple[Image.Image, list[tuple[Face, bool]]]:
+    """The picture turned `turn` degrees counter-clockwise (grown to hold it, corners a plain
+    colour), with its faces: centres turned, angles less `turn`, unsure boxes grown to cover their
+    turned square."""
+    fill = tuple(int(v) for v in rng.integers(0, 256, size=3))
+    turned = image.rotate(turn, Image.Resampling.BILINEAR, expand=True, fillcolor=fill)
+    cos, sin = math.cos(math.radians(turn)), math.sin(math.radians(turn))
+    moved = []
+    for face, sure in faces:
+        dx, dy = face.cx - image.width / 2, face.cy - image.height / 2
+        cx, cy = turned.width / 2 + dx * cos + dy * sin, turned.height / 2 - dx * sin + dy * cos
+        if sure:
+            angle = None if face.angle is None else (face.angle - turn + 180) % 360 - 180
+            moved.append((Face(cx, cy, face.side, angle), True))
+        else:
+            moved.append((Face(cx, cy, face.side * (abs(cos) + abs(sin))), False))
+    return turned, moved
 
 
 def _centre(box: list[int], scale: float) -> tuple[float, float]:
@@ -563,8 +616,10 @@ def train_detector(
     maker = SampleMaker(data, pictures, config, np.random.default_rng(config.seed))
     labels = [label for _, found in maker.illustrations for label in found]
     sure = sum(label.sure for label in labels)
+    angled = sum(label.angle is not None for label in labels)
     tqdm.write(
-        f"{len(maker.illustrations)} pictures with {sure} sure and {len(labels) - sure} unsure faces, "
+        f"{len(maker.illustrations)} pictures with {sure} sure ({angled} of known angle) and "
+        f"{len(labels) - sure} unsure faces, "
         f"{len(maker.crops)} face crops, {len(maker.patches)} non-face patches"
     )
     rng = maker.rng
@@ -653,12 +708,23 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=DetectorConfig.steps)
     parser.add_argument("--lr", type=float, default=DetectorConfig.lr, help="peak learning rate")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--level-within", type=float, default=DetectorConfig.level_within, help="degrees of eye tilt taught as level"
+    )
+    parser.add_argument(
+        "--turned-p", type=float, default=DetectorConfig.turned_p, help="share of real pictures turned (angles taught)"
+    )
     parser.add_argument("--min-score", type=float, default=SHIPPED_MIN_SCORE, help="threshold stored in the model")
     parser.add_argument("--start", type=Path, default=None, help="an exported detector to go on from (ONNX)")
     args = parser.parse_args()
     start = args.start.read_bytes() if args.start else None
     config = DetectorConfig(
-        steps=args.steps, lr=args.lr, seed=args.seed, start=hashlib.sha1(start).hexdigest() if start else ""
+        steps=args.steps,
+        lr=args.lr,
+        seed=args.seed,
+        turned_p=args.turned_p,
+        level_within=args.level_within,
+        start=hashlib.sha1(start).hexdigest() if start else "",
     )
     net = train_detector(args.data, args.pictures, config, args.checkpoint, args.log, start)
     settings = {
