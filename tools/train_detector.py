@@ -712,6 +712,9 @@ def main() -> None:
         "--level-within", type=float, default=DetectorConfig.level_within, help="degrees of eye tilt taught as level"
     )
     parser.add_argument(
+        "--max-turn", type=float, default=DetectorConfig.max_turn, help="real pictures turned by up to this (degrees)"
+    )
+    parser.add_argument(
         "--turned-p", type=float, default=DetectorConfig.turned_p, help="share of real pictures turned (angles taught)"
     )
     parser.add_argument("--min-score", type=float, default=SHIPPED_MIN_SCORE, help="threshold stored in the model")
@@ -723,6 +726,7 @@ def main() -> None:
         lr=args.lr,
         seed=args.seed,
         turned_p=args.turned_p,
+        max_turn=args.max_turn,
         level_within=args.level_within,
         start=hashlib.sha1(start).hexdigest() if start else "",
     )
