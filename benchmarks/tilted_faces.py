@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 from pathlib import Path
 
 import numpy as np
@@ -72,7 +71,7 @@ def main() -> None:
         by_angle[str(angle)] = {
             name: {
                 "found": round(row["found"] / len(files), 4),
-                "tilt_error_median": round(statistics.median(row["errors"]), 1) if row["errors"] else None,
+                "tilt_error_median": round(float(np.median(row["errors"])), 1) if row["errors"] else None,
                 "tilt_error_p90": round(float(np.percentile(row["errors"], 90)), 1) if row["errors"] else None,
                 "top1": round(row["top1"] / len(files), 4),
             }

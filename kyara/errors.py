@@ -1,5 +1,5 @@
 """The exceptions kyara raises: catch `KyaraError` to handle every expected failure; and `count`,
-the one check of an argument that counts something (top_k, max_pixels, max_faces)."""
+the one check of an argument that counts something (top_k, max_pixels, max_faces, threads)."""
 
 import numbers
 

@@ -35,8 +35,9 @@ TILT_GAP = 20.0
 """Degrees between the eye line and the detector's tilt from which the eyes' tilt is taken..."""
 MAX_CORRECTION = 60.0
 """...up to this many. The network learned turns of up to 35 degrees beyond the detector's and
-reads larger ones short, which still stands a face more upright than the detector's 0 (held-out
-crops turned by 45 degrees: benchmarks/tilted_faces.py); beyond, a reading is more likely wrong."""
+reads larger ones short, which still stands a face more upright than a reading of 0, as the
+detector gives for a tilt it misses (held-out crops turned by 45 degrees: benchmarks/tilted_faces.py);
+beyond, a reading is more likely wrong."""
 MIN_EYE_GAP = 0.1
 """Share of the face's side: eyes closer than this are no eye line (the network sees no face)."""
 COLOUR_SPOTS = {
@@ -94,15 +95,16 @@ class Landmarker:
         cuts = [cut_face(picture, face) for face in faces]
         (points,) = self.session.run(None, {"image": crops_input([cut.pixels for cut in cuts], INPUT_SIDE)})
         return [
-            dict(zip(LANDMARKS, cut.to_picture(face_points), strict=True))
+            {name: (float(x), float(y)) for name, (x, y) in zip(LANDMARKS, cut.to_picture(face_points), strict=True)}
             for cut, face_points in zip(cuts, points.reshape(len(cuts), len(LANDMARKS), 2), strict=True)
         ]
 
 
 def upright_angle(face: DetectedFace, landmarks: dict[str, tuple[float, float]]) -> float:
     """The face's `angle`, read off its eye line where that tilts `TILT_GAP` to `MAX_CORRECTION`
-    degrees from the detector's reading: the CNN reads little of the tilt of faces in real pictures
-    (turned by 30 degrees, it reads 0 to 15), and faces cut upright by their eyes are named better."""
+    degrees from the detector's reading: the CNN reads a slight tilt short (held-out crops turned by
+    15 degrees: a median of 1 read; the detector before session 19 read little of any tilt), and
+    faces cut upright by their eyes are named better (benchmarks/tilted_faces.py)."""
     tilt = eye_tilt(landmarks, max(face.box[2:]))
     if tilt is None:
         return face.angle

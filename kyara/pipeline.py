@@ -90,6 +90,7 @@ class Recognizer:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         precision: str = DEFAULT_PRECISION,
     ) -> None:
+        threads = None if threads is None else count(threads, "threads")
         max_pixels = count(max_pixels, "max_pixels")
         if not isinstance(detector, str) and not callable(getattr(detector, "detect", None)):
             raise KyaraError(f"detector: a detector's name or an object with detect(image), not {detector!r}")

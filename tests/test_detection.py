@@ -103,9 +103,10 @@ def test_cnn_detector_reports_tilt_and_original_pixels(face_crop_path):
 
 @pytest.mark.parametrize("turn", [35, -35])
 def test_cnn_detector_reads_the_tilt_of_real_faces_in_a_turned_illustration(benchmark_pictures, turn):
-    """Held-out illustrations turned whole: each face found both ways should read more tilt turned
-    than upright, by most of `turn` (the shipped detector reads 19 to 20 of 35 degrees here; the one
-    before it, which learned angles from pasted crops only, read 8 to 9)."""
+    """Held-out illustrations turned whole: a face found both ways should read about `turn` degrees
+    more tilt turned than upright. The shipped detector reads it within half of `turn` for 52 to 58 %
+    of the faces here (a median of 19 to 20 of 35 degrees); the one before it, which learned angles
+    from pasted crops only, for 17 to 22 % (a median of 8 to 9)."""
     detector = CnnDetector()
     changes, upright_faces, found_turned = [], 0, 0
     for image, _ in benchmark_pictures:
@@ -121,8 +122,8 @@ def test_cnn_detector_reads_the_tilt_of_real_faces_in_a_turned_illustration(benc
                 found_turned += 1
                 changes.append((same[0].angle - face.angle + 180) % 360 - 180)
     assert found_turned >= 0.7 * upright_faces, f"{found_turned} of {upright_faces} faces found turned"
-    median_change = sorted(changes)[len(changes) // 2]
-    assert abs(median_change + turn) <= 0.55 * abs(turn), f"tilt read {median_change} where the picture turned {turn}"
+    read = [abs(change + turn) <= 0.5 * abs(turn) for change in changes]
+    assert sum(read) >= 0.4 * len(read), f"{sum(read)} of {len(read)} faces read the turn of {turn} degrees"
 
 
 def test_cnn_detector_finds_nothing_without_faces():

@@ -131,16 +131,17 @@ def test_pasted_picture_is_centred_and_turned():
     assert red.size and red[:, 1].mean() < 90 and abs(red[:, 0].mean() - 100) < 5
 
 
-@pytest.mark.parametrize("turn", [30, -50, 90])
-def test_a_turned_training_picture_keeps_its_faces_where_they_went(turn):
+@pytest.mark.parametrize(("turn", "angle", "grown"), [(30, -35.0, 27.32), (-50, 45.0, 28.18), (90, -95.0, 20.0)])
+def test_a_turned_training_picture_keeps_its_faces_where_they_went(turn, angle, grown):
     picture = Image.new("RGB", (300, 200), "white")
     picture.paste((255, 0, 0), (230, 40, 241, 51))  # a red face centred at (235.5, 45.5)
     faces = [(Face(235.5, 45.5, 10, -5.0), True), (Face(60, 150, 20), False)]
     out, (sure, unsure) = _turned(picture, faces, turn, np.random.default_rng(0))
     red = np.argwhere((np.asarray(out)[:, :, 0] > 200) & (np.asarray(out)[:, :, 1] < 80))
-    assert math.dist(red.mean(axis=0)[::-1], (sure[0].cx, sure[0].cy)) < 1.5
-    assert sure[0].angle == pytest.approx((-5 - turn + 180) % 360 - 180)  # turned further by `turn`
-    assert unsure[0].side == pytest.approx(20 * (abs(math.cos(math.radians(turn))) + abs(math.sin(math.radians(turn)))))
+    # Pixel (row, column) covers [column, column + 1): its centre is half a pixel further on.
+    assert math.dist(red.mean(axis=0)[::-1] + 0.5, (sure[0].cx, sure[0].cy)) < 0.5
+    assert sure[0].angle == pytest.approx(angle)  # tilted a further `turn` degrees counter-clockwise
+    assert unsure[0].side == pytest.approx(grown, abs=0.01)  # the turned square's bounding square
 
 
 def test_real_faces_are_taught_the_tilt_of_their_eye_line_and_near_level_as_level(face_crop_path):
@@ -149,18 +150,23 @@ def test_real_faces_are_taught_the_tilt_of_their_eye_line_and_near_level_as_leve
 
     face = load_image(face_crop_path).convert("RGB").resize((160, 160))
     landmarker, box = Landmarker(), (20, 20, 120, 120)
-    angles = []
-    for turn in (0, 15, -15):
-        picture = face.rotate(turn, Image.Resampling.BILINEAR, fillcolor=(255, 255, 255))
-        (sure, unsure) = eye_angles(picture, [Label(box, True), Label(box, False)], landmarker, level_within=0)
-        assert unsure.angle is None
-        angles.append(sure.angle)
-    # Turned 15 degrees either way, the angle that stands the face upright moves the other way
-    # (the landmark network reads turns somewhat short: 7 and 14 degrees here).
-    assert angles[1] <= angles[0] - 5 and angles[2] >= angles[0] + 5, angles
-    assert abs(angles[2] - angles[1] - 30) <= 12, angles
-    near_level = eye_angles(face, [Label(box, True)], landmarker, level_within=abs(angles[0]) + 1)[0]
-    assert near_level.angle == 0 and angles[0] != 0
+
+    def angles_turned(picture: Image.Image, turns: tuple[float, ...], level_within: float = 0) -> list[float]:
+        angles = []
+        for turn in turns:
+            turned = picture.rotate(turn, Image.Resampling.BILINEAR, fillcolor=(255, 255, 255))
+            sure, unsure = eye_angles(turned, [Label(box, True), Label(box, False)], landmarker, level_within)
+            assert unsure.angle is None  # only sure faces are taught an angle
+            angles.append(sure.angle)
+        return angles
+
+    (tilted,) = angles_turned(face, (0,))  # this crop's face is drawn tilted (about 19 degrees)
+    level = face.rotate(tilted, Image.Resampling.BILINEAR, fillcolor=(255, 255, 255))
+    upright, right, left = angles_turned(level, (0, 15, -15))
+    assert abs(upright) <= 5 and abs(tilted) >= 10, (tilted, upright)
+    # Turned 15 degrees counter-clockwise, it takes -15 to stand upright, and 15 the other way.
+    assert abs(right + 15) <= 6 and abs(left - 15) <= 6, (right, left)
+    assert angles_turned(face, (0,), level_within=abs(tilted) + 1) == [0.0]
 
 
 def test_each_source_is_drawn_in_proportion_to_the_square_root_of_its_size():

@@ -282,7 +282,8 @@ def _load_checkpoint(path: Path, config: TrainConfig, data: LabelledImages) -> d
         if isinstance(saved, dict) and _only_epochs_differ(saved, expected):
             # The learning-rate schedule spans the epochs asked for, so a run cannot be lengthened.
             raise KyaraError(
-                f"{path} resumes a run of {saved['config']['epochs']} epochs, not {config.epochs}; "
+                f"{path} resumes a run of {saved['config']['epochs']} epochs, not {config.epochs}: "
+                f"resume it with --epochs {saved['config']['epochs']}, or delete it to start afresh; "
                 "to train a finished model further, start from it (kyara train --from MODEL.kyara)"
             )
         raise KyaraError(f"{path} was made with other settings, characters or pictures; delete it to start afresh")
@@ -290,6 +291,7 @@ def _load_checkpoint(path: Path, config: TrainConfig, data: LabelledImages) -> d
 
 
 def _only_epochs_differ(saved: dict, expected: dict) -> bool:
+    """Whether the checkpoint `saved` is of the run `expected` describes but for its epochs."""
     config = saved.get("config")
     return (
         isinstance(config, dict)
