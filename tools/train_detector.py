@@ -72,7 +72,7 @@ MAX_EYE_ANGLE = 45.0
 against wild readings, not a filter of steep faces: the landmark network learned turns of up to 35
 degrees (tools/train_landmarks.py) and reads steeper ones short (a crop turned by 60 degrees reads
 20 to 40), so such faces are taught too small an angle. Real training faces are mostly near
-upright (median 7 degrees off level), and 3 of 8,029 readings went past it."""
+upright (median 7 degrees off level): 3 of 8,029 got no angle (this or eyes too close)."""
 
 
 @dataclass
