@@ -409,7 +409,8 @@ def crop(
     dedupe: Annotated[bool, typer.Option("--dedupe/--keep-duplicates", help="Drop near-duplicate faces.")] = True,
     as_json: JsonFlag = False,
 ) -> None:
-    """Cut the faces out of raw illustrations, ready to train on."""
+    """Cut the faces out of raw illustrations, ready to train on. Interrupted, run it again: every crop
+    is written whole, and the second run writes the same crops (detections are cached)."""
     from kyara.crop import crop_folder
 
     summary = crop_folder(source, target, None, margin, size, dedupe)

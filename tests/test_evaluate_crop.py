@@ -7,6 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from kyara.cli import app
+from kyara.imageio import list_images
 from tests.conftest import data_path
 
 runner = CliRunner()
@@ -71,6 +72,37 @@ def test_crop_writes_faces_and_drops_duplicates(tmp_path, monkeypatch):
     written = sorted((tmp_path / "faces" / "Yagami Kou (八神)").iterdir())
     assert len(written) == summary["written"] and written[0].suffix == ".png"
     assert not list((tmp_path / "faces").rglob("*.tmp"))
+
+
+def test_an_interrupted_crop_run_again_writes_what_one_run_writes(tmp_path, monkeypatch):
+    from kyara.crop import crop_folder
+    from kyara.detectors import get_detector
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    raw = tmp_path / "raw" / "kou"
+    raw.mkdir(parents=True)
+    for path in list_images(data_path("newgame-illustrations", "yagami_kou"))[:4]:
+        shutil.copy(path, raw / path.name)
+    detector = get_detector()
+    crop_folder(tmp_path / "raw", tmp_path / "whole", detector)
+
+    class StopsOnTheThird:
+        name, seen = detector.name, 0
+
+        def detect(self, image):
+            self.seen += 1
+            if self.seen == 3:
+                raise KeyboardInterrupt
+            return detector.detect(image)
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "other-cache"))  # the first run's cache is not used
+    with pytest.raises(KeyboardInterrupt):
+        crop_folder(tmp_path / "raw", tmp_path / "again", StopsOnTheThird())
+    assert 0 < len(list((tmp_path / "again").rglob("*.png"))) < len(list((tmp_path / "whole").rglob("*.png")))
+    crop_folder(tmp_path / "raw", tmp_path / "again", detector)
+    whole = {p.relative_to(tmp_path / "whole"): p.read_bytes() for p in (tmp_path / "whole").rglob("*") if p.is_file()}
+    again = {p.relative_to(tmp_path / "again"): p.read_bytes() for p in (tmp_path / "again").rglob("*") if p.is_file()}
+    assert again == whole
 
 
 def test_crop_margin_sets_the_context_and_a_target_inside_the_source_is_not_input(tmp_path, monkeypatch):
