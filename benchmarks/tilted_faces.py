@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from kyara.detection import CnnDetector
+from kyara.detection import CnnDetector, wrapped_degrees
 from kyara.detectors import get_detector
 from kyara.imageio import list_images, load_image
 from kyara.pipeline import Recognizer
@@ -42,7 +42,7 @@ def turned(crop: Image.Image, angle: float) -> Image.Image:
 
 def tilt_error(read: float, turn: float) -> float:
     """Degrees between the angle read and the one that stands a face turned by `turn` upright."""
-    return abs((read + turn + 180) % 360 - 180)
+    return abs(wrapped_degrees(read + turn))
 
 
 def main() -> None:

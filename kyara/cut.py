@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 from PIL import Image, ImageOps, ImageStat
 
-from kyara.detection import DetectedFace
+from kyara.detection import DetectedFace, turned_clockwise
 from kyara.errors import KyaraError
 
 Box = tuple[int, int, int, int]
@@ -101,12 +101,12 @@ class FaceCut:
         the face upright) in picture pixels."""
         centre, size, turn = self._frame()
         # The cut was turned upright by `angle` about its centre: turn back the other way.
-        return centre + _turned((np.asarray(points, np.float64).reshape(-1, 2) - 0.5) * size, turn)
+        return centre + turned_clockwise((np.asarray(points, np.float64).reshape(-1, 2) - 0.5) * size, turn)
 
     def to_cut(self, points: np.ndarray) -> np.ndarray:
         """Picture pixels (N x 2) as points of the cut, the inverse of `to_picture`."""
         centre, size, turn = self._frame()
-        return _turned(np.asarray(points, np.float64).reshape(-1, 2) - centre, -turn) / size + 0.5
+        return turned_clockwise(np.asarray(points, np.float64).reshape(-1, 2) - centre, -turn) / size + 0.5
 
     def _frame(self) -> tuple[np.ndarray, np.ndarray, float]:
         """The cut's centre and size in the picture, and the turn (radians) that stood it upright."""
@@ -144,12 +144,6 @@ def gray_cuts(picture: Image.Image, cuts: list[FaceCut]) -> list[FaceCut]:
     """The same `cuts` of `picture`'s gray copy (`gray_copy`)."""
     gray = gray_copy(picture)
     return [cut.of(gray) for cut in cuts]
-
-
-def _turned(offsets: np.ndarray, turn: float) -> np.ndarray:
-    """Offsets (N x 2, picture axes: y downwards) turned by `turn` radians, clockwise on the screen."""
-    cos, sin = math.cos(turn), math.sin(turn)
-    return np.stack([offsets[:, 0] * cos - offsets[:, 1] * sin, offsets[:, 0] * sin + offsets[:, 1] * cos], axis=1)
 
 
 def cut_face(picture: Image.Image, face: DetectedFace, margin: float = CROP_MARGIN) -> FaceCut:

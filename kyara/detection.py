@@ -155,17 +155,28 @@ def _require_working_animeface() -> None:
 
 def _inverse_rotation(size: tuple[int, int], rotated_size: tuple[int, int], angle: float, scale: float):
     """Map a point of the rotated (expanded) copy back to original, unscaled image pixels."""
-    radians = math.radians(angle)
-    cos, sin = math.cos(radians), math.sin(radians)
-    cx, cy = size[0] / 2, size[1] / 2
-    rx, ry = rotated_size[0] / 2, rotated_size[1] / 2
+    centre = np.array([size[0] / 2, size[1] / 2])
+    rotated_centre = np.array([rotated_size[0] / 2, rotated_size[1] / 2])
 
     def to_original(x: float, y: float) -> Point:
-        dx, dy = x - rx, y - ry
         # PIL rotates counter-clockwise on screen (y down), so undo it clockwise.
-        return (cx + dx * cos - dy * sin) / scale, (cy + dx * sin + dy * cos) / scale
+        (original,) = (centre + turned_clockwise(np.array([[x, y]]) - rotated_centre, math.radians(angle))) / scale
+        return float(original[0]), float(original[1])
 
     return to_original
+
+
+def turned_clockwise(offsets: np.ndarray, radians: float) -> np.ndarray:
+    """Offsets from a centre (N x 2, picture axes: y downwards) turned by `radians` clockwise on the
+    screen; a negative turn is counter-clockwise, the way PIL's `Image.rotate` turns a picture."""
+    offsets = np.asarray(offsets, np.float64).reshape(-1, 2)
+    cos, sin = math.cos(radians), math.sin(radians)
+    return np.stack([offsets[:, 0] * cos - offsets[:, 1] * sin, offsets[:, 0] * sin + offsets[:, 1] * cos], axis=1)
+
+
+def wrapped_degrees(degrees: float) -> float:
+    """The same turn as `degrees`, within [-180, 180): how far apart two angles really are."""
+    return (degrees + 180) % 360 - 180
 
 
 def _box_center(box) -> Point:

@@ -22,7 +22,7 @@ from PIL import Image
 
 from kyara.bundle import check_model_file
 from kyara.cut import cut_face
-from kyara.detection import AnimeFaceDetector, DetectedFace, Detector, hex_colour
+from kyara.detection import AnimeFaceDetector, DetectedFace, Detector, hex_colour, wrapped_degrees
 from kyara.embedding import crops_input
 from kyara.errors import KyaraError, ModelError
 from kyara.runtime import model_settings, open_session
@@ -108,7 +108,7 @@ def upright_angle(face: DetectedFace, landmarks: dict[str, tuple[float, float]])
     tilt = eye_tilt(landmarks, max(face.box[2:]))
     if tilt is None:
         return face.angle
-    gap = (tilt + face.angle + 180) % 360 - 180  # the face's angle stands it upright: -tilt when right
+    gap = wrapped_degrees(tilt + face.angle)  # the face's angle stands it upright: -tilt when right
     return float(-round(tilt)) if TILT_GAP <= abs(gap) <= MAX_CORRECTION else face.angle
 
 

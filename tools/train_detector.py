@@ -44,7 +44,7 @@ from PIL import Image, ImageDraw, ImageOps
 from tqdm import tqdm
 
 from kyara.bundle import atomic_write_bytes, default_model_path, load_bundle
-from kyara.detection import DetectedFace, containment, iou
+from kyara.detection import DetectedFace, containment, iou, turned_clockwise, wrapped_degrees
 from kyara.imageio import list_images, load_image
 from kyara.landmarks import Landmarker, eye_tilt
 from kyara.train.nets import FaceCenterNet
@@ -429,16 +429,16 @@ def _turned(
     turned square."""
     fill = tuple(int(v) for v in rng.integers(0, 256, size=3))
     turned = image.rotate(turn, Image.Resampling.BILINEAR, expand=True, fillcolor=fill)
-    cos, sin = math.cos(math.radians(turn)), math.sin(math.radians(turn))
+    offsets = np.array([[face.cx - image.width / 2, face.cy - image.height / 2] for face, _ in faces]).reshape(-1, 2)
+    centres = np.array([turned.width / 2, turned.height / 2]) + turned_clockwise(offsets, -math.radians(turn))
+    grown = abs(math.cos(math.radians(turn))) + abs(math.sin(math.radians(turn)))
     moved = []
-    for face, sure in faces:
-        dx, dy = face.cx - image.width / 2, face.cy - image.height / 2
-        cx, cy = turned.width / 2 + dx * cos + dy * sin, turned.height / 2 - dx * sin + dy * cos
+    for (face, sure), (cx, cy) in zip(faces, centres.tolist(), strict=True):
         if sure:
-            angle = None if face.angle is None else (face.angle - turn + 180) % 360 - 180
+            angle = None if face.angle is None else wrapped_degrees(face.angle - turn)
             moved.append((Face(cx, cy, face.side, angle), True))
         else:
-            moved.append((Face(cx, cy, face.side * (abs(cos) + abs(sin))), False))
+            moved.append((Face(cx, cy, face.side * grown), False))
     return turned, moved
 
 
