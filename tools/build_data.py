@@ -11,7 +11,8 @@ their artists (docs/data.md lists sources, licences and counts). Writes, under `
     faces/<source>/<character>/...         labelled face pictures for the recognition embedding
     manifest.json                          every file: source, licence, split, character, series
 
-The ten moeimouto characters reserved for independent evaluation are never written.
+The ten moeimouto characters reserved for independent evaluation are never written, from any source
+(a MyAnimeList portrait of one of them, a benchmark picture that shows one): `is_reserved`.
 """
 
 from __future__ import annotations
@@ -148,12 +149,32 @@ def character_key(name: str) -> str:
     return " ".join(sorted(w for w in re.split(r"[^a-z]+", spaced.lower()) if len(w) > 1))
 
 
+RESERVED_NAMES = (
+    *(frozenset(character_key(folder.split("_", 1)[1]).split()) for folder in sorted(RESERVED_MOEIMOUTO)),
+    frozenset({"fate", "harlaown"}),
+    frozenset({"lelouch", "britannia"}),
+)
+"""Each reserved character's name words, and the other names two of them go by."""
+
+
+def is_reserved(name: str) -> bool:
+    """Whether a file name or a character name names a reserved character, in either order and
+    any spelling of word breaks ('Konata_Izumi_2169_0.jpg', 'izumi konata', 'AkiyamaMio')."""
+    words = set(character_key(name).split())
+    return any(reserved <= words for reserved in RESERVED_NAMES)
+
+
 class Builder:
     def __init__(self, mirrors: Path, out: Path) -> None:
         self.mirrors, self.out = mirrors, out
         self.entries: list[Entry] = []
+        self.reserved_left_out: list[str] = []
 
     def write(self, relative: str, data: bytes, **fields) -> None:
+        """Writes one picture, unless its name or its character is reserved for independent evaluation."""
+        if is_reserved(f"{relative} {fields.get('character') or ''}"):
+            self.reserved_left_out.append(relative)
+            return
         target = self.out / relative
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data)
@@ -277,7 +298,7 @@ class Builder:
             name = Path(path).name
             folders = by_name.get(name, [])
             # A file name that occurs in several classes cannot be labelled from the CSV.
-            if len(folders) != 1 or folders[0] in RESERVED_MOEIMOUTO or not is_picture(path, data):
+            if len(folders) != 1 or not is_picture(path, data):
                 continue
             self.write(
                 f"faces/moeimouto/{folders[0]}/{name}",
@@ -299,6 +320,7 @@ class Builder:
         manifest = {
             "commits": COMMITS,
             "reserved_characters": sorted(RESERVED_MOEIMOUTO),
+            "reserved_left_out": self.reserved_left_out,
             "counts": {f"{split} | {source}": n for (split, source), n in sorted(counts.items())},
             "files": [asdict(e) for e in self.entries],
         }
