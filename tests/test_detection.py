@@ -104,9 +104,10 @@ def test_cnn_detector_reports_tilt_and_original_pixels(face_crop_path):
 @pytest.mark.parametrize("turn", [35, -35])
 def test_cnn_detector_reads_the_tilt_of_real_faces_in_a_turned_illustration(benchmark_pictures, turn):
     """Held-out illustrations turned whole: a face found both ways should read about `turn` degrees
-    more tilt turned than upright. The shipped detector reads it within half of `turn` for 52 to 58 %
-    of the faces here (a median of 19 to 20 of 35 degrees); the one before it, which learned angles
-    from pasted crops only, for 17 to 22 % (a median of 8 to 9)."""
+    more tilt turned than upright. The shipped detector reads it within half of `turn` for 47 to 51 %
+    of the faces here (a median of 17 to 23 of 35 degrees), session 19's for 52 to 58 % (19 to 20);
+    session 20's before its step 5 for 28 to 41 % (12 to 16: this test failed it); session 10's, which
+    learned angles from pasted crops only, for 17 to 22 % (a median of 8 to 9)."""
     detector = CnnDetector()
     changes, upright_faces, found_turned = [], 0, 0
     for image, _ in benchmark_pictures:
@@ -128,8 +129,8 @@ def test_cnn_detector_reads_the_tilt_of_real_faces_in_a_turned_illustration(benc
 
 def test_cnn_detector_finds_nothing_without_faces():
     """The 500 non-face patches kept out of training, 64 to a mosaic: at most one false face per 125
-    patches (the shipped detector finds 2, as did session 8's; the one before those none, at a fifth less
-    recall on anime at large)."""
+    patches (the shipped detector finds 3, session 19's and session 8's 2; the one before those none, at a
+    fifth less recall on anime at large)."""
     patches = list_images(data_path("face-patches", "not-face"))[::10]
     detector = CnnDetector()
     false_faces = 0

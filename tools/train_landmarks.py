@@ -3,6 +3,7 @@
     python tools/build_data.py --out build/data      # first: the pictures (docs/data.md)
     python tools/train_landmarks.py                  # about 25 minutes on 2 idle cores
     python tools/train_landmarks.py --table          # docs/detection.md's tables from the study
+    python tools/train_landmarks.py --measure        # the study again, of the shipped network (after a new detector)
 
 animeface-2009 gives five points per face (eyes, nose, mouth, chin) but finds far fewer faces than
 kyara's CNN, which gives none. So animeface teaches them: on the detector's training pictures and
@@ -40,6 +41,7 @@ from kyara.cut import cut_face
 from kyara.detection import AnimeFaceDetector, CnnDetector, DetectedFace
 from kyara.imageio import ImageError, list_images, load_image
 from kyara.landmarks import INPUT_SIDE, LANDMARK_MODEL, LANDMARKS, Landmarker, colour_distance
+from kyara.runtime import model_settings
 from kyara.train.trainer import onnx_bytes
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -302,9 +304,17 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=LANDMARK_MODEL)
     parser.add_argument("--table", action="store_true", help="print docs/detection.md's tables from the study")
+    parser.add_argument("--measure", action="store_true", help="measure the network at --out again, not retrained")
     args = parser.parse_args()
     if args.table:
         print(table(json.loads(STUDY.read_text())))
+        return
+    if args.measure:
+        landmarker = Landmarker(args.out)
+        mean_points = np.array(json.loads(model_settings(landmarker.session)["mean_points"]))
+        study = {**json.loads(STUDY.read_text()), "benchmark": measure(landmarker, mean_points)}
+        atomic_write_text(STUDY, json.dumps(study, indent=2) + "\n")
+        print(json.dumps(study, indent=2))
         return
     torch.set_num_threads(2)
     pixels, points = collect(args.data, args.cache)
