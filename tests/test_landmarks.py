@@ -121,7 +121,10 @@ def test_a_turned_face_cut_level_is_stood_up_by_its_eyes(located):
     detector before session 19 read most real faces), the eyes read it at least 10 degrees better on
     most faces: 4 of the 6 cases here with session 20's detector (all 4 with session 19's, whose boxes
     pick other faces). The two others are one three-quarter face cut by the picture's top edge,
-    whose eye line reads 8 to 14 degrees of a turn of 34 to 44."""
+    whose eye line reads 8 to 14 degrees of a turn of 34 to 44. Turned the other way (clockwise,
+    -30 and -40) these faces' eye lines read short with either landmark network, session 18's or
+    20's: 9 to 26 degrees of 26 to 39, so 0 or 1 of 4 to 6 stood up (docs/detection.md, "What it does
+    not do")."""
     detector, landmarker = CnnDetector(), Landmarker()
     turned_faces = corrected = 0
     for picture, face, _ in sorted(located, key=lambda pair: -pair[1].box[2])[:4]:
@@ -140,7 +143,7 @@ def test_a_turned_face_cut_level_is_stood_up_by_its_eyes(located):
             turned_faces += 1
             (ours,) = landmarker.locate(turned, [replace(read, angle=0.0)])
             corrected += abs(ours.angle - truth) <= abs(truth) - 10
-    assert turned_faces >= 4 and corrected >= 2 / 3 * turned_faces, f"{corrected} of {turned_faces} stood up"
+    assert turned_faces >= 4 and 3 * corrected >= 2 * turned_faces, f"{corrected} of {turned_faces} stood up"
 
 
 def test_the_eye_line_corrects_the_tilt_only_when_it_disagrees():

@@ -172,7 +172,7 @@ class Builder:
 
     def write(self, relative: str, data: bytes, **fields) -> None:
         """Writes one picture, unless its name or its character is reserved for independent evaluation."""
-        if is_reserved(f"{relative} {fields.get('character') or ''}"):
+        if is_reserved(relative) or is_reserved(fields.get("character") or ""):
             self.reserved_left_out.append(relative)
             return
         target = self.out / relative
