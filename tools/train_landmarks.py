@@ -221,8 +221,14 @@ def benchmark_pictures() -> list[Path]:
     return [root / item["path"] for item in written["images"]]
 
 
-def measure(landmarker: Landmarker, mean_points: np.ndarray) -> dict:
+def stored_mean_points(landmarker: Landmarker) -> np.ndarray:
+    """The training faces' mean points (the average face) that `export` stored with the network."""
+    return np.array(json.loads(model_settings(landmarker.session)["mean_points"]))
+
+
+def measure(landmarker: Landmarker) -> dict:
     """kyara's points and colours against animeface's on the benchmark faces both find."""
+    mean_points = stored_mean_points(landmarker)
     cnn, animeface = CnnDetector(), AnimeFaceDetector(angles=(0.0,))
     errors, average_errors, teacher_colours, colour_gaps, repeat_gaps, milliseconds = [], [], [], {}, {}, []
     for path in tqdm(benchmark_pictures(), desc="benchmark"):
@@ -296,6 +302,12 @@ def table(study: dict) -> str:
     return "\n".join([title, "", *points, "", *colours])
 
 
+def write_study(study: dict) -> None:
+    """docs/landmarks-study.json, written whole, and the same on standard output."""
+    atomic_write_text(STUDY, json.dumps(study, indent=2) + "\n")
+    print(json.dumps(study, indent=2))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=REPOSITORY / "build" / "data")
@@ -310,29 +322,24 @@ def main() -> None:
         print(table(json.loads(STUDY.read_text())))
         return
     if args.measure:
-        landmarker = Landmarker(args.out)
-        mean_points = np.array(json.loads(model_settings(landmarker.session)["mean_points"]))
-        study = {**json.loads(STUDY.read_text()), "benchmark": measure(landmarker, mean_points)}
-        atomic_write_text(STUDY, json.dumps(study, indent=2) + "\n")
-        print(json.dumps(study, indent=2))
+        write_study({**json.loads(STUDY.read_text()), "benchmark": measure(Landmarker(args.out))})
         return
     torch.set_num_threads(2)
     pixels, points = collect(args.data, args.cache)
-    mean_points = points.mean(axis=0)
     started = time.perf_counter()
     net = train(pixels, points, args.epochs, args.seed)
     training_minutes = round((time.perf_counter() - started) / 60, 1)
-    model = export(net, mean_points)
+    model = export(net, points.mean(axis=0))
     atomic_write_bytes(args.out, model)
-    study = {
-        "command": "python tools/train_landmarks.py",
-        "training_faces": len(pixels),
-        "epochs": args.epochs,
-        "training_minutes": training_minutes,
-        "benchmark": measure(Landmarker(model), mean_points),
-    }
-    atomic_write_text(STUDY, json.dumps(study, indent=2) + "\n")
-    print(json.dumps(study, indent=2))
+    write_study(
+        {
+            "command": "python tools/train_landmarks.py",
+            "training_faces": len(pixels),
+            "epochs": args.epochs,
+            "training_minutes": training_minutes,
+            "benchmark": measure(Landmarker(model)),
+        }
+    )
 
 
 if __name__ == "__main__":
