@@ -8,6 +8,11 @@ characters). A character is named the same whatever its source (moeimouto's `030
 danbooru6's `aisaka_taiga` are one). The ten moeimouto characters reserved for independent
 evaluation are refused here too, should a folder of them ever appear.
 
+A study (scripts/more_identities.py) also trains on MyAnimeList portraits (the builder's
+`illustrations/train/mal-portraits`, one picture each of ~4,900 characters), each an identity of
+its own and never a prototype (`portrait_identities`), unless it names a corpus character or any
+character of a held-out series. The recipe does not: it did not help (docs/more-identities.md).
+
 Near-duplicates are grouped over the whole corpus (pHash and source picture), so a split never puts
 two copies of one drawing on both sides. The series-held-out protocol (scripts/heldout.py) leaves
 out every character of `HELD_OUT_SERIES`, plus five Hololive EN characters (`HELD_OUT_HOLOEN`),
@@ -17,6 +22,7 @@ whose series stays in training.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import re
 import sys
@@ -28,17 +34,19 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from kyara.cut import cut_face
+from kyara.bundle import atomic_write_bytes
+from kyara.cut import FaceCut, cut_face
+from kyara.detection import Detector
 from kyara.detectors import get_detector
 from kyara.errors import ImageError
-from kyara.imageio import load_image
+from kyara.imageio import list_images, load_image
 from kyara.train.data import STORE_SIDE, LabelledImages, load_folders
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_SOURCES = ("holoen-faces", "newgame-faces", "danbooru6-faces")
 BUILT_SOURCES = ("moeimouto", "naruto")
 sys.path.insert(0, str(ROOT / "tools"))
-from build_data import RESERVED_MOEIMOUTO  # noqa: E402  (the one list of reserved characters)
+from build_data import RESERVED_MOEIMOUTO, character_key, is_reserved  # noqa: E402  (the one list of reserved characters)
 
 RESERVED = frozenset(re.sub(r"^\d{3}_", "", name) for name in RESERVED_MOEIMOUTO)
 """The ten moeimouto characters kept for independent evaluation, as `label_of` names them."""
@@ -110,12 +118,12 @@ SERIES = {
     "da_capo": "shirakawa_kotori",
     "negima": "kagurazaka_asuna",
     "nogizaka_haruka_no_himitsu": "nogizaka_haruka",
-    "ichigo_mashimaro": "ana_coppola ito_nobue ito_chika",
+    "ichigo_mashimaro": "ana_coppola ito_nobue ito_chika matsuoka_miu",
 }
 """Series of each character, where known for certain; a character not listed is its own series."""
 
 HELD_OUT_SERIES = ("idolmaster", "clannad", "ichigo_mashimaro", "higurashi", "hayate_no_gotoku")
-"""Whole series the held-out protocol never trains on: 19 characters, none of their series in training."""
+"""Whole series the held-out protocol never trains on: 20 characters, none of their series in training."""
 HELD_OUT_HOLOEN = ("bae", "ceci", "erb", "gigi", "irys")
 """Five Hololive EN characters held out while the other fifteen train (new faces of a known series)."""
 
@@ -154,6 +162,9 @@ def corpus_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--faces", type=Path, default=ROOT / "build" / "data" / "faces")
     parser.add_argument("--cache", type=Path, default=ROOT / "build" / "corpus.npz")
+    parser.add_argument(
+        "--portraits", type=Path, default=ROOT / "build" / "data" / "illustrations" / "train" / "mal-portraits"
+    )
     parser.add_argument("--seed", type=int, default=0)
 
 
@@ -213,17 +224,122 @@ def detector_views(paths: Sequence[Path], side: int = STORE_SIDE) -> dict[str, n
         views[str(path)] = None
         if source_of(path) == "naruto":
             continue  # cut by the detector already
-        try:
-            picture = load_image(path)
-        except ImageError:
-            continue
-        faces = detector.detect(picture)
-        if not faces:
-            continue
-        cut = cut_face(picture, max(faces, key=lambda face: face.score))
-        if not cut.whole:
-            views[str(path)] = np.asarray(cut.pixels.resize((side, side), Image.Resampling.BILINEAR))
+        cut = best_face(path, detector)
+        if cut is not None and not cut.whole:
+            views[str(path)] = stored_pixels(cut, side)
     return views
+
+
+def best_face(path: Path, detector: Detector) -> FaceCut | None:
+    """The most confident face of the picture at `path`, cut as recognition cuts it; None where
+    the picture is unreadable or has no face."""
+    try:
+        picture = load_image(path)
+    except ImageError:
+        return None
+    faces = detector.detect(picture)
+    return cut_face(picture, max(faces, key=lambda face: face.score)) if faces else None
+
+
+def stored_pixels(cut: FaceCut, side: int = STORE_SIDE) -> np.ndarray:
+    return np.asarray(cut.pixels.resize((side, side), Image.Resampling.BILINEAR))
+
+
+PORTRAIT_MIN_SCORE = 0.6
+"""A portrait whose best face the detector is less sure of is left out (a back view, a mascot)."""
+HELD_OUT_CASTS = {
+    "idolmaster": "haruka_amami chihaya_kisaragi yukiho_hagiwara yayoi_takatsuki ritsuko_akizuki azusa_miura "
+    "iori_minase makoto_kikuchi ami_futami mami_futami miki_hoshii hibiki_ganaha takane_shijou kotori_otonashi "
+    "anastasia uzuki_shimamura rin_shibuya mio_honda ranko_kanzaki mika_jougasaki rika_jougasaki kirari_moroboshi "
+    "anzu_futaba miku_maekawa riina_tada minami_nitta kanako_mimura chieri_ogata mirai_kasuga shizuka_mogami "
+    "tsubasa_ibuki kaede_takagaki",
+    "clannad": "nagisa_furukawa tomoya_okazaki kyou_fujibayashi ryou_fujibayashi kotomi_ichinose tomoyo_sakagami "
+    "fuuko_ibuki youhei_sunohara mei_sunohara akio_furukawa sanae_furukawa ushio_okazaki kouko_ibuki "
+    "yukine_miyazawa misae_sagara naoyuki_okazaki toshio_koumura",
+    "ichigo_mashimaro": "nobue_itou chika_itou matsuri_sakuragi ana_coppola miu_matsuoka",
+    "higurashi": "keiichi_maebara rena_ryuuguu mion_sonozaki shion_sonozaki satoko_houjou rika_furude hanyuu "
+    "satoshi_houjou miyo_takano kyousuke_irie jirou_tomitake kuraudo_ooishi frederica_bernkastel",
+    "hayate_no_gotoku": "hayate_ayasaki nagi_sanzenin maria hinagiku_katsura ayumu_nishizawa isumi_saginomiya "
+    "sakuya_aizawa wataru_tachibana saki_kijima klaus izumi_segawa miki_hanabishi risa_asakaze athena_tennousu "
+    "kotetsu_segawa ruka_suirenji chiharu_harukaze yukiji_katsura",
+}
+"""The casts of the held-out series as MyAnimeList names them (written from knowledge of the series,
+not from a database: the snapshot's portraits carry a name and an id, no series). A portrait of any
+of them is left out, so the held-out series stay unseen as a whole."""
+
+
+def name_key(name: str) -> frozenset[str]:
+    """A character's name as the builder matches names (`build_data.character_key`), brackets
+    dropped and long vowels folded (Itou/Ito, Ryuuguu/Ryuguu): `ito_nobue` is MyAnimeList's `Nobue_Itou`.
+    A name of single letters (C.C.) is its letters."""
+    words = character_key(re.sub(r"\(.*?\)", "", name)).split() or [re.sub(r"[^a-z0-9]", "", name.lower())]
+    return frozenset(w.replace("ou", "o").replace("uu", "u").replace("oo", "o") for w in words)
+
+
+def portrait_name(path: Path) -> str:
+    """`Taiga_Aisaka_12064_0.jpg` -> `Taiga_Aisaka` (the MyAnimeList id and picture number dropped)."""
+    return re.sub(r"_\d+_\d+$", "", path.stem)
+
+
+def names_one_of(name: str, keys: Sequence[frozenset[str]]) -> bool:
+    """Whether `name` holds every word of one of `keys`: `Gura_Gawr` names `gura`, `Yoko_Littner`
+    `yoko`. Looser than equal names on purpose: a portrait wrongly left out costs one identity of
+    thousands; one wrongly kept trains a held-out or corpus character under a second name."""
+    words = name_key(name)
+    return any(key <= words for key in keys if key)
+
+
+def portrait_identities(folder: Path, classes: Sequence[str], cache: Path) -> LabelledImages:
+    """The MyAnimeList portraits in `folder` as identities of one picture each, for the embedding to
+    learn more characters than the corpus names (scripts/more_identities.py); never prototypes of a
+    model. Left out: portraits naming a corpus character (`classes`) or any character of the held-out
+    series (`HELD_OUT_CASTS`) by `names_one_of`, reserved characters (the builder skips them already),
+    and portraits whose best face the detector is not sure of."""
+    unwanted = [name_key(c) for c in classes] + [name_key(n) for cast in HELD_OUT_CASTS.values() for n in cast.split()]
+    paths = [
+        p
+        for p in list_images(folder)
+        if not names_one_of(portrait_name(p), unwanted) and not is_reserved(portrait_name(p))
+    ]
+    key = json.dumps({"min_score": PORTRAIT_MIN_SCORE, "paths": [str(p) for p in paths]})
+    if cache.exists():
+        saved = np.load(cache, allow_pickle=False)
+        if str(saved["key"]) == key:
+            return portraits_as_images(saved["pixels"], [Path(p) for p in saved["paths"]])
+    detector = get_detector("cnn")
+    kept: list[tuple[Path, np.ndarray]] = []
+    for path in tqdm(paths, desc="portraits", leave=False):
+        cut = best_face(path, detector)
+        if cut is not None and cut.score >= PORTRAIT_MIN_SCORE:
+            kept.append((path, stored_pixels(cut)))
+    pixels = np.stack([p for _, p in kept]) if kept else np.zeros((0, STORE_SIDE, STORE_SIDE, 3), np.uint8)
+    buffer = io.BytesIO()
+    np.savez(buffer, key=key, pixels=pixels, paths=np.array([str(p) for p, _ in kept]))
+    atomic_write_bytes(cache, buffer.getvalue())
+    return portraits_as_images(pixels, [p for p, _ in kept])
+
+
+def load_portraits(args: argparse.Namespace, classes: Sequence[str]) -> LabelledImages:
+    """`portrait_identities` of the `--portraits` folder (`corpus_arguments`), kept in build/."""
+    return portrait_identities(args.portraits, classes, ROOT / "build" / "portraits.npz")
+
+
+def portraits_as_images(pixels: np.ndarray, paths: list[Path]) -> LabelledImages:
+    count = len(paths)
+    names = [portrait_name(p) for p in paths]
+    # Groups of their own, apart from the corpus's (0 and up), should a split ever be made over both.
+    return LabelledImages(pixels, np.arange(count), -1 - np.arange(count), names, paths)
+
+
+def with_identities(images: LabelledImages, others: LabelledImages) -> LabelledImages:
+    """`images` and then `others` as more classes after `images`' own (whose labels stay as they are)."""
+    return LabelledImages(
+        np.concatenate([images.pixels, others.pixels]),
+        np.concatenate([images.labels, others.labels + len(images.classes)]),
+        np.concatenate([images.groups, others.groups]),
+        images.classes + others.classes,
+        images.paths + others.paths,
+    )
 
 
 def joined(a: LabelledImages, b: LabelledImages) -> LabelledImages:
@@ -254,6 +370,7 @@ def main() -> None:
         "series": len({series_of(c) for c in images.classes}),
         "held_out": corpus.held_out_classes(),
         "per_source": {s: {"characters": len(c), "pictures": sum(c.values())} for s, c in sources.items()},
+        "portrait_identities": len(load_portraits(args, images.classes).classes),
     }
     print(json.dumps(summary, indent=2))
 

@@ -3,7 +3,7 @@
     python scripts/heldout.py --data ../shared/data --faces build/data/faces
 
 Trains the default model's recipe (scripts/recipe.py) without every character of five whole
-series (`corpus.HELD_OUT_SERIES`: 19 characters, no other character of those series in training)
+series (`corpus.HELD_OUT_SERIES`: 20 characters, no other character of those series in training)
 and without five Hololive EN characters (`corpus.HELD_OUT_HOLOEN`, whose series does train), then
 measures on them:
 - unknown: AUROC of the unknown score (`Classifier.familiarity`), known characters' test faces vs
@@ -133,9 +133,10 @@ class HeldOutSplit:
     val: LabelledImages
     known_test: LabelledImages
 
-    def training_set(self) -> LabelledImages:
-        """What the network trains on: the training part and its detector views (recipe.training_set)."""
-        return training_set(self.train, ROOT / "build" / "views.npz")
+    def training_set(self, portraits: LabelledImages | None = None) -> LabelledImages:
+        """What the network trains on: the training part, its detector views and any portraits
+        (recipe.training_set)."""
+        return training_set(self.train, ROOT / "build" / "views.npz", portraits)
 
 
 def held_out_split(corpus: Corpus, seed: int) -> HeldOutSplit:

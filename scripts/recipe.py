@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from corpus import detector_views, joined
+from corpus import detector_views, joined, with_identities
 
 from kyara.bundle import atomic_write_bytes
 from kyara.train.data import LabelledImages
@@ -38,9 +38,10 @@ VALIDATION_PICTURES = 1500
 """Validation pictures watched after each epoch (a fixed sample: the whole split costs minutes)."""
 
 
-def training_set(stored: LabelledImages, cache: Path) -> LabelledImages:
-    """`stored` plus its detector views (corpus.detector_views), kept per picture in `cache`:
-    the held-out study and the default model share most training pictures."""
+def training_set(stored: LabelledImages, cache: Path, portraits: LabelledImages | None = None) -> LabelledImages:
+    """`stored` plus its detector views (corpus.detector_views), kept per picture in `cache` (the
+    held-out study and the default model share most training pictures), then any `portraits`
+    (corpus.portrait_identities) as more characters after `stored`'s."""
     known: dict[str, np.ndarray | None] = {}
     if cache.exists():
         saved = np.load(cache, allow_pickle=False)
@@ -66,7 +67,8 @@ def training_set(stored: LabelledImages, cache: Path) -> LabelledImages:
         stored.classes,
         [stored.paths[i] for i in index],
     )
-    return joined(stored, views)
+    both = joined(stored, views)
+    return both if portraits is None else with_identities(both, portraits)
 
 
 def validation_sample(val: LabelledImages, seed: int) -> LabelledImages:

@@ -7,9 +7,11 @@ import json
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
+from tests.conftest import data_path
 from tools import build_data
 
 
@@ -163,3 +165,42 @@ def test_portraits_leave_out_benchmark_characters_and_pages_that_are_not_picture
         "illustrations/train/portraits/Card_Rem.png",
     ]
     assert {e.character for e in builder.entries} == {"Monkey_D._Luffy", "Rem"}
+
+
+def test_portrait_identities_leave_out_corpus_characters_and_the_held_out_series(tmp_path, monkeypatch):
+    """scripts/corpus.py: a MyAnimeList portrait becomes an identity of its own unless it names a
+    corpus character (in either name order, long vowels folded, more words allowed), any character
+    of a held-out series or a reserved one, or its face is missing or unsure; faces are cut by the
+    detector once, then read from the cache."""
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "scripts"))
+    import corpus
+
+    assert set(corpus.HELD_OUT_CASTS) == set(corpus.HELD_OUT_SERIES)
+    folder = tmp_path / "mal-portraits"
+    folder.mkdir()
+    drawing = data_path("newgame-illustrations", "yagami_kou", "0.jpg")
+    names = ["Tamaki_Kosaka_1_0", "Gura_Gawr_2_0", "Konata_Izumi_3_0", "Nobue_Itou_572_0",
+             "Tomoya_Okazaki_4606_0", "Someone_New_7_0", "Other_One_8_0"]  # fmt: skip
+    for name in names:
+        (folder / f"{name}.jpg").write_bytes(drawing.read_bytes())
+    Image.new("RGB", (225, 350), "white").save(folder / "Blank_Card_9_0.png")  # no face
+    classes, cache = ["kousaka_tamaki", "gura"], tmp_path / "portraits.npz"
+    portraits = corpus.portrait_identities(folder, classes, cache)
+    assert portraits.classes == ["Other_One", "Someone_New"]
+    assert portraits.labels.tolist() == [0, 1] and portraits.pixels.shape == (2, 144, 144, 3)
+
+    def no_detector(*args, **kwargs):
+        raise AssertionError("the faces should come from the cache")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(corpus, "get_detector", no_detector)
+        np.testing.assert_array_equal(corpus.portrait_identities(folder, classes, cache).pixels, portraits.pixels)
+    monkeypatch.setattr(corpus, "PORTRAIT_MIN_SCORE", 0.9999)  # no face is that sure: none kept
+    assert corpus.portrait_identities(folder, classes, cache).classes == []
+
+    from kyara.train.data import LabelledImages
+
+    one_character = LabelledImages(portraits.pixels[[0, 0]], np.zeros(2, np.int64), np.zeros(2, np.int64),
+                                   ["kousaka_tamaki"], portraits.paths[:1] * 2)  # fmt: skip
+    both = corpus.with_identities(one_character, portraits)
+    assert both.labels.tolist() == [0, 0, 1, 2] and both.classes == ["kousaka_tamaki", "Other_One", "Someone_New"]

@@ -216,16 +216,32 @@ def test_illustrations_are_reduced_to_faces_once_then_from_the_cache(tmp_path, m
 def test_balanced_epochs_draw_small_characters_as_often_as_their_weight_says():
     import torch
 
-    from kyara.train.trainer import _epoch_order
+    from kyara.train.trainer import TrainConfig, _epoch_order
 
     labels = np.array([0] * 900 + [1] * 100)
     generator = torch.Generator().manual_seed(0)
-    plain = _epoch_order(labels, 1000, 0.0, generator)
+    plain = _epoch_order(labels, 1000, TrainConfig(balance=0.0), generator)
     assert sorted(plain.tolist()) == list(range(1000))  # one pass, each picture once
-    even = labels[_epoch_order(labels, 4000, 1.0, generator).numpy()]
+    even = labels[_epoch_order(labels, 4000, TrainConfig(balance=1.0), generator).numpy()]
     assert abs((even == 1).mean() - 0.5) < 0.05  # characters evenly
-    root = labels[_epoch_order(labels, 4000, 0.5, generator).numpy()]
+    root = labels[_epoch_order(labels, 4000, TrainConfig(balance=0.5), generator).numpy()]
     assert abs((root == 1).mean() - 0.25) < 0.05  # sqrt(100) / (sqrt(900) + sqrt(100))
+
+
+def test_characters_of_one_picture_get_their_share_of_draws_whatever_their_number():
+    import torch
+
+    from kyara.errors import KyaraError
+    from kyara.train.trainer import TrainConfig, _epoch_order
+
+    labels = np.array([0] * 900 + [1] * 100 + list(range(2, 1002)))  # 1000 characters of one picture
+    generator = torch.Generator().manual_seed(0)
+    # Fewer draws than pictures, as in training, and more for the singles than there are of them.
+    drawn = labels[_epoch_order(labels, 1900, TrainConfig(balance=0.5, singles_share=0.6), generator).numpy()]
+    assert abs((drawn >= 2).mean() - 0.6) < 0.03
+    assert abs((drawn == 1).mean() - 0.4 * 0.25) < 0.03  # the others as `balance` has it
+    with pytest.raises(KyaraError, match="share"):
+        TrainConfig(singles_share=1.0)
 
 
 def test_manga_copies_are_black_and_white_with_inked_outlines():

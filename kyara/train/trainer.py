@@ -54,8 +54,13 @@ class TrainConfig:
     manga_p: float = 0.0
     steps_per_epoch: int = 0  # 0: one pass over the training pictures
     balance: float = 0.0  # pictures drawn with weight count**-balance: 0 as they come, 1 evenly per character
+    singles_share: float = 0.0  # share of draws for characters of one picture each; 0: as `balance` has it
     seed: int = 0
     threads: int = 2
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.singles_share < 1:
+            raise KyaraError(f"singles_share is a share of the draws, 0 or more and under 1, not {self.singles_share}")
 
 
 class EmbeddingNet(nn.Module):
@@ -132,7 +137,7 @@ def train(
     while state["epoch"] < config.epochs and state["stale"] < config.patience:
         epoch = state["epoch"] + 1
         net.train()
-        order = _epoch_order(data.labels, steps_per_epoch * config.batch_size, config.balance, generator)
+        order = _epoch_order(data.labels, steps_per_epoch * config.batch_size, config, generator)
         losses = []
         for step in tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{config.epochs}", leave=False):
             batch = order[step * config.batch_size : (step + 1) * config.batch_size]
@@ -181,14 +186,23 @@ def train(
     return TrainResult(net, state["best"][1].numpy(), state["history"], config, state["seconds"])
 
 
-def _epoch_order(labels: np.ndarray, count: int, balance: float, generator: torch.Generator) -> torch.Tensor:
-    """The pictures of one epoch, in order: a permutation when `balance` is 0 and `count` is the
-    number of pictures; else `count` draws weighted by each character's count**-balance, so
-    characters with hundreds of pictures do not crowd out those with forty."""
-    if balance == 0 and count >= len(labels):
+def _epoch_order(labels: np.ndarray, count: int, config: TrainConfig, generator: torch.Generator) -> torch.Tensor:
+    """The pictures of one epoch, in order: a permutation when `config.balance` is 0 and `count` is
+    the number of pictures; else `count` draws weighted by each character's count**-balance, so
+    characters with hundreds of pictures do not crowd out those with forty. Characters of a single
+    picture (identities that teach the embedding to tell characters apart, thousands of them) get
+    `config.singles_share` of the draws, where it is set, rather than crowding out the others."""
+    if config.balance == 0 and config.singles_share == 0 and count >= len(labels):
         return torch.randperm(len(labels), generator=generator)
-    weights = torch.from_numpy(np.bincount(labels).astype(np.float64) ** -balance)[torch.from_numpy(labels)]
-    return torch.multinomial(weights, count, replacement=count > len(labels), generator=generator)
+    counts = np.bincount(labels)[labels]
+    weights = counts.astype(np.float64) ** -config.balance
+    single = counts == 1
+    if config.singles_share > 0 and single.any() and not single.all():
+        share = config.singles_share / (1 - config.singles_share)
+        weights[single] *= share * weights[~single].sum() / weights[single].sum()
+    # Without replacement each single picture could be drawn once, and the share would not be reached.
+    replacement = count > len(labels) or config.singles_share > 0
+    return torch.multinomial(torch.from_numpy(weights), count, replacement=replacement, generator=generator)
 
 
 def _start(config: TrainConfig, start: dict[str, torch.Tensor] | None) -> tuple[EmbeddingNet, torch.Generator]:
