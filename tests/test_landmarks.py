@@ -25,7 +25,7 @@ from kyara.landmarks import (
     upright_angle,
 )
 from kyara.pipeline import Recognizer
-from tests.conftest import data_path
+from tests.conftest import ROOT, data_path
 
 
 @pytest.mark.parametrize("angle", [0, 25, -40, 90])
@@ -260,3 +260,12 @@ def test_landmarks_travel_with_threads_and_pickling():
         assert [f.box for f in again] == [f.box for f in expected]
         for a, b in zip(again, expected, strict=True):
             assert max(math.dist(a.landmarks[n], b.landmarks[n]) for n in LANDMARKS) <= 1
+
+
+def test_a_trial_landmark_network_keeps_its_study_beside_it(tmp_path, monkeypatch):
+    """tools/train_landmarks.py: only the shipped network's study is docs/landmarks-study.json."""
+    monkeypatch.syspath_prepend(str(ROOT / "tools"))
+    import train_landmarks
+
+    assert train_landmarks.study_path(train_landmarks.LANDMARK_MODEL) == train_landmarks.STUDY
+    assert train_landmarks.study_path(tmp_path / "trial.onnx") == tmp_path / "trial.json"

@@ -17,7 +17,8 @@ neither network trained on), on the faces both detectors find: each point's dist
 animeface's, as a share of the face's side, against the average face's points (the training
 faces' mean, placed in each cut); and the colours `kyara.landmarks.colours_at` reads at kyara's
 points against animeface's colours, next to those of another face. Writes
-docs/landmarks-study.json and the shipped network.
+docs/landmarks-study.json and the shipped network; with `--out OTHER.onnx`, that file and its
+study beside it (OTHER.json).
 """
 
 from __future__ import annotations
@@ -302,9 +303,15 @@ def table(study: dict) -> str:
     return "\n".join([title, "", *points, "", *colours])
 
 
-def write_study(study: dict) -> None:
-    """docs/landmarks-study.json, written whole, and the same on standard output."""
-    atomic_write_text(STUDY, json.dumps(study, indent=2) + "\n")
+def study_path(network: Path) -> Path:
+    """Where the study of the network at `network` goes: docs/landmarks-study.json for the shipped
+    network, beside the file for any other, so a trial run never rewrites the shipped network's study."""
+    return STUDY if network.resolve() == LANDMARK_MODEL.resolve() else network.with_suffix(".json")
+
+
+def write_study(study: dict, path: Path) -> None:
+    """The study at `path`, written whole, and the same on standard output."""
+    atomic_write_text(path, json.dumps(study, indent=2) + "\n")
     print(json.dumps(study, indent=2))
 
 
@@ -314,7 +321,7 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=REPOSITORY / "build" / "landmarks" / "pairs.npz")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=LANDMARK_MODEL)
+    parser.add_argument("--out", type=Path, default=LANDMARK_MODEL, help="the network; its study goes beside it")
     parser.add_argument("--table", action="store_true", help="print docs/detection.md's tables from the study")
     parser.add_argument("--measure", action="store_true", help="measure the network at --out again, not retrained")
     args = parser.parse_args()
@@ -322,7 +329,7 @@ def main() -> None:
         print(table(json.loads(STUDY.read_text())))
         return
     if args.measure:
-        write_study({**json.loads(STUDY.read_text()), "benchmark": measure(Landmarker(args.out))})
+        write_study({**json.loads(STUDY.read_text()), "benchmark": measure(Landmarker(args.out))}, study_path(args.out))
         return
     torch.set_num_threads(2)
     pixels, points = collect(args.data, args.cache)
@@ -338,7 +345,8 @@ def main() -> None:
             "epochs": args.epochs,
             "training_minutes": training_minutes,
             "benchmark": measure(Landmarker(model)),
-        }
+        },
+        study_path(args.out),
     )
 
 
