@@ -296,11 +296,8 @@ def portrait_identities(folder: Path, classes: Sequence[str], cache: Path) -> La
     series (`HELD_OUT_CASTS`) by `names_one_of`, reserved characters (the builder skips them already),
     and portraits whose best face the detector is not sure of."""
     unwanted = [name_key(c) for c in classes] + [name_key(n) for cast in HELD_OUT_CASTS.values() for n in cast.split()]
-    paths = [
-        p
-        for p in list_images(folder)
-        if not names_one_of(portrait_name(p), unwanted) and not is_reserved(portrait_name(p))
-    ]
+    named = {p: portrait_name(p) for p in list_images(folder)}
+    paths = [p for p, name in named.items() if not names_one_of(name, unwanted) and not is_reserved(name)]
     key = json.dumps({"min_score": PORTRAIT_MIN_SCORE, "paths": [str(p) for p in paths]})
     if cache.exists():
         saved = np.load(cache, allow_pickle=False)
