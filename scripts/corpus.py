@@ -176,28 +176,26 @@ def load_corpus(data: Path, faces: Path, cache: Path) -> Corpus:
     """The corpus, from `cache` when it was made from the same folders (loading takes minutes)."""
     folders = roots(data, faces)
     key = json.dumps([str(f.resolve()) for f in folders])
-    if cache.exists():
-        saved = np.load(cache, allow_pickle=False)
-        if str(saved["key"]) == key:
-            return Corpus(
-                LabelledImages(
-                    saved["pixels"],
-                    saved["labels"],
-                    saved["groups"],
-                    [str(c) for c in saved["classes"]],
-                    [Path(p) for p in saved["paths"]],
-                )
+    saved = cached_arrays(cache, key)
+    if saved is not None:
+        return Corpus(
+            LabelledImages(
+                saved["pixels"],
+                saved["labels"],
+                saved["groups"],
+                [str(c) for c in saved["classes"]],
+                [Path(p) for p in saved["paths"]],
             )
+        )
     # Naruto's pictures are illustrations: the detector cuts their most confident face; the other
     # sources are face crops, which `load_folders` takes whole.
     images = merge_names(load_folders(folders, detector=get_detector("cnn")))
     refused = sorted(set(images.classes) & set(RESERVED))
     if refused:
         raise SystemExit(f"reserved characters found in the corpus: {', '.join(refused)}")
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(
+    cache_arrays(
         cache,
-        key=key,
+        key,
         pixels=images.pixels,
         labels=images.labels,
         groups=images.groups,
@@ -205,6 +203,23 @@ def load_corpus(data: Path, faces: Path, cache: Path) -> Corpus:
         paths=np.array([str(p) for p in images.paths]),
     )
     return Corpus(images)
+
+
+def cached_arrays(cache: Path, key: str) -> dict[str, np.ndarray] | None:
+    """The arrays `cache_arrays` kept in `cache` under `key`; None when there are none, or they were
+    made from other inputs (another `key`)."""
+    if not cache.exists():
+        return None
+    with np.load(cache, allow_pickle=False) as saved:
+        return {name: saved[name] for name in saved.files} if str(saved["key"]) == key else None
+
+
+def cache_arrays(cache: Path, key: str, **arrays: np.ndarray) -> None:
+    """Keeps `arrays` in `cache` with the `key` of the inputs they were made from, written whole or
+    not at all (a killed build leaves no cache that loads)."""
+    buffer = io.BytesIO()
+    np.savez(buffer, key=np.array(key), **arrays)
+    atomic_write_bytes(cache, buffer.getvalue())
 
 
 def merge_names(images: LabelledImages) -> LabelledImages:
@@ -299,10 +314,9 @@ def portrait_identities(folder: Path, classes: Sequence[str], cache: Path) -> La
     named = {p: portrait_name(p) for p in list_images(folder)}
     paths = [p for p, name in named.items() if not names_one_of(name, unwanted) and not is_reserved(name)]
     key = json.dumps({"min_score": PORTRAIT_MIN_SCORE, "paths": [str(p) for p in paths]})
-    if cache.exists():
-        saved = np.load(cache, allow_pickle=False)
-        if str(saved["key"]) == key:
-            return portraits_as_images(saved["pixels"], [Path(p) for p in saved["paths"]])
+    saved = cached_arrays(cache, key)
+    if saved is not None:
+        return portraits_as_images(saved["pixels"], [Path(p) for p in saved["paths"]])
     detector = get_detector("cnn")
     kept: list[tuple[Path, np.ndarray]] = []
     for path in tqdm(paths, desc="portraits", leave=False):
@@ -310,9 +324,7 @@ def portrait_identities(folder: Path, classes: Sequence[str], cache: Path) -> La
         if cut is not None and cut.score >= PORTRAIT_MIN_SCORE:
             kept.append((path, stored_pixels(cut)))
     pixels = np.stack([p for _, p in kept]) if kept else np.zeros((0, STORE_SIDE, STORE_SIDE, 3), np.uint8)
-    buffer = io.BytesIO()
-    np.savez(buffer, key=key, pixels=pixels, paths=np.array([str(p) for p, _ in kept]))
-    atomic_write_bytes(cache, buffer.getvalue())
+    cache_arrays(cache, key, pixels=pixels, paths=np.array([str(p) for p, _ in kept]))
     return portraits_as_images(pixels, [p for p, _ in kept])
 
 
