@@ -143,6 +143,7 @@ def test_the_recognition_corpus_names_a_character_once_and_refuses_reserved_ones
 
 
 def test_portraits_leave_out_benchmark_characters_and_pages_that_are_not_pictures(tmp_path, monkeypatch):
+    """...and the manifest says which were left out, a reserved character's among the reserved."""
     commits = {
         "Nis5l/WaifuCollector": git_snapshot(
             tmp_path, "Nis5l/WaifuCollector",
@@ -154,17 +155,23 @@ def test_portraits_leave_out_benchmark_characters_and_pages_that_are_not_picture
                 "images/Monkey_D._Luffy_40_0.jpg": png("green"),
                 "images/AiHayasaka_123_0.jpg": png("red"),  # the same character, spelt otherwise
                 "images/Gorou_Majima_196180_0.jpg": b"<!DOCTYPE html><html></html>",  # a saved web page
+                "images/Konata_Izumi_2169_0.jpg": png("red"),  # reserved, and in the benchmark
             },
         ),
     }  # fmt: skip
     monkeypatch.setattr(build_data, "COMMITS", {**build_data.COMMITS, **commits})
     builder = build_data.Builder(tmp_path, tmp_path / "out")
-    builder.portraits({build_data.character_key("Ai Hayasaka")})
+    builder.portraits({build_data.character_key("Ai Hayasaka"), build_data.character_key("Konata Izumi")})
     assert sorted(e.path for e in builder.entries) == [
         "illustrations/train/mal-portraits/Monkey_D._Luffy_40_0.jpg",
         "illustrations/train/portraits/Card_Rem.png",
     ]
     assert {e.character for e in builder.entries} == {"Monkey_D._Luffy", "Rem"}
+    assert sorted(builder.benchmark_left_out) == [
+        "illustrations/train/mal-portraits/AiHayasaka_123_0.jpg",
+        "illustrations/train/portraits/Card_Ai_Hayasaka.png",
+    ]
+    assert builder.reserved_left_out == ["illustrations/train/mal-portraits/Konata_Izumi_2169_0.jpg"]
 
 
 def test_portrait_identities_leave_out_corpus_characters_and_the_held_out_series(tmp_path, monkeypatch):

@@ -169,6 +169,9 @@ class Builder:
         self.mirrors, self.out = mirrors, out
         self.entries: list[Entry] = []
         self.reserved_left_out: list[str] = []
+        self.benchmark_left_out: list[str] = []
+        """Portraits of characters the detector's benchmark shows (reserved ones among them go to
+        `reserved_left_out`)."""
 
     def write(self, relative: str, data: bytes, **fields) -> None:
         """Writes one picture, unless its name or its character is reserved for independent evaluation."""
@@ -256,9 +259,12 @@ class Builder:
                 name = name_of(Path(path).stem)
                 if "/" in path.removeprefix(f"{folder}/") or not is_picture(path, data):
                     continue
+                relative = f"{subfolder}/{safe_name(Path(path).name)}"
                 if character_key(name) in benchmark_characters:
+                    left_out = self.reserved_left_out if is_reserved(name) else self.benchmark_left_out
+                    left_out.append(f"illustrations/train/{relative}")
                     continue
-                self.illustration(repo, "train", f"{subfolder}/{safe_name(Path(path).name)}", data, character=name)
+                self.illustration(repo, "train", relative, data, character=name)
 
     def naruto(self) -> None:
         """Naruto characters (8 of 10 male): detector pictures and recognition identities."""
@@ -321,6 +327,7 @@ class Builder:
             "commits": COMMITS,
             "reserved_characters": sorted(RESERVED_MOEIMOUTO),
             "reserved_left_out": self.reserved_left_out,
+            "benchmark_characters_left_out": self.benchmark_left_out,
             "counts": {f"{split} | {source}": n for (split, source), n in sorted(counts.items())},
             "files": [asdict(e) for e in self.entries],
         }
