@@ -57,7 +57,14 @@ def main() -> None:
     parser.add_argument("--metrics", type=Path, default=ROOT / "docs" / "heldout-metrics.json")
     parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "heldout-characters.md")
     parser.add_argument("--baseline", type=Path, help="another model's few-shot on the same pictures, to compare")
+    parser.add_argument(
+        "--backbone-lr",
+        type=float,
+        help="a study of the recipe with another backbone learning rate (give new --out, "
+        "--checkpoint, --metrics and --doc)",
+    )
     args = parser.parse_args()
+    recipe = RECIPE if args.backbone_lr is None else replace(RECIPE, backbone_lr=args.backbone_lr)
 
     split = held_out_split(load_corpus(args.data, args.faces, args.cache), args.seed)
     known, held, train_part, val, known_test = split.known, split.held, split.train, split.val, split.known_test
@@ -65,14 +72,14 @@ def main() -> None:
         f"known {len(known.classes)} characters, train {len(train_part.labels)}; held out {len(held.labels)}",
         flush=True,
     )
-    net, history, seconds = trained_network(split.training_set(), val, RECIPE, args.checkpoint)
+    net, history, seconds = trained_network(split.training_set(), val, recipe, args.checkpoint)
 
-    bundle = package(net, np.zeros(0), known.classes, train_part, val, RECIPE)
+    bundle = package(net, np.zeros(0), known.classes, train_part, val, recipe)
     bundle.metadata = {
         "name": "kyara-heldout",
         "version": "3",
-        "backbone": RECIPE.backbone,
-        "training": {"held_out": held.classes, "config": asdict(RECIPE), "history": history, "seconds": seconds},
+        "backbone": recipe.backbone,
+        "training": {"held_out": held.classes, "config": asdict(recipe), "history": history, "seconds": seconds},
     }
     save_bundle(bundle, args.out)
     embedder = Embedder(bundle.onnx, bundle.input_size)
