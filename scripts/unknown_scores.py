@@ -37,11 +37,6 @@ HALVES = {"idolmaster, clannad": ("idolmaster", "clannad"), "ichigo_mashimaro, h
 TRAINING_SAMPLE = 4000
 
 
-def familiarity(similarities: np.ndarray, typical: np.ndarray) -> np.ndarray:
-    best = similarities.argmax(1)
-    return similarities[np.arange(len(best)), best] - typical[best]
-
-
 def margin(similarities: np.ndarray) -> np.ndarray:
     ranked = np.sort(similarities, axis=1)
     return ranked[:, -1] - ranked[:, -2]
@@ -73,10 +68,10 @@ def main() -> None:
     held_sims = classifier.similarities(held.colour, held.drawn_gray)
     typical = classifier.typical
     scores: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
-        "familiarity (kyara's)": lambda s, e: familiarity(s, typical),
+        "familiarity (kyara's)": lambda s, e: classifier.familiarity(s),
         "margin": lambda s, e: margin(s),
         **{
-            f"familiarity + {w} * margin": lambda s, e, w=w: familiarity(s, typical) + w * margin(s)
+            f"familiarity + {w} * margin": lambda s, e, w=w: classifier.familiarity(s) + w * margin(s)
             for w in (0.25, 0.5, 1.0)
         },
         **{f"energy, T = {t}": lambda s, e, t=t: energy(s, typical, t) for t in (0.02, 0.05, 0.1)},
